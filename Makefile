@@ -1,0 +1,44 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make run    create .venv once, install, start the app on sample_data
+#   make test   create .venv once, install, run the whole test suite
+# The venv is reinstalled only when a requirements file changes (stamp files below).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.stamp-run
+DEV_STAMP := $(VENV)/.stamp-dev
+PORT ?= 8501
+
+.PHONY: run test test-fast lint bench clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(RUN_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt $(RUN_STAMP)
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+run: $(RUN_STAMP)
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest
+
+test-fast: $(DEV_STAMP)
+	$(PY) -m pytest -m "not slow and not e2e"
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(DEV_STAMP)
+	$(PY) -m pip install -q -r bench/requirements.txt
+	$(PY) bench/throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,122 @@
+"""`python -m engine <command>`: the command line, and the one way the app starts work.
+
+Commands (flags are a contract; add to them, never rename):
+
+    scan DATA [--json] [--root ROOT]                 intake report of a folder, .zip or CSV manifest
+    prepare DATA --out DIR [--image-size N]          decode every image once into a uint8 cache
+    noise DATA --out OUT --kind K --rate R --seed S [--mapping cifar10|cifar100|FILE]
+    fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
+        [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
+        [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...]
+    finetune RUN [--truth CSV] [--device ...] [--epochs N]
+    export RUN --out PATH --format csv|json|folder
+    status RUN [--json]
+    devices [--json]
+
+Handlers live next to the concepts they drive (engine.cli_data, engine.cli_run) and are imported
+lazily, so `--help` and `scan` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_scan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scan", help="check a dataset and print its intake report")
+    p.add_argument("data", type=Path, help="folder of class folders, a .zip of one, or a CSV with path,label")
+    p.add_argument("--root", type=Path, default=None, help="CSV manifests: folder the paths are relative to")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="decode every image once into a memory-mappable uint8 cache")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="cache folder (images.npy, manifest.csv, intake.json)")
+    p.add_argument("--root", type=Path, default=None)
+    p.add_argument("--image-size", type=int, default=32)
+
+
+def _add_noise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("noise", help="write a copy of a dataset with simulated label noise")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--kind", choices=["symmetric", "asymmetric", "pair"], required=True)
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mapping", default=None, help="asymmetric: cifar10, cifar100 or a CSV/JSON file source->target")
+    p.add_argument("--root", type=Path, default=None)
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="phase (a): pre-train, classify, flag suspected mislabels")
+    p.add_argument("data", type=Path)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--root", type=Path, default=None, help="CSV manifests: folder the paths are relative to")
+    p.add_argument("--loss", choices=["ce", "nfl+rce", "elr"], default=None, help="default: elr")
+    p.add_argument("--no-pretrain", action="store_true", help="skip SimCLR: the paper's from-scratch baseline")
+    p.add_argument("--pretrain-epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="classifier epochs after the warm-up")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--test", type=Path, default=None, help="clean labelled folder: adds test accuracy")
+    p.add_argument("--truth", type=Path, default=None, help="CSV path,true_label: detection metrics")
+    p.add_argument("--finetune", action="store_true", help="also run phase (b) right after")
+    p.add_argument("--config", type=Path, default=None, help="a config.json to start from")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=0.1")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="phase (b) on a fitted run, using review decisions")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--truth", type=Path, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--epochs", type=int, default=None, help="weighted SupCon epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write the corrected labels")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--format", choices=["csv", "json", "folder"], default="csv")
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show a run's state and last events")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true")
+
+
+def _add_devices(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("devices", help="list the compute devices training can use")
+    p.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="CLeaN: find and fix mislabeled images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_scan, _add_prepare, _add_noise, _add_fit, _add_finetune, _add_export, _add_status, _add_devices):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("scan", "prepare", "noise"):
+        from engine import cli_data as handlers
+    else:
+        from engine import cli_run as handlers
+    handler = getattr(handlers, "cmd_" + args.command)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

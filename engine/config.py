@@ -1,0 +1,255 @@
+"""The one typed configuration of a run.
+
+Every stage reads its settings from a frozen dataclass here; the whole `RunConfig` is written to
+`RUN/config.json` once when a run starts and read back on resume. This module imports no torch, so
+the app can build and validate configs without loading the training stack.
+
+Defaults are the CPU profile (sized so that the bundled sample finishes in about two minutes on two
+cores); `for_device("cuda")` swaps in the GPU profile. Learning rates are given for a batch of 256
+and scaled linearly with the batch size (the paper's convention, algorithms.md §1.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+LossName = Literal["ce", "nfl+rce", "elr"]
+Stem = Literal["auto", "small", "standard"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+SupConWeighting = Literal["paper", "reference"]
+
+LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 32  # working size: every image is decoded once to this square size (prepare step)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "small" = 3x3 stride-1 conv, no max-pool (CIFAR stem, for inputs <= 64 px); "standard" =
+    # torchvision's 7x7 stride-2 conv + max-pool. "auto" picks small for <= 64 px on a GPU and
+    # standard on a CPU, where the small stem costs ~16x the FLOPs (bench/throughput.py).
+    stem: Stem = "auto"
+    proj_hidden: int = 512  # projection head 512 -> 512 -> 128 (paper)
+    proj_dim: int = 128
+    head_hidden: int = 128  # classifier 512 -> 128 -> BN -> ReLU -> C (paper's "multilayer" head)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # random resized crop area fraction
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur: bool = False  # off by default for small images (paper demo, SupContrast, SimCLR CIFAR)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """(a1) SimCLR pre-training of the encoder; labels unused."""
+
+    enabled: bool = True
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 0.06  # SGD, per 256 images, cosine to 0
+    weight_decay: float = 5e-4
+    temperature: float = 0.5  # NT-Xent tau (paper code and SimCLR's CIFAR setting)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """(a2) classifier on top of the encoder with a noise-robust loss."""
+
+    loss: LossName = "elr"
+    warmup_epochs: int = 2  # classifier head only, encoder frozen
+    epochs: int = 12  # then encoder + head
+    batch_size: int = 128
+    lr: float = 0.02  # SGD momentum 0.9, per 256 images, cosine schedule
+    warmup_lr: float = 0.1  # the lone head on frozen features tolerates (and needs) a larger step
+    weight_decay: float = 5e-4
+    elr_lambda: float = 3.0  # ELR: CIFAR-10 settings of the reference code
+    elr_beta: float = 0.7
+    nfl_alpha: float = 1.0  # NFL+RCE: CIFAR-10 settings (use 10 / 0.1 for 100 classes)
+    rce_beta: float = 1.0
+    nfl_gamma: float = 0.5
+    rce_log_zero: float = -9.2103  # ln(1e-4), as in the reference code (paper text: -4), algorithms.md §3.2
+    augment: bool = True  # light crop + flip during supervised epochs
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """(b1) two-component GMM on per-sample losses."""
+
+    threshold: float = 0.5  # flagged = clean_prob < threshold
+    average_last: int = 3  # average min-max-normalised losses over the last k evaluations
+    max_iter: int = 100
+    tol: float = 1e-3
+    reg_covar: float = 5e-4
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """(b2) weighted supervised contrastive learning, (b3) a fresh classifier head."""
+
+    epochs: int = 6  # weighted SupCon epochs
+    batch_size: int = 256
+    lr: float = 0.03
+    weight_decay: float = 1e-4
+    temperature: float = 0.07
+    weighting: SupConWeighting = "paper"  # eq. 8 (own view 1) or the reference code's column weights
+    head_epochs: int = 8  # fresh classifier head on the pseudo-labels
+    head_lr: float = 0.05
+    min_weight: float = 0.01
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    fit_sample: int = 20_000  # above this many images UMAP is fitted on a sample and transforms the rest
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    seed: int = 0
+    device: DeviceName = "auto"
+    finetune_after_fit: bool = False  # `fit --finetune`: run phase (b) right after (a)
+
+
+def gpu_profile(cfg: RunConfig) -> RunConfig:
+    """Longer schedules and bigger batches for a GPU, where an epoch costs seconds."""
+    return replace(
+        cfg,
+        pretrain=replace(cfg.pretrain, epochs=100, batch_size=512),
+        classify=replace(cfg.classify, epochs=30, warmup_epochs=3, batch_size=256),
+        finetune=replace(cfg.finetune, epochs=20, batch_size=512, head_epochs=15),
+    )
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise ValueError with a specific message for settings no stage can run with."""
+    checks: list[tuple[bool, str]] = [
+        (8 <= cfg.data.image_size <= 512, f"image_size must be between 8 and 512, got {cfg.data.image_size}"),
+        (cfg.classify.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {cfg.classify.loss!r}"),
+        (cfg.pretrain.epochs >= 0 and cfg.classify.epochs >= 0, "epochs must be >= 0"),
+        (cfg.classify.warmup_epochs >= 0 and cfg.finetune.epochs >= 0, "epochs must be >= 0"),
+        (cfg.pretrain.batch_size >= 2, f"pre-training batch size must be >= 2, got {cfg.pretrain.batch_size}"),
+        (cfg.classify.batch_size >= 2, f"batch size must be >= 2, got {cfg.classify.batch_size}"),
+        (cfg.finetune.batch_size >= 2, f"fine-tuning batch size must be >= 2, got {cfg.finetune.batch_size}"),
+        (cfg.pretrain.temperature > 1e-6, "pre-training temperature must be > 0"),
+        (cfg.finetune.temperature > 1e-6, "fine-tuning temperature must be > 0"),
+        (0.0 < cfg.split.threshold < 1.0, f"flag threshold must be in (0, 1), got {cfg.split.threshold}"),
+        (cfg.split.average_last >= 1, "split.average_last must be >= 1"),
+        (0.0 <= cfg.classify.elr_beta < 1.0, "elr_beta must be in [0, 1)"),
+        (cfg.classify.rce_log_zero < 0, "rce_log_zero must be negative (it stands for log 0)"),
+        (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
+        (cfg.model.stem in ("auto", "small", "standard"), f"unknown stem {cfg.model.stem!r}"),
+        (cfg.finetune.weighting in ("paper", "reference"), f"unknown weighting {cfg.finetune.weighting!r}"),
+        (0.0 <= cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1.0, "crop_scale must be 0 <= lo <= hi <= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig; unknown keys are an error (a typo must not be silently ignored)."""
+    return _build(RunConfig, d, "")
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {prefix or 'root'!r} must be an object")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(hint, value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"{key} must be one of {typing.get_args(hint)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(float(v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    return value
+
+
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted-key overrides such as {"pretrain.epochs": 5} with the same type checks."""
+    d = to_dict(cfg)
+    for key, value in overrides.items():
+        node = d
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"unknown config key: {key}")
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"unknown config key: {key}")
+        node[leaf] = value
+    return validate(from_dict(d))
+
+
+def save(cfg: RunConfig, path: Path) -> None:
+    from engine.runs import atomic_write_text  # local: runs imports config for type hints only
+
+    atomic_write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load(path: Path) -> RunConfig:
+    return validate(from_dict(json.loads(Path(path).read_text())))

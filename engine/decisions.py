@@ -1,0 +1,174 @@
+"""Human review decisions: a small SQLite store in the run folder (`RUN/decisions.sqlite`).
+
+Schema (version 1):
+
+    decisions(path TEXT PRIMARY KEY,      -- POSIX path of the image, as in samples.csv
+              action TEXT NOT NULL,        -- 'keep' | 'relabel' | 'discard'
+              label TEXT,                  -- label to train/export with; NULL for 'discard'
+              decided_at TEXT NOT NULL,    -- ISO-8601 UTC
+              source TEXT)                 -- who decided: a browser session id, 'cli', ...
+    decision_log(id INTEGER PRIMARY KEY AUTOINCREMENT,
+              path TEXT NOT NULL, action TEXT, label TEXT,   -- new value (action NULL = cleared/undone)
+              prev_action TEXT, prev_label TEXT,             -- value it replaced
+              decided_at TEXT NOT NULL, source TEXT)
+
+`decisions` holds the current value per image (last write wins); `decision_log` is the append-only
+audit trail: every write, by every tab, is recorded with time and the value it replaced, so two tabs
+deciding the same image at once both appear there. Each write is one transaction in WAL mode, so a
+decision is on disk before the call returns and readers never block writers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+from engine.runs import now_iso
+
+Action = Literal["keep", "relabel", "discard"]
+ACTIONS: tuple[str, ...] = ("keep", "relabel", "discard")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    path TEXT PRIMARY KEY,
+    action TEXT NOT NULL CHECK (action IN ('keep', 'relabel', 'discard')),
+    label TEXT,
+    decided_at TEXT NOT NULL,
+    source TEXT
+);
+CREATE TABLE IF NOT EXISTS decision_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    action TEXT,
+    label TEXT,
+    prev_action TEXT,
+    prev_label TEXT,
+    decided_at TEXT NOT NULL,
+    source TEXT
+);
+CREATE INDEX IF NOT EXISTS decision_log_path ON decision_log(path);
+PRAGMA user_version = 1;
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    path: str
+    action: str
+    label: str | None
+    decided_at: str
+    source: str | None = None
+
+
+class DecisionStore:
+    """Open (and create) the decision store of one run. Cheap: open one per request."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")  # a decision once made is never lost
+            con.execute("PRAGMA busy_timeout=30000")
+            yield con
+        finally:
+            con.close()
+
+    # ---------------------------------------------------------------- writes
+    def decide(self, paths: Iterable[str], action: Action, label: str | None = None, source: str | None = None) -> int:
+        """Record one decision for each path (batch = one transaction). Returns how many were written."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        if action in ("keep", "relabel") and not label:
+            raise ValueError(f"action {action!r} needs a label")
+        if action == "discard":
+            label = None
+        return self._write([(p, action, label) for p in paths], source)
+
+    def clear(self, paths: Iterable[str], source: str | None = None) -> int:
+        """Remove the decisions of these images (back to 'not reviewed'), keeping the audit trail."""
+        return self._write([(p, None, None) for p in paths], source)
+
+    def undo(self, source: str | None = None) -> Decision | None:
+        """Revert the most recent logged change (by `source` if given) to the value it replaced."""
+        with self._connect() as con:
+            q = "SELECT path, prev_action, prev_label FROM decision_log"
+            args: tuple = ()
+            if source is not None:
+                q += " WHERE source = ?"
+                args = (source,)
+            row = con.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        if row is None:
+            return None
+        path, prev_action, prev_label = row
+        self._write([(path, prev_action, prev_label)], source)
+        return self.get(path)
+
+    def _write(self, items: list[tuple[str, str | None, str | None]], source: str | None) -> int:
+        t = now_iso()
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")  # serialises writers; last write wins per image
+            try:
+                for path, action, label in items:
+                    prev = con.execute("SELECT action, label FROM decisions WHERE path = ?", (path,)).fetchone()
+                    prev_action, prev_label = prev if prev else (None, None)
+                    if action is None:
+                        con.execute("DELETE FROM decisions WHERE path = ?", (path,))
+                    else:
+                        con.execute(
+                            "INSERT INTO decisions(path, action, label, decided_at, source) VALUES (?,?,?,?,?) "
+                            "ON CONFLICT(path) DO UPDATE SET action=excluded.action, label=excluded.label, "
+                            "decided_at=excluded.decided_at, source=excluded.source",
+                            (path, action, label, t, source),
+                        )
+                    con.execute(
+                        "INSERT INTO decision_log(path, action, label, prev_action, prev_label, decided_at, source) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (path, action, label, prev_action, prev_label, t, source),
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(items)
+
+    # ---------------------------------------------------------------- reads
+    def get(self, path: str) -> Decision | None:
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT path, action, label, decided_at, source FROM decisions WHERE path = ?", (path,)
+            ).fetchone()
+        return Decision(*row) if row else None
+
+    def all(self) -> dict[str, Decision]:
+        with self._connect() as con:
+            rows = con.execute("SELECT path, action, label, decided_at, source FROM decisions").fetchall()
+        return {r[0]: Decision(*r) for r in rows}
+
+    def count(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+
+    def log(self, path: str | None = None) -> list[dict]:
+        with self._connect() as con:
+            q = "SELECT id, path, action, label, prev_action, prev_label, decided_at, source FROM decision_log"
+            rows = con.execute(q + (" WHERE path = ?" if path else "") + " ORDER BY id", (path,) if path else ()).fetchall()
+        keys = ("id", "path", "action", "label", "prev_action", "prev_label", "decided_at", "source")
+        return [dict(zip(keys, r)) for r in rows]
+
+
+def load_decisions(db_path: Path) -> dict[str, Decision]:
+    """All current decisions of a run, or {} when nobody has reviewed anything yet."""
+    if not Path(db_path).exists():
+        return {}
+    return DecisionStore(db_path).all()
