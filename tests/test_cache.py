@@ -1,0 +1,145 @@
+"""engine.cache: decode once into images.npy + manifest.csv + intake.json, atomically; detect a stale cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import class_colour
+
+from engine.cache import MANIFEST_COLUMNS, is_prepared, load_prepared, prepare
+from engine.decode import decode_image
+from engine.intake import IntakeError, scan
+
+
+def test_prepare_writes_a_consistent_cache(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=3, size=20)
+    record = scan(root)
+    out = tmp_path / "cache"
+    data = prepare(record, out, image_size=8)
+    assert sorted(p.name for p in out.iterdir()) == ["images.npy", "intake.json", "manifest.csv"]  # no temp left
+    assert data.images.shape == (9, 8, 8, 3) and data.images.dtype == np.uint8
+    assert isinstance(data.images, np.memmap) and not data.images.flags.writeable
+    assert data.labels.dtype == np.int64 and data.labels.tolist() == record.label_indices().tolist()
+    assert data.classes == ("a", "b", "c") and data.paths == tuple(s.path for s in record.samples)
+    assert data.ids == tuple(s.id for s in record.samples) and data.root == record.root
+    assert len(data) == 9 and data.image_size == 8
+    # Pixel values: image j of class i is a solid known colour.
+    assert tuple(data.images[4, 3, 3]) == class_colour(1, 1)
+    for i, path in enumerate(data.paths):
+        assert np.array_equal(data.images[i], decode_image(root / path, 8))
+    assert np.load(out / "images.npy", mmap_mode="r").shape == (9, 8, 8, 3)
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == MANIFEST_COLUMNS and rows[1] == ["0", record.samples[0].id, "a/img_000.png", "a"]
+    meta = json.loads((out / "intake.json").read_text())
+    assert meta["n_images"] == 9 and meta["image_size"] == 8 and len(meta["fingerprint"]) == 64
+    assert meta["counts"] == {"a": 3, "b": 3, "c": 3} and meta["skipped"] == []
+
+
+def test_decode_failures_are_dropped_and_recorded(tmp_path, make_image_folder, make_truncated):
+    root = make_image_folder(tmp_path / "data", per_class=3)
+    make_truncated(root / "cat" / "cut.jpg", "JPEG")  # passes the header check, fails to decode
+    (root / "dog" / "text.png").write_text("no")  # skipped by the scan already
+    record = scan(root, check="header")
+    assert len(record.samples) == 7
+    data = prepare(record, tmp_path / "cache", image_size=6)
+    assert len(data) == 6 and "cat/cut.jpg" not in data.paths
+    reasons = {s.path: s.reason for s in data.skipped}
+    assert reasons == {"cat/cut.jpg": "truncated file", "dog/text.png": reasons["dog/text.png"]}
+    assert reasons["dog/text.png"].startswith("not an image")
+    meta = json.loads((tmp_path / "cache" / "intake.json").read_text())
+    assert meta["n_images"] == 6 and meta["n_scanned"] == 7 and meta["decode_failures"] == 1
+    assert meta["counts"] == {"cat": 3, "dog": 3}
+    assert [data.paths[i].split("/")[0] for i in range(6)] == [data.classes[k] for k in data.labels]
+
+
+def test_prepare_refuses_when_one_class_is_left(tmp_path, make_image_folder, make_truncated):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    for p in list((root / "dog").iterdir()):
+        p.unlink()
+        make_truncated(p.with_suffix(".jpg"), "JPEG")
+    record = scan(root, check="header")
+    out = tmp_path / "cache"
+    with pytest.raises(IntakeError, match="after decoding, only one class has usable images"):
+        prepare(record, out, image_size=4)
+    assert list(out.iterdir()) == []  # nothing half-written is left behind
+
+
+def test_is_prepared_tracks_the_record_and_the_size(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    record = scan(root)
+    out = tmp_path / "cache"
+    assert not is_prepared(out, record, 8)
+    prepare(record, out, image_size=8)
+    assert is_prepared(out, record, 8)
+    assert not is_prepared(out, record, 16)
+    stamp = (root / "cat" / "img_000.png").stat()
+    os.utime(root / "cat" / "img_000.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    assert not is_prepared(out, record, 8)  # a file changed since
+    (out / "images.npy").unlink()
+    assert not is_prepared(out, scan(root), 8)
+
+
+def test_rerun_replaces_an_old_cache(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "cache"
+    prepare(scan(root), out, image_size=8)
+    make_image_folder(root, classes=("eel",), per_class=2)
+    record = scan(root)
+    data = prepare(record, out, image_size=4)
+    assert data.images.shape == (6, 4, 4, 3) and data.classes == ("cat", "dog", "eel")
+    assert is_prepared(out, record, 4)
+
+
+def test_load_prepared_errors(tmp_path, make_image_folder):
+    with pytest.raises(FileNotFoundError, match="run prepare first"):
+        load_prepared(tmp_path / "nothing")
+    out = tmp_path / "cache"
+    prepare(scan(make_image_folder(tmp_path / "data", per_class=2)), out, image_size=4)
+    text = (out / "manifest.csv").read_text().splitlines()
+    (out / "manifest.csv").write_text("\n".join(text[:-1]) + "\n")
+    with pytest.raises(IntakeError, match="inconsistent: images.npy has 4 images, manifest.csv 3 rows"):
+        load_prepared(out)
+    (out / "manifest.csv").write_text("\n".join(text).replace(",dog\n", ",wolf\n", 1) + "\n")
+    with pytest.raises(IntakeError, match="unknown label"):
+        load_prepared(out)
+    (out / "images.npy").write_bytes(b"garbage")
+    with pytest.raises(IntakeError, match="damaged"):
+        load_prepared(out)
+
+
+def test_progress_is_throttled_and_finishes(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=150, size=8)
+    calls: list[tuple[float, int, int]] = []
+    prepare(scan(root, check="header"), tmp_path / "c", image_size=4, workers=2,
+            progress=lambda d, t: calls.append((time.monotonic(), d, t)))
+    assert calls[0][1:] == (0, 300) and calls[-1][1:] == (300, 300)
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and len(calls) < 300 // 16  # fewer calls than decoded chunks
+    gaps = [b[0] - a[0] for a, b in zip(calls[:-2], calls[1:-1], strict=True)]  # the final call is always made
+    assert all(g >= 0.099 for g in gaps), gaps
+
+
+def test_thread_and_process_pools_give_identical_caches(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=20, size=12)
+    record = scan(root, check="header")
+    threads = prepare(record, tmp_path / "t", image_size=5, pool="thread", workers=2)
+    processes = prepare(record, tmp_path / "p", image_size=5, pool="process", workers=2)
+    assert np.array_equal(threads.images, processes.images) and threads.paths == processes.paths
+    with pytest.raises(ValueError, match="pool must be"):
+        prepare(record, tmp_path / "x", image_size=5, pool="fork")  # type: ignore[arg-type]
+
+
+def test_labels_with_commas_and_quotes_round_trip(tmp_path, make_image_folder):
+    weird = ('say "hi", then', "plain")
+    root = make_image_folder(tmp_path / "data", classes=weird, per_class=2)
+    out = tmp_path / "cache"
+    prepare(scan(root), out, image_size=4)
+    data = load_prepared(out)
+    assert data.classes == tuple(sorted(weird)) and data.paths[0] == 'plain/img_000.png'
+    assert [data.classes[k] for k in data.labels] == ["plain", "plain", weird[0], weird[0]]

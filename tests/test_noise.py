@@ -1,0 +1,197 @@
+"""engine.noise: exact per-class counts, never the same class, the CIFAR mappings, pair flips, reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from engine.intake import scan
+from engine.noise import (
+    CIFAR10_CLASSES,
+    NoiseResult,
+    check_output_folder,
+    cifar10_mapping,
+    cifar100_mapping,
+    digits_mapping,
+    flip_count,
+    inject_noise,
+    load_mapping,
+    write_noisy_copy,
+)
+
+
+def _labels(counts: list[int]) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.4, 0.8])
+def test_symmetric_exact_counts_and_never_the_same_class(rate):
+    counts = [100, 37, 250, 9, 64]
+    labels = _labels(counts)
+    classes = [f"c{i}" for i in range(5)]
+    res = inject_noise(labels, classes=classes, kind="symmetric", rate=rate, seed=3)
+    assert res.noisy_labels.shape == labels.shape and res.noisy_labels.dtype == np.int64
+    assert np.array_equal(res.flipped, res.noisy_labels != labels)
+    for c, n in enumerate(counts):
+        assert res.flipped[labels == c].sum() == int(np.floor(rate * n))
+        assert res.per_class_rate[f"c{c}"] == pytest.approx(int(np.floor(rate * n)) / n)
+    assert res.noisy_labels.min() >= 0 and res.noisy_labels.max() < 5
+
+
+def test_symmetric_targets_are_uniform_over_the_other_classes():
+    labels = _labels([20_000, 10, 10, 10])  # class 0 spreads over 1, 2 and 3
+    res = inject_noise(labels, classes=list("abcd"), kind="symmetric", rate=0.6, seed=0)
+    targets = res.noisy_labels[res.flipped & (labels == 0)]
+    assert len(targets) == 12_000 and 0 not in targets
+    shares = np.bincount(targets, minlength=4)[1:] / len(targets)
+    assert np.all(np.abs(shares - 1 / 3) < 0.02)
+
+
+def test_flip_count_floors_without_float_surprises():
+    assert flip_count(0.29, 100) == 29  # 0.29 * 100 = 28.999999999999996 in floating point
+    assert flip_count(0.2, 178) == 35 and flip_count(0.4, 9) == 3 and flip_count(0.0, 50) == 0
+
+
+def test_reproducible_and_seed_dependent():
+    labels = _labels([50, 50, 50])
+    a = inject_noise(labels, classes="xyz", kind="symmetric", rate=0.4, seed=7)
+    b = inject_noise(labels, classes="xyz", kind="symmetric", rate=0.4, seed=7)
+    c = inject_noise(labels, classes="xyz", kind="symmetric", rate=0.4, seed=8)
+    assert np.array_equal(a.noisy_labels, b.noisy_labels)
+    assert not np.array_equal(a.noisy_labels, c.noisy_labels)
+
+
+def test_cifar10_mapping_by_name_in_any_order():
+    shuffled = ["truck", "cat", "airplane", "dog", "bird", "frog", "horse", "ship", "deer", "automobile"]
+    m = cifar10_mapping(shuffled)
+    by_name = {shuffled[s]: shuffled[t] for s, t in m.items()}
+    assert by_name == {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
+    official = cifar10_mapping(CIFAR10_CLASSES)
+    assert official == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    with pytest.raises(ValueError, match="lacks: 'airplane', 'automobile'"):
+        cifar10_mapping(["bird", "cat", "deer", "dog", "horse", "truck"])
+
+
+def test_asymmetric_selects_from_true_labels_without_double_flips():
+    labels = _labels([100] * 10)
+    res = inject_noise(labels, classes=CIFAR10_CLASSES, kind="asymmetric", rate=0.4, seed=0,
+                       mapping=cifar10_mapping(CIFAR10_CLASSES))
+    for c in range(10):
+        flipped = res.flipped[labels == c].sum()
+        assert flipped == (40 if c in (9, 2, 4, 3, 5) else 0)
+    assert np.all(res.noisy_labels[res.flipped & (labels == 3)] == 5)  # every flipped cat is a "dog"
+    assert np.all(res.noisy_labels[res.flipped & (labels == 5)] == 3)  # and every flipped dog a "cat"
+    assert res.rate == pytest.approx(0.2)
+
+
+def test_pair_flips_to_the_next_class():
+    labels = _labels([30, 30, 30, 30])
+    res = inject_noise(labels, classes="abcd", kind="pair", rate=0.5, seed=1)
+    assert np.all(res.noisy_labels[res.flipped] == (labels[res.flipped] + 1) % 4)
+    assert all(res.flipped[labels == c].sum() == 15 for c in range(4))
+
+
+def test_cifar100_mapping_shifts_inside_blocks_of_five():
+    m = cifar100_mapping(100)
+    assert m[0] == 1 and m[3] == 4 and m[4] == 0 and m[5] == 6 and m[9] == 5 and m[99] == 95
+    assert all(s // 5 == t // 5 and s != t for s, t in m.items()) and len(m) == 100
+    labels = _labels([10] * 100)
+    res = inject_noise(labels, classes=[str(i) for i in range(100)], kind="asymmetric", rate=0.3, seed=0, mapping=m)
+    assert all(res.flipped[labels == c].sum() == 3 for c in range(100))
+    with pytest.raises(ValueError, match="multiple of 5"):
+        cifar100_mapping(12)
+
+
+def test_digits_mapping_covers_every_digit():
+    m = digits_mapping([str(d) for d in range(10)])
+    assert sorted(m) == list(range(10)) and all(s != t for s, t in m.items())
+    assert m[1] == 7 and m[7] == 1 and m[4] == 9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": 1.0}, r"rate must be in \[0, 1\)"),
+        ({"rate": -0.1}, r"rate must be in \[0, 1\)"),
+        ({"kind": "asymmetric"}, "needs a mapping"),
+        ({"kind": "asymmetric", "mapping": {0: 0}}, "to itself"),
+        ({"kind": "asymmetric", "mapping": {0: 9}}, "outside"),
+        ({"mapping": {0: 1}}, "asymmetric noise only"),
+        ({"kind": "random"}, "kind must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    args = {"classes": "abc", "kind": "symmetric", "rate": 0.2, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        inject_noise(_labels([5, 5, 5]), **args)
+
+
+def test_load_mapping_csv_and_json(tmp_path):
+    classes = ["cat", "dog", "eel, the"]
+    (tmp_path / "m.csv").write_text('source,target\ncat,dog\n"eel, the",cat\n')
+    assert load_mapping(tmp_path / "m.csv", classes) == {0: 1, 2: 0}
+    (tmp_path / "m.json").write_text(json.dumps({"dog": "cat"}))
+    assert load_mapping(tmp_path / "m.json", classes) == {1: 0}
+    (tmp_path / "bad.json").write_text(json.dumps({"dog": "wolf"}))
+    with pytest.raises(ValueError, match="lacks: 'wolf'"):
+        load_mapping(tmp_path / "bad.json", classes)
+    (tmp_path / "bad.csv").write_text("from,to\ncat,dog\n")
+    with pytest.raises(ValueError, match="source,target"):
+        load_mapping(tmp_path / "bad.csv", classes)
+    (tmp_path / "twice.csv").write_text('source,target\ncat,dog\ncat,"eel, the"\n')
+    with pytest.raises(ValueError, match="lists class 'cat' as a source twice"):
+        load_mapping(tmp_path / "twice.csv", classes)
+
+
+# ----------------------------------------------------------------------------- noisy copies
+
+
+def test_write_noisy_copy(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=10)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    record = scan(root)
+    res = inject_noise(record.label_indices(), classes=record.classes, kind="symmetric", rate=0.3, seed=0)
+    out = write_noisy_copy(record, res, tmp_path / "noisy")
+    with open(out / "noise.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and list(rows[0]) == ["path", "true_label", "noisy_label"]
+    assert sum(r["true_label"] != r["noisy_label"] for r in rows) == 9
+    for r in rows:
+        assert r["path"].split("/")[0] == r["noisy_label"] and (out / r["path"]).is_file()
+    noisy_record = scan(out)
+    assert noisy_record.counts() == {c: int((res.noisy_labels == i).sum()) for i, c in enumerate(record.classes)}
+    assert noisy_record.ignored == 1  # noise.csv
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # the source is untouched
+
+
+def test_name_clashes_get_the_image_id(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2)  # a/img_000.png, b/img_000.png
+    record = scan(root)
+    everything_to_a = NoiseResult(np.zeros(4, np.int64), record.label_indices() != 0, {"a": 0.0, "b": 1.0})
+    out = write_noisy_copy(record, everything_to_a, tmp_path / "noisy")
+    paths = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    b0 = next(s for s in record.samples if s.path == "b/img_000.png")
+    b1 = record.samples[3]
+    moved = [f"a/img_000_{b0.id[:8]}.png", f"a/img_001_{b1.id[:8]}.png"]
+    assert paths == sorted(["a/img_000.png", "a/img_001.png", *moved])
+
+
+def test_output_folder_rules(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    with pytest.raises(ValueError, match="inside the data folder"):
+        check_output_folder(root / "noisy", root)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not empty"):
+        check_output_folder(tmp_path / "full", root)
+    (tmp_path / "empty").mkdir()
+    check_output_folder(tmp_path / "empty", root)
+    record = scan(root)
+    res = inject_noise(record.label_indices(), classes=record.classes, kind="symmetric", rate=0.5, seed=0)
+    assert (write_noisy_copy(record, res, tmp_path / "empty") / "noise.csv").exists()
+    with pytest.raises(ValueError, match="not empty"):
+        write_noisy_copy(record, res, tmp_path / "full")
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x.txt"]
