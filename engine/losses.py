@@ -1,0 +1,434 @@
+"""Losses of the method: NT-Xent (a1), the three classification losses (a2), weighted SupCon (b2).
+
+Every loss returns per-sample values with ``reduction="none"`` (shape ``(B,)``) so the same code feeds
+the optimiser ("mean") and the two-component mixture on per-sample losses. All maths runs in fp32
+with autocast switched off: under bf16/fp16 autocast a similarity matmul at tau = 0.07 has only ~3
+significant digits, and ELR's ``log(1 - <t, p>)`` rounds to ``log(0)``.
+
+References:
+    - SimCLR: Chen et al. 2020, https://arxiv.org/abs/2002.05709
+    - NFL, RCE (Active-Passive Losses): Ma et al. 2020, https://arxiv.org/abs/2006.13554
+    - ELR: Liu et al. 2020, https://arxiv.org/abs/2007.00151
+    - SupCon: Khosla et al. 2020, https://arxiv.org/abs/2004.11362
+    - Weighted SupCon (eq. 8): Ciortan, Dupuis, Peel 2021
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import ClassifyConfig
+
+Reduction = Literal["none", "mean", "sum"]
+REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+WEIGHTINGS: tuple[str, ...] = ("paper", "reference")
+
+# Probability clamps of the reference implementations (algorithms.md §2.1, §3.2).
+ELR_CLAMP = 1e-4
+RCE_CLAMP = 1e-7
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _fp32(t: Tensor) -> Iterator[None]:
+    """Disable autocast: casting inputs with ``.float()`` alone does not stop autocast from running the
+    following matmul in bf16/fp16."""
+    with torch.autocast(device_type=t.device.type, enabled=False):
+        yield
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 1e-8:
+        raise ValueError(f"temperature must be > 1e-8, got {temperature}")
+
+
+def _check_views(z0: Tensor, z1: Tensor) -> None:
+    if z0.dim() != 2 or z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must both have shape (B, D), got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if z0.shape[0] < 2:
+        raise ValueError(f"contrastive losses need a batch of at least 2 images, got {z0.shape[0]}")
+
+
+def _check_logits(logits: Tensor, targets: Tensor) -> None:
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must have shape (B, C) with C >= 2, got {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must have shape ({logits.shape[0]},), got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
+
+
+def _view_pairs(n: int, device: torch.device) -> Tensor:
+    """Index of each anchor's other view among the 2n stacked views: (a + n) mod 2n. Shape: (2n,)."""
+    return torch.arange(2 * n, device=device).roll(n)
+
+
+def _similarity_logits(z0: Tensor, z1: Tensor, temperature: float) -> Tensor:
+    """Cosine similarities / tau of the 2B stacked views with self masked by -inf. Shape: (2B, 2B).
+
+    -inf (not a large negative number) keeps logsumexp exact and gives self a zero gradient.
+    """
+    z = F.normalize(torch.cat([z0, z1]).float(), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    return logits.masked_fill(self_mask, float("-inf"))
+
+
+def _per_image(per_anchor: Tensor) -> Tensor:
+    """Mean of the two anchors (views) of each image. Shape: (2B,) -> (B,)."""
+    n = per_anchor.shape[0] // 2
+    return 0.5 * (per_anchor[:n] + per_anchor[n:])
+
+
+# ----------------------------------------------------------------------------- (a1) SimCLR
+
+
+def nt_xent(z0: Tensor, z1: Tensor, *, temperature: float = 0.5, reduction: Reduction = "mean") -> Tensor:
+    """Normalised temperature-scaled cross entropy of SimCLR.
+
+    The 2B views are anchors; an anchor's positive is the other view of its image and the remaining
+    2B - 2 views are its negatives; self-similarity is excluded.
+
+    Args:
+        z0: projections of the first views (L2-normalised here). Shape: (B, D).
+        z1: projections of the second views. Shape: (B, D).
+        temperature: tau > 1e-8.
+        reduction: "none" gives, per image, the mean of its two anchors' losses, shape (B,);
+            "mean" is the mean over all 2B anchors; "sum" the sum of the (B,) per-image values.
+
+    Returns:
+        The loss, shape () or (B,).
+
+    Raises:
+        ValueError: temperature <= 1e-8, shape mismatch, B < 2 or an unknown reduction.
+    """
+    _check_temperature(temperature)
+    _check_views(z0, z1)
+    _check_reduction(reduction)
+    with _fp32(z0):
+        logits = _similarity_logits(z0, z1, temperature)
+        per_anchor = F.cross_entropy(logits, _view_pairs(z0.shape[0], z0.device), reduction="none")
+    return _reduce(_per_image(per_anchor), reduction)
+
+
+# ----------------------------------------------------------------------------- (a2) classification
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+    """Cross entropy on raw logits, in fp32.
+
+    Args:
+        logits: Shape (B, C).
+        targets: class indices. Shape (B,).
+        reduction: "none" (B,), "mean" or "sum".
+    """
+    _check_logits(logits, targets)
+    _check_reduction(reduction)
+    with _fp32(logits):
+        return F.cross_entropy(logits.float(), targets, reduction=reduction)
+
+
+def nfl(
+    logits: Tensor, targets: Tensor, *, alpha: float = 1.0, gamma: float = 0.5, reduction: Reduction = "mean"
+) -> Tensor:
+    """Normalised focal loss, alpha * FL(y) / sum_k FL(k), with FL(k) = -(1 - p_k)^gamma log p_k.
+
+    Follows the reference implementation (algorithms.md §3.1): the normaliser sum_k FL(k) and the
+    focal factor (1 - p_y)^gamma are DETACHED, so the gradient is the re-weighted cross-entropy
+    gradient (alpha / normaliser) * (1 - p_y)^gamma * grad(-log p_y), not the gradient of the
+    normalised loss. We keep these semantics because every published NFL+RCE number was produced with
+    them. The value is the true NFL, in (0, alpha]; with gamma = 0 it is NCE = log p_y / sum_k log p_k.
+
+    Args:
+        logits: Shape (B, C).
+        targets: class indices. Shape (B,).
+        alpha: scale of the loss (> 0).
+        gamma: focusing parameter (>= 0).
+        reduction: "none" (B,), "mean" or "sum".
+    """
+    _check_logits(logits, targets)
+    _check_reduction(reduction)
+    if gamma < 0:
+        raise ValueError(f"NFL gamma must be >= 0, got {gamma}")
+    with _fp32(logits):
+        log_p = F.log_softmax(logits.float(), dim=1)
+        log_p_det = log_p.detach()
+        normaliser = (-(1 - log_p_det.exp()).pow(gamma) * log_p_det).sum(dim=1)
+        log_p_y = log_p.gather(1, targets[:, None]).squeeze(1)
+        focal = (1 - log_p_y.detach().exp()).pow(gamma)
+        per_sample = alpha * (-focal * log_p_y) / normaliser
+    return _reduce(per_sample, reduction)
+
+
+def rce(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    beta: float = 1.0,
+    log_zero: float = -9.2103,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Reverse cross entropy, -beta * sum_k p_k log q_k with q the one-hot label and log 0 := log_zero.
+
+    The reference code clamps the one-hot at 1e-4 and takes the natural log, so log_zero defaults to
+    ln(1e-4) = -9.2103 (the paper text writes -4). With p clamped to [1e-7, 1] the loss is
+    -beta * log_zero * sum_{k != y} p_k, which equals -beta * log_zero * (1 - p_y) whenever no
+    probability falls below 1e-7.
+
+    Args:
+        logits: Shape (B, C).
+        targets: class indices. Shape (B,).
+        beta: scale of the loss (> 0).
+        log_zero: the value standing for log 0 (< 0).
+        reduction: "none" (B,), "mean" or "sum".
+    """
+    _check_logits(logits, targets)
+    _check_reduction(reduction)
+    if not log_zero < 0:
+        raise ValueError(f"rce log_zero must be negative (it stands for log 0), got {log_zero}")
+    with _fp32(logits):
+        p = F.softmax(logits.float(), dim=1).clamp(RCE_CLAMP, 1.0)
+        not_y = torch.ones_like(p).scatter_(1, targets[:, None], 0.0)
+        per_sample = -beta * log_zero * (p * not_y).sum(dim=1)
+    return _reduce(per_sample, reduction)
+
+
+def nfl_rce(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.5,
+    log_zero: float = -9.2103,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Active-passive loss NFL (scale alpha) + RCE (scale beta); see `nfl` and `rce`. Shape: () or (B,)."""
+    _check_reduction(reduction)
+    per_sample = nfl(logits, targets, alpha=alpha, gamma=gamma, reduction="none") + rce(
+        logits, targets, beta=beta, log_zero=log_zero, reduction="none"
+    )
+    return _reduce(per_sample, reduction)
+
+
+class ClassificationLoss(nn.Module):
+    """Common interface of the classification losses, so the training loop treats them alike.
+
+    ``forward(logits, targets, index, *, reduction)``: index (B,) holds the dataset indices of the batch;
+    only ELR uses it. Any state (ELR's targets) is a buffer, hence in ``state_dict()`` for resume.
+    """
+
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+        raise NotImplementedError
+
+
+class CELoss(ClassificationLoss):
+    """Cross entropy; ignores the index."""
+
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+        return cross_entropy(logits, targets, reduction=reduction)
+
+
+class NFLRCELoss(ClassificationLoss):
+    """NFL + RCE with fixed hyper-parameters; ignores the index."""
+
+    def __init__(self, *, alpha: float, beta: float, gamma: float, log_zero: float) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"NFL gamma must be >= 0, got {gamma}")
+        if not log_zero < 0:
+            raise ValueError(f"rce log_zero must be negative (it stands for log 0), got {log_zero}")
+        self.alpha, self.beta, self.gamma, self.log_zero = alpha, beta, gamma, log_zero
+
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+        return nfl_rce(
+            logits,
+            targets,
+            alpha=self.alpha,
+            beta=self.beta,
+            gamma=self.gamma,
+            log_zero=self.log_zero,
+            reduction=reduction,
+        )
+
+
+class ELRLoss(ClassificationLoss):
+    """Early-learning regularisation: CE + lam * log(1 - <t_i, p_i>).
+
+    t_i is a temporal ensemble (EMA with momentum beta) of the model's normalised, detached
+    predictions for image i, kept in the buffer ``target`` of shape (num_samples, num_classes), so it is
+    saved with ``state_dict()``. Semantics of the reference code (algorithms.md §2.1): p is clamped to
+    [1e-4, 1 - 1e-4], the buffer starts at zero (no bias correction) and rows ``index`` are updated
+    BEFORE the loss of the same step; the gradient flows through p only. The buffer is updated only
+    in training mode (``loss.eval()`` evaluates without touching it).
+    """
+
+    target: Tensor
+
+    def __init__(self, num_samples: int, num_classes: int, *, lam: float = 3.0, beta: float = 0.7) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"ELR needs num_samples >= 1, got {num_samples}")
+        if num_classes < 2:
+            raise ValueError(f"ELR needs num_classes >= 2, got {num_classes}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"ELR beta must be in [0, 1), got {beta}")
+        if lam < 0:
+            raise ValueError(f"ELR lambda must be >= 0, got {lam}")
+        self.lam, self.beta = lam, beta
+        self.register_buffer("target", torch.zeros(num_samples, num_classes))
+
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+        """Args: logits (B, C), targets (B,), index (B,) dataset indices in [0, num_samples).
+
+        Returns: the loss, shape () or (B,) for reduction="none".
+        """
+        self._check_batch(logits, targets, index)
+        _check_reduction(reduction)
+        with _fp32(logits):
+            p = F.softmax(logits.float(), dim=1).clamp(ELR_CLAMP, 1.0 - ELR_CLAMP)
+            if self.training:
+                self._update_targets(p.detach(), index)
+            agreement = (self.target[index] * p).sum(dim=1)  # <t_i, p_i>
+            ce = F.cross_entropy(logits.float(), targets, reduction="none")
+            per_sample = ce + self.lam * torch.log1p(-agreement)
+        return _reduce(per_sample, reduction)
+
+    @torch.no_grad()
+    def _update_targets(self, p: Tensor, index: Tensor) -> None:
+        self.target[index] = self.beta * self.target[index] + (1 - self.beta) * p / p.sum(dim=1, keepdim=True)
+
+    def _check_batch(self, logits: Tensor, targets: Tensor, index: Tensor) -> None:
+        _check_logits(logits, targets)
+        num_samples, num_classes = self.target.shape
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"ELR was built for {num_classes} classes, logits have {logits.shape[1]}")
+        if index.shape != targets.shape or index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"index must be integer dataset indices of shape {tuple(targets.shape)}")
+        if self.target.device != logits.device:
+            raise ValueError(f"ELR targets are on {self.target.device}, logits on {logits.device}: call .to(device)")
+        # Range check only on CPU: on a GPU it would force a host sync every step (the loader's indices
+        # are in range by construction there).
+        on_cpu = index.device.type == "cpu" and index.numel() > 0
+        if on_cpu and not 0 <= int(index.min()) <= int(index.max()) < num_samples:
+            raise ValueError(f"index out of range [0, {num_samples}): min {int(index.min())}, max {int(index.max())}")
+
+
+def classification_loss(cfg: ClassifyConfig, *, num_samples: int, num_classes: int) -> ClassificationLoss:
+    """Build the (a2) loss named by ``cfg.loss``: "ce", "nfl+rce" or "elr".
+
+    Args:
+        cfg: the classification settings (loss name and its hyper-parameters).
+        num_samples: dataset size N (ELR keeps one target row per image).
+        num_classes: C.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if cfg.loss == "ce":
+        return CELoss()
+    if cfg.loss == "nfl+rce":
+        return NFLRCELoss(alpha=cfg.nfl_alpha, beta=cfg.rce_beta, gamma=cfg.nfl_gamma, log_zero=cfg.rce_log_zero)
+    if cfg.loss == "elr":
+        return ELRLoss(num_samples, num_classes, lam=cfg.elr_lambda, beta=cfg.elr_beta)
+    raise ValueError(f"loss must be one of ce, nfl+rce, elr, got {cfg.loss!r}")
+
+
+# ----------------------------------------------------------------------------- (b2) weighted SupCon
+
+
+def weighted_supcon(
+    z0: Tensor,
+    z1: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    *,
+    temperature: float = 0.07,
+    weighting: Literal["paper", "reference"] = "paper",
+    min_weight: float = 0.01,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Weighted supervised contrastive loss (eq. 8 of Ciortan et al.; algorithms.md §5.3).
+
+    Anchors are the 2B views; positives of anchor a are the other views with the same (pseudo-)label,
+    its own other view included. For anchor a,
+
+        loss_a = - sum_p W_ap log softmax_a(p) / sum_p W_ap,
+
+    where softmax_a runs over all 2B - 1 other views (denominator unweighted) and W_ap is
+        "paper":     1 for the anchor's own other view, the ANCHOR's clean probability w_i otherwise;
+        "reference": the positive's own weight w_p for every positive, own view included, with weights
+                     clipped to >= min_weight (the published code's variant, which also down-weights a
+                     noisy anchor's instance-discrimination term).
+    With all weights 1 both reduce to SupCon (Khosla et al.). Unlike SupContrast we do not multiply by
+    tau / base_tau (= 1 at the default tau = 0.07).
+
+    Args:
+        z0, z1: projections of the two views. Shape: (B, D).
+        labels: (pseudo-)labels. Shape: (B,).
+        weights: clean probabilities in [0, 1]. Shape: (B,).
+        temperature: tau > 1e-8.
+        weighting: "paper" or "reference".
+        min_weight: lower clip of the weights for "reference".
+        reduction: "none" gives per image the mean of its two anchors, shape (B,); "mean"; "sum".
+    """
+    _check_temperature(temperature)
+    _check_views(z0, z1)
+    _check_reduction(reduction)
+    n = z0.shape[0]
+    if labels.shape != (n,) or weights.shape != (n,):
+        raise ValueError(
+            f"labels and weights must have shape ({n},), got {tuple(labels.shape)} and {tuple(weights.shape)}"
+        )
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    with _fp32(z0):
+        logits = _similarity_logits(z0, z1, temperature)
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positive = _positives(labels)
+        pair_weights = _pair_weights(weights.float(), positive, weighting, min_weight)
+        # masked_fill, not a product: log_prob is -inf on the diagonal and 0 * -inf is NaN.
+        weighted = (pair_weights * log_prob.masked_fill(~positive, 0.0)).sum(dim=1)
+        per_anchor = -weighted / pair_weights.sum(dim=1).clamp_min(1e-12)
+    return _reduce(_per_image(per_anchor), reduction)
+
+
+def _positives(labels: Tensor) -> Tensor:
+    """Same-label pairs among the 2B stacked views, self excluded. Shape: (2B, 2B) bool."""
+    y = torch.cat([labels, labels])
+    return (y[:, None] == y[None, :]).fill_diagonal_(False)
+
+
+def _pair_weights(weights: Tensor, positive: Tensor, weighting: str, min_weight: float) -> Tensor:
+    """W_ap of `weighted_supcon`; 0 outside the positives. Shape: (2B, 2B)."""
+    two_n = positive.shape[0]
+    w = torch.cat([weights, weights])
+    if weighting == "paper":
+        own_view = torch.zeros_like(positive)
+        own_view[torch.arange(two_n, device=w.device), _view_pairs(two_n // 2, w.device)] = True
+        per_pair = torch.where(own_view, torch.ones_like(w)[:, None], w[:, None])  # anchor's weight w_i
+    else:
+        per_pair = w.clamp_min(min_weight)[None, :].expand(two_n, two_n)  # positive's (column) weight w_p
+    return per_pair * positive

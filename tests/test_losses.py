@@ -1,0 +1,507 @@
+"""Losses against naive per-sample loop references (algorithms.md §2, §3, §5, §6) plus properties."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.config import ClassifyConfig
+from engine.losses import (
+    CELoss,
+    ELRLoss,
+    NFLRCELoss,
+    classification_loss,
+    cross_entropy,
+    nfl,
+    nfl_rce,
+    nt_xent,
+    rce,
+    weighted_supcon,
+)
+
+LN_1E4 = math.log(1e-4)
+
+
+def _softmax(row: list[float]) -> list[float]:
+    m = max(row)
+    e = [math.exp(v - m) for v in row]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def _unit_rows(z: torch.Tensor) -> list[list[float]]:
+    rows = z.double().tolist()
+    return [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
+
+
+def _log_softmax_contrast(z: list[list[float]], a: int, p: int, tau: float) -> float:
+    """log( exp(s_ap / tau) / sum_{k != a} exp(s_ak / tau) ) for unit rows z."""
+    sims = [sum(x * y for x, y in zip(z[a], z[k], strict=True)) / tau for k in range(len(z))]
+    denom = sum(math.exp(s) for k, s in enumerate(sims) if k != a)
+    return sims[p] - math.log(denom)
+
+
+def _naive_nt_xent(z0: torch.Tensor, z1: torch.Tensor, tau: float) -> list[float]:
+    """Per-image loss (mean of the two anchors) with plain loops."""
+    n = z0.shape[0]
+    z = _unit_rows(torch.cat([z0, z1]))
+    per_anchor = [-_log_softmax_contrast(z, a, (a + n) % (2 * n), tau) for a in range(2 * n)]
+    return [(per_anchor[i] + per_anchor[i + n]) / 2 for i in range(n)]
+
+
+def _naive_supcon(z0, z1, labels, weights, tau: float, mode: str) -> list[float]:
+    """Weighted SupCon per image; mode "plain" (|P| average), "paper" (own view 1, others w_anchor),
+    "reference" (every positive weighted by its own clipped w)."""
+    n = z0.shape[0]
+    z = _unit_rows(torch.cat([z0, z1]))
+    y = labels.tolist() * 2
+    w = weights.double().tolist() * 2
+    per_anchor = []
+    for a in range(2 * n):
+        num = den = 0.0
+        for p in range(2 * n):
+            if p == a or y[p] != y[a]:
+                continue
+            if mode == "plain":
+                wp = 1.0
+            elif mode == "paper":
+                wp = 1.0 if p == (a + n) % (2 * n) else w[a]
+            else:
+                wp = max(w[p], 0.01)
+            num += wp * _log_softmax_contrast(z, a, p, tau)
+            den += wp
+        per_anchor.append(-num / den)
+    return [(per_anchor[i] + per_anchor[i + n]) / 2 for i in range(n)]
+
+
+def _close(actual: torch.Tensor, expected: list[float], tol: float = 1e-5) -> None:
+    torch.testing.assert_close(
+        actual.double().reshape(-1), torch.tensor(expected, dtype=torch.float64), rtol=tol, atol=tol
+    )
+
+
+# ----------------------------------------------------------------------------- NT-Xent
+
+
+@pytest.mark.parametrize("n", [2, 5])
+@pytest.mark.parametrize("dim", [3, 16])
+@pytest.mark.parametrize("tau", [0.07, 0.5, 1.0])
+def test_nt_xent_matches_naive_loop(n: int, dim: int, tau: float) -> None:
+    torch.manual_seed(n * 100 + dim)
+    z0, z1 = torch.randn(n, dim), torch.randn(n, dim)
+    expected = _naive_nt_xent(z0, z1, tau)
+    _close(nt_xent(z0, z1, temperature=tau, reduction="none"), expected)
+    _close(nt_xent(z0, z1, temperature=tau), [sum(expected) / n])
+    _close(nt_xent(z0, z1, temperature=tau, reduction="sum"), [sum(expected)])
+
+
+def test_nt_xent_is_symmetric_in_the_views() -> None:
+    torch.manual_seed(1)
+    a, b = torch.randn(6, 8), torch.randn(6, 8)
+    torch.testing.assert_close(nt_xent(a, b, reduction="none"), nt_xent(b, a, reduction="none"))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_nt_xent_closed_form_for_identical_views_orthogonal_images(n: int, tau: float) -> None:
+    """Positive similarity 1, all 2n-2 negatives 0: loss = log(1 + (2n - 2) exp(-1/tau)) for every anchor."""
+    z = torch.eye(n, 2 * n) * 3.0  # orthogonal rows; the scale must not matter (normalised inside)
+    expected = math.log(1 + (2 * n - 2) * math.exp(-1 / tau))
+    _close(nt_xent(z, z.clone(), temperature=tau, reduction="none"), [expected] * n)
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_nt_xent_gradients_are_finite(tau: float) -> None:
+    torch.manual_seed(2)
+    base = torch.randn(8, 16)
+    z0 = (base * 1e3).requires_grad_(True)  # large norms and near-duplicate views
+    z1 = (base * 1e3 + 1e-3 * torch.randn(8, 16)).requires_grad_(True)
+    nt_xent(z0, z1, temperature=tau).backward()
+    assert torch.isfinite(z0.grad).all() and torch.isfinite(z1.grad).all()
+    assert z0.grad.abs().sum() > 0
+
+
+def test_nt_xent_runs_in_fp32_under_autocast() -> None:
+    torch.manual_seed(3)
+    z0, z1 = torch.randn(16, 32), torch.randn(16, 32)
+    expected = nt_xent(z0, z1, temperature=0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = nt_xent(z0.bfloat16().float(), z1.bfloat16().float(), temperature=0.07)
+        got_bf16_inputs = nt_xent(z0.bfloat16(), z1.bfloat16(), temperature=0.07)
+    assert got.dtype == torch.float32 and got_bf16_inputs.dtype == torch.float32
+    # bf16 matmul would be off by ~1e-2 at tau = 0.07; fp32 agrees up to the bf16 rounding of the inputs
+    ref = nt_xent(z0.bfloat16().float(), z1.bfloat16().float(), temperature=0.07)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_bf16_inputs, ref, rtol=1e-6, atol=1e-6)
+    assert abs(float(got) - float(expected)) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("z0", "z1", "kwargs", "message"),
+    [
+        (torch.randn(4, 3), torch.randn(4, 3), {"temperature": 0.0}, "temperature must be > 1e-8"),
+        (torch.randn(4, 3), torch.randn(4, 3), {"temperature": -1.0}, "temperature must be > 1e-8"),
+        (torch.randn(4, 3), torch.randn(5, 3), {}, "must both have shape"),
+        (torch.randn(4), torch.randn(4), {}, "must both have shape"),
+        (torch.randn(1, 3), torch.randn(1, 3), {}, "at least 2 images"),
+        (torch.randn(4, 3), torch.randn(4, 3), {"reduction": "avg"}, "reduction must be one of"),
+    ],
+)
+def test_nt_xent_rejects_bad_arguments(z0, z1, kwargs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        nt_xent(z0, z1, **kwargs)
+
+
+# ----------------------------------------------------------------------------- CE, NFL, RCE
+
+
+def _naive_nfl(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> list[float]:
+    out = []
+    for row, y in zip(logits.double().tolist(), targets.tolist(), strict=True):
+        p = _softmax(row)
+        fl = [-((1 - pk) ** gamma) * math.log(pk) for pk in p]
+        out.append(alpha * fl[y] / sum(fl))
+    return out
+
+
+def _naive_rce(logits: torch.Tensor, targets: torch.Tensor, beta: float, log_zero: float) -> list[float]:
+    out = []
+    for row, y in zip(logits.double().tolist(), targets.tolist(), strict=True):
+        p = [min(max(pk, 1e-7), 1.0) for pk in _softmax(row)]
+        out.append(-beta * sum(pk * (0.0 if k == y else log_zero) for k, pk in enumerate(p)))
+    return out
+
+
+@pytest.mark.parametrize(("n", "c"), [(1, 2), (7, 3), (16, 10)])
+def test_cross_entropy_matches_naive_loop(n: int, c: int) -> None:
+    torch.manual_seed(n + c)
+    logits, targets = torch.randn(n, c) * 3, torch.randint(0, c, (n,))
+    expected = [-math.log(_softmax(r)[y]) for r, y in zip(logits.double().tolist(), targets.tolist(), strict=True)]
+    _close(cross_entropy(logits, targets, reduction="none"), expected)
+    _close(cross_entropy(logits, targets), [sum(expected) / n])
+    _close(cross_entropy(logits, targets, reduction="sum"), [sum(expected)])
+
+
+@pytest.mark.parametrize(("n", "c"), [(5, 2), (16, 10)])
+@pytest.mark.parametrize(("alpha", "gamma"), [(1.0, 0.5), (10.0, 2.0), (1.0, 0.0)])
+def test_nfl_matches_naive_loop(n: int, c: int, alpha: float, gamma: float) -> None:
+    torch.manual_seed(n * c)
+    logits, targets = torch.randn(n, c) * 2, torch.randint(0, c, (n,))
+    expected = _naive_nfl(logits, targets, alpha, gamma)
+    _close(nfl(logits, targets, alpha=alpha, gamma=gamma, reduction="none"), expected)
+    _close(nfl(logits, targets, alpha=alpha, gamma=gamma), [sum(expected) / n])
+
+
+def test_nfl_with_gamma_zero_is_nce() -> None:
+    torch.manual_seed(4)
+    logits, targets = torch.randn(12, 5), torch.randint(0, 5, (12,))
+    log_p = F.log_softmax(logits, dim=1)
+    nce = log_p.gather(1, targets[:, None]).squeeze(1) / log_p.sum(dim=1)
+    torch.testing.assert_close(nfl(logits, targets, gamma=0.0, reduction="none"), nce)
+
+
+def test_nfl_gradient_is_the_reweighted_cross_entropy_gradient() -> None:
+    """Reference semantics: normaliser and focal factor are constants for autograd."""
+    torch.manual_seed(5)
+    alpha, gamma = 2.0, 0.5
+    logits, targets = torch.randn(9, 4) * 2, torch.randint(0, 4, (9,))
+    x = logits.clone().requires_grad_(True)
+    nfl(x, targets, alpha=alpha, gamma=gamma, reduction="sum").backward()
+
+    p = F.softmax(logits, dim=1)
+    normaliser = (-(1 - p).pow(gamma) * p.log()).sum(dim=1)
+    weight = alpha * (1 - p.gather(1, targets[:, None]).squeeze(1)).pow(gamma) / normaliser
+    y = logits.clone().requires_grad_(True)
+    (weight * F.cross_entropy(y, targets, reduction="none")).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
+
+    # and it is not the gradient of the normalised loss itself
+    t = logits.clone().requires_grad_(True)
+    pt = F.softmax(t, dim=1)
+    fl = -(1 - pt).pow(gamma) * pt.log()
+    (alpha * fl.gather(1, targets[:, None]).squeeze(1) / fl.sum(dim=1)).sum().backward()
+    assert not torch.allclose(x.grad, t.grad, atol=1e-4)
+
+
+@pytest.mark.parametrize(("beta", "log_zero"), [(1.0, LN_1E4), (0.1, -4.0)])
+def test_rce_exact_value(beta: float, log_zero: float) -> None:
+    torch.manual_seed(6)
+    logits, targets = torch.randn(10, 6), torch.randint(0, 6, (10,))
+    p_y = F.softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(
+        rce(logits, targets, beta=beta, log_zero=log_zero, reduction="none"), -log_zero * beta * (1 - p_y)
+    )
+
+
+def test_rce_default_log_zero_is_ln_1e4_and_clamp_matches_naive() -> None:
+    torch.manual_seed(7)
+    logits, targets = torch.randn(8, 10) * 20, torch.randint(0, 10, (8,))  # many p_k < 1e-7
+    _close(rce(logits, targets, reduction="none"), _naive_rce(logits, targets, 1.0, -9.2103))
+    assert abs(-9.2103 - LN_1E4) < 1e-4
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (10.0, 0.1)])
+def test_nfl_rce_is_the_sum(alpha: float, beta: float) -> None:
+    torch.manual_seed(8)
+    logits, targets = torch.randn(11, 10), torch.randint(0, 10, (11,))
+    expected = [
+        a + b
+        for a, b in zip(
+            _naive_nfl(logits, targets, alpha, 0.5), _naive_rce(logits, targets, beta, -9.2103), strict=True
+        )
+    ]
+    _close(nfl_rce(logits, targets, alpha=alpha, beta=beta, reduction="none"), expected)
+    _close(nfl_rce(logits, targets, alpha=alpha, beta=beta, reduction="sum"), [sum(expected)])
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "nfl", "rce", "nfl+rce", "elr"])
+def test_classification_losses_have_finite_gradients_for_extreme_logits(loss_name: str) -> None:
+    logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0], [0.0, 0.0, 0.0], [50.0, -50.0, 20.0]])
+    targets = torch.tensor([0, 0, 2, 1])
+    x = logits.clone().requires_grad_(True)
+    funcs = {
+        "ce": lambda: cross_entropy(x, targets),
+        "nfl": lambda: nfl(x, targets),
+        "rce": lambda: rce(x, targets),
+        "nfl+rce": lambda: nfl_rce(x, targets),
+        "elr": lambda: ELRLoss(4, 3)(x, targets, torch.arange(4)),
+    }
+    loss = funcs[loss_name]()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: cross_entropy(torch.randn(3, 4), torch.tensor([0, 1])), r"targets must have shape \(3,\)"),
+        (lambda: cross_entropy(torch.randn(3), torch.tensor([0, 1, 2])), "logits must have shape"),
+        (lambda: cross_entropy(torch.randn(3, 4), torch.rand(3)), "integer class indices"),
+        (lambda: nfl(torch.randn(3, 4), torch.tensor([0, 1, 2]), gamma=-1.0), "gamma must be >= 0"),
+        (lambda: rce(torch.randn(3, 4), torch.tensor([0, 1, 2]), log_zero=4.0), "log_zero must be negative"),
+        (lambda: nfl_rce(torch.randn(3, 4), torch.tensor([0, 1, 2]), reduction="max"), "reduction must be one of"),
+    ],
+)
+def test_classification_losses_reject_bad_arguments(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ----------------------------------------------------------------------------- ELR
+
+
+def _naive_elr_step(target: list[list[float]], logits, targets, index, lam: float, beta: float) -> list[float]:
+    """One ELR step with loops; mutates `target` exactly as the reference (update first)."""
+    out = []
+    for row, y, i in zip(logits.double().tolist(), targets.tolist(), index.tolist(), strict=True):
+        p = [min(max(v, 1e-4), 1 - 1e-4) for v in _softmax(row)]
+        s = sum(p)
+        target[i] = [beta * t + (1 - beta) * pk / s for t, pk in zip(target[i], p, strict=True)]
+        ce = -math.log(_softmax(row)[y])
+        out.append(ce + lam * math.log(1 - sum(t * pk for t, pk in zip(target[i], p, strict=True))))
+    return out
+
+
+@pytest.mark.parametrize(("n", "c", "lam", "beta"), [(6, 3, 3.0, 0.7), (10, 10, 7.0, 0.9)])
+def test_elr_matches_naive_loop_over_two_steps(n: int, c: int, lam: float, beta: float) -> None:
+    torch.manual_seed(n + c)
+    loss = ELRLoss(n, c, lam=lam, beta=beta)
+    naive_target = [[0.0] * c for _ in range(n)]
+    for _ in range(2):
+        index = torch.randperm(n)[: n // 2 + 1]
+        logits, targets = torch.randn(len(index), c) * 2, torch.randint(0, c, (len(index),))
+        expected = _naive_elr_step(naive_target, logits, targets, index, lam, beta)
+        _close(loss(logits, targets, index, reduction="none"), expected)
+    torch.testing.assert_close(
+        loss.target.double(), torch.tensor(naive_target, dtype=torch.float64), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_elr_updates_target_before_the_loss_by_hand() -> None:
+    loss = ELRLoss(5, 2, lam=3.0, beta=0.7)
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = (0.25, 0.75)
+    value = loss(logits, torch.tensor([0]), torch.tensor([3]))
+    t = torch.tensor([0.3 * 0.25, 0.3 * 0.75])  # (1 - beta) * p, buffer started at 0
+    torch.testing.assert_close(loss.target[3], t)
+    assert loss.target[[0, 1, 2, 4]].abs().sum() == 0  # only row `index` changed
+    expected = -math.log(0.25) + 3.0 * math.log(1 - (0.3 * 0.25**2 + 0.3 * 0.75**2))
+    assert abs(float(value) - expected) < 1e-5
+    # second visit: EMA of the normalised prediction
+    loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1]), torch.tensor([3]))
+    torch.testing.assert_close(loss.target[3], 0.7 * t + 0.3 * torch.tensor([0.5, 0.5]))
+
+
+def test_elr_eval_mode_leaves_target_alone() -> None:
+    loss = ELRLoss(4, 3).eval()
+    value = loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]), reduction="none")
+    assert loss.target.abs().sum() == 0 and value.shape == (2,)
+
+
+def test_elr_state_dict_round_trip() -> None:
+    torch.manual_seed(9)
+    loss = ELRLoss(8, 4)
+    loss(torch.randn(8, 4), torch.randint(0, 4, (8,)), torch.arange(8))
+    assert set(loss.state_dict()) == {"target"}
+    buffer = io.BytesIO()
+    torch.save(loss.state_dict(), buffer)
+    buffer.seek(0)
+    restored = ELRLoss(8, 4)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(restored.target, loss.target)
+    logits, targets, index = torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([5, 1, 7])
+    torch.testing.assert_close(restored(logits, targets, index), loss(logits, targets, index))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ELRLoss(0, 3), "num_samples >= 1"),
+        (lambda: ELRLoss(4, 1), "num_classes >= 2"),
+        (lambda: ELRLoss(4, 3, beta=1.0), r"beta must be in \[0, 1\)"),
+        (lambda: ELRLoss(4, 3, lam=-1.0), "lambda must be >= 0"),
+        (lambda: ELRLoss(4, 3)(torch.randn(2, 5), torch.tensor([0, 1]), torch.tensor([0, 1])), "built for 3 classes"),
+        (lambda: ELRLoss(4, 3)(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 4])), "index out of range"),
+        (lambda: ELRLoss(4, 3)(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0])), "index must be integer"),
+    ],
+)
+def test_elr_rejects_bad_arguments(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_elr_rejected_batch_changes_nothing() -> None:
+    loss = ELRLoss(4, 3)
+    with pytest.raises(ValueError):
+        loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 9]))
+    assert loss.target.abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------- classification_loss
+
+
+@pytest.mark.parametrize(("name", "cls"), [("ce", CELoss), ("nfl+rce", NFLRCELoss), ("elr", ELRLoss)])
+def test_classification_loss_builds_each_loss_with_one_interface(name: str, cls: type) -> None:
+    torch.manual_seed(10)
+    cfg = ClassifyConfig(loss=name, nfl_alpha=10.0, rce_beta=0.1, elr_lambda=7.0, elr_beta=0.9)
+    loss = classification_loss(cfg, num_samples=20, num_classes=5)
+    assert isinstance(loss, cls)
+    logits, targets, index = torch.randn(6, 5), torch.randint(0, 5, (6,)), torch.arange(6)
+    per_sample = loss(logits, targets, index, reduction="none")
+    assert per_sample.shape == (6,)
+    expected = {
+        "ce": lambda: cross_entropy(logits, targets, reduction="none"),
+        "nfl+rce": lambda: nfl_rce(logits, targets, alpha=10.0, beta=0.1, reduction="none"),
+        "elr": lambda: ELRLoss(20, 5, lam=7.0, beta=0.9)(logits, targets, index, reduction="none"),
+    }[name]()
+    torch.testing.assert_close(per_sample, expected)
+    assert ("target" in loss.state_dict()) == (name == "elr")
+
+
+def test_classification_loss_rejects_unknown_name() -> None:
+    with pytest.raises(ValueError, match="loss must be one of ce, nfl\\+rce, elr, got 'mae'"):
+        classification_loss(ClassifyConfig(loss="mae"), num_samples=4, num_classes=3)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- weighted SupCon
+
+
+def _supcon_inputs(n: int, dim: int, classes: int, seed: int):
+    torch.manual_seed(seed)
+    return torch.randn(n, dim), torch.randn(n, dim), torch.randint(0, classes, (n,)), torch.rand(n)
+
+
+@pytest.mark.parametrize(("n", "dim", "classes"), [(2, 4, 1), (6, 8, 3), (10, 5, 4)])
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_weighted_supcon_with_unit_weights_is_plain_supcon(n: int, dim: int, classes: int, tau: float) -> None:
+    z0, z1, labels, _ = _supcon_inputs(n, dim, classes, n + dim)
+    ones = torch.ones(n)
+    expected = _naive_supcon(z0, z1, labels, ones, tau, "plain")
+    for weighting in ("paper", "reference"):
+        got = weighted_supcon(z0, z1, labels, ones, temperature=tau, weighting=weighting, reduction="none")
+        _close(got, expected)
+
+
+@pytest.mark.parametrize(("n", "classes"), [(6, 2), (9, 3)])
+@pytest.mark.parametrize("weighting", ["paper", "reference"])
+def test_weighted_supcon_matches_naive_loop(n: int, classes: int, weighting: str) -> None:
+    z0, z1, labels, weights = _supcon_inputs(n, 8, classes, 3 * n)
+    weights[0] = 0.0  # exercises the 0.01 clip of the reference variant
+    expected = _naive_supcon(z0, z1, labels, weights, 0.07, weighting)
+    got = weighted_supcon(z0, z1, labels, weights, weighting=weighting, reduction="none")
+    _close(got, expected)
+    _close(weighted_supcon(z0, z1, labels, weights, weighting=weighting), [sum(expected) / n])
+    _close(weighted_supcon(z0, z1, labels, weights, weighting=weighting, reduction="sum"), [sum(expected)])
+
+
+def test_paper_weighting_keeps_own_view_weight_one() -> None:
+    """An anchor with clean probability 0 keeps only its instance-discrimination (NT-Xent) term."""
+    z0, z1, _, weights = _supcon_inputs(6, 8, 2, 11)
+    labels = torch.zeros(6, dtype=torch.long)  # every other view is a positive
+    weights[2] = 0.0
+    got = weighted_supcon(z0, z1, labels, weights, temperature=0.2, reduction="none")
+    instance = nt_xent(z0, z1, temperature=0.2, reduction="none")
+    torch.testing.assert_close(got[2], instance[2])
+    assert not torch.allclose(got[3], instance[3])  # weighted positives change the others
+
+
+def test_weighted_supcon_is_finite_with_fp32_gradients_at_low_temperature() -> None:
+    z0, z1, labels, weights = _supcon_inputs(8, 16, 2, 12)
+    a = (z0 * 1e3).requires_grad_(True)
+    b = (z0 * 1e3 + 1e-3 * z1).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = weighted_supcon(a, b, labels, torch.zeros(8), temperature=0.07, weighting="reference")
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weighting": "column"}, "weighting must be one of paper, reference"),
+        ({"labels": torch.zeros(3, dtype=torch.long)}, r"labels and weights must have shape \(4,\)"),
+        ({"weights": torch.ones(4, 1)}, r"labels and weights must have shape \(4,\)"),
+        ({"temperature": 0.0}, "temperature must be > 1e-8"),
+        ({"reduction": "batch"}, "reduction must be one of"),
+    ],
+)
+def test_weighted_supcon_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    args = {"z0": torch.randn(4, 3), "z1": torch.randn(4, 3), "labels": torch.zeros(4, dtype=torch.long)}
+    args["weights"] = torch.ones(4)
+    args.update(kwargs)
+    z0, z1, labels, weights = args.pop("z0"), args.pop("z1"), args.pop("labels"), args.pop("weights")
+    with pytest.raises(ValueError, match=message):
+        weighted_supcon(z0, z1, labels, weights, **args)
+
+
+# ----------------------------------------------------------------------------- shapes of every reduction
+
+
+def _all_losses(reduction: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(13)
+    logits, targets, index = torch.randn(5, 4), torch.randint(0, 4, (5,)), torch.arange(5)
+    z0, z1, labels, weights = torch.randn(5, 8), torch.randn(5, 8), torch.randint(0, 2, (5,)), torch.rand(5)
+    return {
+        "nt_xent": nt_xent(z0, z1, reduction=reduction),
+        "cross_entropy": cross_entropy(logits, targets, reduction=reduction),
+        "nfl": nfl(logits, targets, reduction=reduction),
+        "rce": rce(logits, targets, reduction=reduction),
+        "nfl_rce": nfl_rce(logits, targets, reduction=reduction),
+        "elr": ELRLoss(5, 4)(logits, targets, index, reduction=reduction),
+        "supcon_paper": weighted_supcon(z0, z1, labels, weights, reduction=reduction),
+        "supcon_reference": weighted_supcon(z0, z1, labels, weights, weighting="reference", reduction=reduction),
+    }
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_every_loss_has_the_shape_of_its_reduction(reduction: str) -> None:
+    per_sample = _all_losses("none")
+    for name, value in _all_losses(reduction).items():
+        assert value.shape == ((5,) if reduction == "none" else ()), name
+        assert value.dtype == torch.float32, name
+        expected = {"none": per_sample[name], "mean": per_sample[name].mean(), "sum": per_sample[name].sum()}
+        torch.testing.assert_close(value, expected[reduction], msg=name)
