@@ -107,8 +107,10 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.07
     weighting: SupConWeighting = "paper"  # eq. 8 (own view 1) or the reference code's column weights
-    head_epochs: int = 8  # fresh classifier head on the pseudo-labels
+    head_epochs: int = 8  # fresh classifier head on the pseudo-labels, encoder frozen ...
     head_lr: float = 0.05
+    full_epochs: int = 4  # ... then encoder + head together (the paper's warm-up-then-full schedule)
+    full_lr: float = 0.01
     min_weight: float = 0.01
 
 

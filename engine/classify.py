@@ -1,0 +1,193 @@
+"""(a2) the classifier on top of the encoder with a noise-robust loss, and (a3) per-image predictions.
+
+Warm-up trains the classifier head alone on features of the frozen encoder. Because the encoder is
+frozen, its features are computed once and the head trains on them directly: the warm-up then costs
+a single forward pass over the data instead of one per epoch (same result as running the frozen
+encoder every epoch on un-augmented images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.augment import supervised_augment, to_model_input
+from engine.config import ClassifyConfig
+from engine.device import Runtime, autocast, oom_guard
+from engine.loop import EpochRecord, Rng, run_epochs
+from engine.models import Network, set_trainable
+from engine.progress import Progress
+from engine.schedule import cosine_lr, scaled_lr, set_lr, sgd
+from engine.trainset import TrainSet, ordered_batches, steps_per_epoch
+
+EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, images_nhwc: np.ndarray, *, max_images: int = 10_000) -> Normalisation:
+        """Per-channel mean/std of the dataset (a strided sample of at most max_images images)."""
+        step = max(1, len(images_nhwc) // max_images)
+        x = np.asarray(images_nhwc[::step], dtype=np.float32) / 255.0
+        mean = x.mean(axis=(0, 1, 2))
+        std = np.maximum(x.std(axis=(0, 1, 2)), 0.05)  # a flat channel must not blow up the inputs
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+@dataclass(frozen=True)
+class Predictions:
+    probs: np.ndarray  # (N, C) float32 softmax probabilities
+    features: np.ndarray  # (N, 512) float32 encoder features
+
+    @property
+    def pseudo_labels(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def per_sample_ce(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each image against `labels`, from probabilities (N,) — the GMM's input."""
+    p = probs[np.arange(len(labels)), labels]
+    return -np.log(np.clip(p, 1e-12, 1.0)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- a3
+
+
+@torch.no_grad()
+def predict(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime, *, with_features: bool = True) -> Predictions:
+    """Softmax probabilities and encoder features of every image, un-augmented, eval mode."""
+    net.eval()
+    probs, feats = [], []
+    for index in ordered_batches(len(data), EVAL_BATCH):
+        x = to_model_input(data.batch(index), out_size=data.image_size, mean=norm.mean, std=norm.std)
+        with autocast(rt):
+            h = net.features(x)
+            logits = net.classifier(h)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        if with_features:
+            feats.append(h.float().cpu())
+    features = torch.cat(feats).numpy() if with_features else np.zeros((len(data), 0), np.float32)
+    return Predictions(torch.cat(probs).numpy(), features)
+
+
+@torch.no_grad()
+def encode(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime) -> torch.Tensor:
+    """Encoder features (N, 512) on the training device, eval mode."""
+    net.eval()
+    out = []
+    for index in ordered_batches(len(data), EVAL_BATCH):
+        x = to_model_input(data.batch(index), out_size=data.image_size, mean=norm.mean, std=norm.std)
+        with autocast(rt):
+            out.append(net.features(x).float())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------- a2
+
+
+def warmup_head(
+    net: Network,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: torch.nn.Module,
+    cfg: ClassifyConfig,
+    rt: Runtime,
+    *,
+    epochs: int,
+    seed: int,
+    last_ckpt: Path,
+    progress: Progress,
+    stage: str = "warmup",
+    lr: float | None = None,
+) -> list[EpochRecord]:
+    """Train only the classifier head on precomputed features of the frozen encoder."""
+    set_trainable(net, encoder=False, projector=False, classifier=True)
+    net.classifier.train()
+    batch_size = min(cfg.batch_size, len(labels))
+    base_lr = scaled_lr(lr if lr is not None else cfg.warmup_lr, batch_size)
+    opt = sgd(net.classifier.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
+    total = max(epochs * steps_per_epoch(len(labels), batch_size, drop_last=True), 1)
+    rng = Rng.seeded(seed, rt.device)
+
+    def lr_at(step: int) -> float:
+        return cosine_lr(base_lr, step, total)
+
+    def step(index: torch.Tensor, global_step: int) -> float:
+        set_lr(opt, lr_at(global_step))
+        index = index.to(rt.device)
+        logits = net.classifier(features.index_select(0, index))
+        loss = loss_fn(logits.float(), labels.index_select(0, index), index)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return run_epochs(stage=stage, epochs=epochs, n=len(labels), batch_size=batch_size, rng=rng, step=step,
+                      modules={"head": net.classifier, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt,
+                      progress=progress, lr_at=lr_at, device=rt.device)
+
+
+def train_classifier(
+    net: Network,
+    data: TrainSet,
+    labels: torch.Tensor,
+    loss_fn: torch.nn.Module,
+    cfg: ClassifyConfig,
+    norm: Normalisation,
+    rt: Runtime,
+    *,
+    epochs: int,
+    seed: int,
+    last_ckpt: Path,
+    progress: Progress,
+    end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+    stage: str = "train",
+) -> list[EpochRecord]:
+    """Encoder + classifier trained end to end (projection head frozen), SGD + cosine schedule."""
+    set_trainable(net, encoder=True, projector=False, classifier=True)
+    batch_size = min(cfg.batch_size, len(data))
+    base_lr = scaled_lr(cfg.lr, batch_size)
+    opt = sgd(list(net.encoder.parameters()) + list(net.classifier.parameters()), lr=base_lr,
+              weight_decay=cfg.weight_decay)
+    total = max(epochs * steps_per_epoch(len(data), batch_size, drop_last=True), 1)
+    rng = Rng.seeded(seed, rt.device)
+
+    def lr_at(step: int) -> float:
+        return cosine_lr(base_lr, step, total, warmup_steps=min(total // 20, 20))
+
+    def step(index: torch.Tensor, global_step: int) -> float:
+        net.train()
+        set_lr(opt, lr_at(global_step))
+        x = data.batch(index)
+        if cfg.augment:
+            x = supervised_augment(x, out_size=data.image_size, mean=norm.mean, std=norm.std, generator=rng.augment)
+        else:
+            x = to_model_input(x, out_size=data.image_size, mean=norm.mean, std=norm.std)
+        index = index.to(rt.device)
+        with oom_guard(batch_size, "classifier training"):
+            with autocast(rt):
+                logits = net(x)
+            loss = loss_fn(logits.float(), labels.index_select(0, index), index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    return run_epochs(stage=stage, epochs=epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
+                      modules={"net": net, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt, progress=progress,
+                      lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device)
+
+
+@torch.no_grad()
+def accuracy(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime) -> float:
+    preds = predict(net, data, norm, rt, with_features=False)
+    return float((preds.pseudo_labels == data.labels.cpu().numpy()).mean())
+

@@ -1,0 +1,59 @@
+"""(a1) SimCLR pre-training of the encoder: two augmented views per image, NT-Xent, labels unused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.augment import BatchAugment, two_views
+from engine.config import PretrainConfig
+from engine.device import Runtime, autocast, oom_guard
+from engine.loop import EpochRecord, Rng, run_epochs
+from engine.losses import nt_xent
+from engine.models import Network, set_trainable
+from engine.progress import Progress
+from engine.schedule import cosine_lr, scaled_lr, set_lr, sgd
+from engine.trainset import TrainSet, steps_per_epoch
+
+
+def pretrain_simclr(
+    net: Network,
+    data: TrainSet,
+    cfg: PretrainConfig,
+    aug: BatchAugment,
+    rt: Runtime,
+    *,
+    seed: int,
+    last_ckpt: Path,
+    progress: Progress,
+) -> list[EpochRecord]:
+    """Train encoder + projection head with NT-Xent for cfg.epochs epochs (resumable)."""
+    set_trainable(net, encoder=True, projector=True, classifier=False)
+    net.train()
+    batch_size = min(cfg.batch_size, len(data))
+    base_lr = scaled_lr(cfg.lr, batch_size)
+    opt = sgd(net.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * steps_per_epoch(len(data), batch_size, drop_last=True)
+    rng = Rng.seeded(seed, rt.device)
+
+    def lr_at(step: int) -> float:
+        return cosine_lr(base_lr, step, total, warmup_steps=min(total // 10, 50))
+
+    def step(index: torch.Tensor, global_step: int) -> float:
+        set_lr(opt, lr_at(global_step))
+        v0, v1 = two_views(aug, data.batch(index), rng.augment)
+        with oom_guard(batch_size, "pre-training"):
+            with autocast(rt):
+                # One forward over both views: BatchNorm sees 2B images, as in SupContrast's recipe.
+                z = net.project(torch.cat([v0, v1]))
+            z0, z1 = z.float().chunk(2)
+            loss = nt_xent(z0, z1, temperature=cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    return run_epochs(stage="pretrain", epochs=cfg.epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
+                      modules={"net": net, "opt": opt}, last_ckpt=last_ckpt, progress=progress, lr_at=lr_at,
+                      views=2, device=rt.device)

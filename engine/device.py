@@ -1,0 +1,91 @@
+"""Where training runs: device choice, seeding, precision, and clear out-of-memory errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class GpuOutOfMemory(RuntimeError):
+    """Raised instead of a CUDA OOM traceback, with a message the user can act on."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # bf16 autocast on CUDA, none on CPU
+    channels_last: bool
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is visible to PyTorch; use --device cpu")
+    return torch.device(name)
+
+
+def make_runtime(name: str) -> Runtime:
+    device = resolve_device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return Runtime(device, torch.bfloat16, channels_last=True)
+    # channels_last helps oneDNN convolutions on CPU too (+~25% per ResNet-18 step here, bench/throughput.py);
+    # bf16 autocast on CPU gains less than that and costs accuracy, so CPU stays fp32.
+    return Runtime(device, None, channels_last=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch. CPU runs are then bit-for-bit repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def autocast(rt: Runtime) -> contextlib.AbstractContextManager:
+    if rt.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
+
+
+@contextlib.contextmanager
+def oom_guard(batch_size: int, stage: str) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one sentence that says what to change."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        smaller = max(2, batch_size // 2)
+        raise GpuOutOfMemory(
+            f"GPU out of memory during {stage} with batch size {batch_size}. "
+            f"Try a smaller batch, e.g. --batch-size {smaller} (or a smaller --image-size)."
+        ) from e
+
+
+def describe_devices() -> dict:
+    """What `python -m engine devices --json` prints; the app shows it on the Train page."""
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append({"index": i, "name": p.name, "memory_gb": round(p.total_memory / 2**30, 1)})
+    return {
+        "cuda": bool(devices),
+        "devices": devices,
+        "default": "cuda" if devices else "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }

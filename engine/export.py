@@ -1,0 +1,179 @@
+"""Export the corrected labels of a run: CSV, JSON, or a re-sorted copy of the image folder.
+
+The corrected label of an image is, in this order: the human decision (keep / relabel; discarded
+images get no label), else the suggested label when the image is flagged, else the given label.
+`status` says which rule applied: kept, relabeled, discarded, auto-relabeled or unchanged.
+This module imports no torch (the app calls it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+import pandas as pd
+
+from engine.decisions import load_decisions
+from engine.runs import RunDir, atomic_write_text, read_json
+
+EXPORT_COLUMNS = ("path", "label", "original_label", "status", "suggested_label", "clean_prob", "flagged", "decided_at")
+FORMATS = ("csv", "json", "folder")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ExportError(ValueError):
+    """An export that would be unsafe (overwrite source data) or cannot be made."""
+
+
+def corrected_labels(run_dir: Path) -> pd.DataFrame:
+    """One row per image with the corrected label and how it was decided (EXPORT_COLUMNS)."""
+    run = RunDir(run_dir)
+    if not run.samples.exists():
+        raise ExportError(f"{run.path} has no samples.csv yet: run `python -m engine fit` first")
+    s = pd.read_csv(run.samples, dtype={"path": str, "given_label": str, "suggested_label": str}, keep_default_na=False)
+    decisions = load_decisions(run.decisions)
+    flagged = s["flagged"].astype(int).astype(bool) if "flagged" in s else pd.Series(False, index=s.index)
+    suggested = s["suggested_label"] if "suggested_label" in s else s["given_label"]
+    labels, statuses, decided_at = [], [], []
+    for path, given, sugg, flag in zip(s["path"], s["given_label"], suggested, flagged):
+        d = decisions.get(path)
+        if d is not None:
+            label = d.label if d.action != "discard" else ""
+            status = {"discard": "discarded", "keep": "kept"}.get(d.action) or (
+                "kept" if d.label == given else "relabeled")
+            decided = d.decided_at
+        elif flag and sugg != given:
+            label, status, decided = sugg, "auto-relabeled", ""
+        else:
+            label, status, decided = given, "unchanged", ""
+        labels.append(label)
+        statuses.append(status)
+        decided_at.append(decided)
+    return pd.DataFrame({
+        "path": s["path"],
+        "label": labels,
+        "original_label": s["given_label"],
+        "status": statuses,
+        "suggested_label": suggested,
+        "clean_prob": s["clean_prob"] if "clean_prob" in s else 1.0,
+        "flagged": flagged.astype(int),
+        "decided_at": decided_at,
+    })
+
+
+def export_labels(run_dir: Path, out: Path, fmt: str) -> Path:
+    """Write the corrected labels of `run_dir` to `out` in `fmt` (csv, json or folder); returns `out`."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    root = _source_root(run_dir)
+    _refuse_unsafe_target(out, root, fmt)
+    table = corrected_labels(run_dir)
+    if fmt == "csv":
+        atomic_write_text(out, _to_csv(table))
+    elif fmt == "json":
+        records = table.to_dict(orient="records")
+        for r in records:
+            r["label"] = r["label"] or None  # discarded: null, not ""
+        atomic_write_text(out, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    else:
+        _write_folder(table, root, out)
+    return out
+
+
+def _to_csv(table: pd.DataFrame) -> str:
+    """CSV with text cells defused against spreadsheet formula injection (OWASP: prefix a quote)."""
+    safe = table.copy()
+    for col in ("path", "label", "original_label", "suggested_label", "status"):
+        safe[col] = safe[col].map(_defuse)
+    return safe.to_csv(index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+
+
+def _defuse(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _source_root(run_dir: Path) -> Path | None:
+    source = read_json(RunDir(run_dir).source, default={}) or {}
+    return Path(source["root"]) if source.get("root") else None
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _refuse_unsafe_target(out: Path, root: Path | None, fmt: str) -> None:
+    if fmt == "folder":
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder")
+        if root is not None and (_inside(out, root) or _inside(root, out)):
+            raise ExportError(f"{out} overlaps the source images in {root}; export to a folder outside it")
+    else:
+        if out.exists() and out.is_dir():
+            raise ExportError(f"{out} is a folder; give a file name such as labels.{fmt}")
+        if root is not None and out.exists() and _inside(out, root):
+            raise ExportError(f"{out} is a file of the source data in {root}; the export never overwrites it")
+
+
+def safe_folder_name(label: str) -> str:
+    """A class name as a single, portable folder name (slashes, dots, control characters defused)."""
+    name = unicodedata.normalize("NFC", label)
+    name = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]", "_", name).strip()
+    if name in ("", ".", ".."):
+        name = "_" + name.replace(".", "_")
+    return name[:120]
+
+
+def _write_folder(table: pd.DataFrame, root: Path | None, out: Path) -> None:
+    if root is None or not root.is_dir():
+        raise ExportError("the run's source images are not available any more; folder export needs them")
+    kept = table[table["status"] != "discarded"]
+    folders: dict[str, str] = {}
+    for label in sorted(kept["label"].unique()):
+        name, k = safe_folder_name(label), 1
+        while name in folders.values():  # two labels that defuse to the same name stay apart
+            k += 1
+            name = f"{safe_folder_name(label)}_{k}"
+        folders[label] = name
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for path, label in zip(kept["path"], kept["label"]):
+        src = root / path
+        dst = tmp / folders[label] / Path(path).name
+        dst = _unique(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(src, dst)
+        rows.append({"path": dst.relative_to(tmp).as_posix(), "label": label, "source_path": path})
+    pd.DataFrame(rows, columns=["path", "label", "source_path"]).to_csv(tmp / "labels.csv", index=False)
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(tmp, out)
+
+
+def _unique(dst: Path) -> Path:
+    k = 1
+    candidate = dst
+    while candidate.exists():
+        k += 1
+        candidate = dst.with_name(f"{dst.stem}_{k}{dst.suffix}")
+    return candidate
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link when source and export share a filesystem (no extra space), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,120 @@
+"""(b2) weighted supervised contrastive fine-tuning on pseudo-labels, (b3) targets for a fresh head.
+
+Weights follow the paper: a second Gaussian mixture, fitted on each image's loss against its own
+pseudo-label, gives the probability that the pseudo-label is right (algorithms.md §1.3 step 3).
+Human review overrides the machine: a decided image trains with its decided label and weight 1, and
+a discarded image is left out of training altogether.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.augment import BatchAugment, two_views
+from engine.classify import per_sample_ce
+from engine.config import FinetuneConfig, SplitConfig
+from engine.decisions import Decision
+from engine.device import Runtime, autocast, oom_guard
+from engine.loop import EpochRecord, Rng, run_epochs
+from engine.losses import weighted_supcon
+from engine.models import Network, set_trainable
+from engine.progress import Progress
+from engine.schedule import cosine_lr, scaled_lr, set_lr, sgd
+from engine.selection import fit_gmm_split, normalise_losses
+from engine.trainset import TrainSet, steps_per_epoch
+
+
+@dataclass(frozen=True)
+class FinetuneTargets:
+    labels: np.ndarray  # (N,) int64 training label: decided label, else the phase-(a) pseudo-label
+    weights: np.ndarray  # (N,) float32 in [min_weight, 1]: 1 for decided images
+    keep: np.ndarray  # (N,) bool, False for discarded images
+    n_decided: int
+    n_discarded: int
+
+
+def finetune_targets(
+    probs: np.ndarray,
+    paths: tuple[str, ...],
+    classes: tuple[str, ...],
+    decisions: dict[str, Decision],
+    split_cfg: SplitConfig,
+    *,
+    min_weight: float,
+    seed: int,
+) -> FinetuneTargets:
+    """Training labels and SupCon weights for phase (b) from phase-(a) probabilities and decisions."""
+    pseudo = probs.argmax(axis=1)
+    split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo)), threshold=split_cfg.threshold, seed=seed,
+                          max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar)
+    labels = pseudo.astype(np.int64).copy()
+    weights = np.maximum(split.clean_prob.astype(np.float32), min_weight)
+    keep = np.ones(len(paths), bool)
+    index = {name: i for i, name in enumerate(classes)}
+    n_decided = n_discarded = 0
+    for i, path in enumerate(paths):
+        d = decisions.get(path)
+        if d is None:
+            continue
+        if d.action == "discard":
+            keep[i] = False
+            n_discarded += 1
+            continue
+        if d.label not in index:
+            raise ValueError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")
+        labels[i], weights[i] = index[d.label], 1.0
+        n_decided += 1
+    return FinetuneTargets(labels, weights, keep, n_decided, n_discarded)
+
+
+def finetune_supcon(
+    net: Network,
+    data: TrainSet,
+    targets: FinetuneTargets,
+    cfg: FinetuneConfig,
+    aug: BatchAugment,
+    rt: Runtime,
+    *,
+    seed: int,
+    last_ckpt: Path,
+    progress: Progress,
+) -> list[EpochRecord]:
+    """Train encoder + projection head with the weighted supervised contrastive loss (eq. 8)."""
+    set_trainable(net, encoder=True, projector=True, classifier=False)
+    net.train()
+    kept = np.flatnonzero(targets.keep)
+    sub = data.subset(targets.keep)
+    labels = torch.as_tensor(targets.labels[kept], device=rt.device)
+    weights = torch.as_tensor(targets.weights[kept], device=rt.device)
+    batch_size = min(cfg.batch_size, len(sub))
+    base_lr = scaled_lr(cfg.lr, batch_size)
+    opt = sgd(list(net.encoder.parameters()) + list(net.projector.parameters()), lr=base_lr,
+              weight_decay=cfg.weight_decay)
+    total = max(cfg.epochs * steps_per_epoch(len(sub), batch_size, drop_last=True), 1)
+    rng = Rng.seeded(seed + 7, rt.device)
+
+    def lr_at(step: int) -> float:
+        return cosine_lr(base_lr, step, total, warmup_steps=min(total // 10, 20))
+
+    def step(index: torch.Tensor, global_step: int) -> float:
+        set_lr(opt, lr_at(global_step))
+        v0, v1 = two_views(aug, sub.batch(index), rng.augment)
+        index = index.to(rt.device)
+        with oom_guard(batch_size, "fine-tuning"):
+            with autocast(rt):
+                z = net.project(torch.cat([v0, v1]))
+            z0, z1 = z.float().chunk(2)
+            loss = weighted_supcon(z0, z1, labels.index_select(0, index), weights.index_select(0, index),
+                                   temperature=cfg.temperature, weighting=cfg.weighting)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    return run_epochs(stage="supcon", epochs=cfg.epochs, n=len(sub), batch_size=batch_size, rng=rng, step=step,
+                      modules={"net": net, "opt": opt}, last_ckpt=last_ckpt, progress=progress, lr_at=lr_at,
+                      views=2, device=rt.device)

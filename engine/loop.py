@@ -1,0 +1,124 @@
+"""The epoch loop every training stage shares: shuffling, per-epoch resume checkpoints, progress.
+
+A stage supplies `step(index, global_step) -> loss` and the modules whose state must survive a kill.
+After every epoch the loop writes `<stage>.last.pt` (modules, optimiser, RNG states, epoch, history);
+a run killed at any moment restarts from the last finished epoch with identical randomness.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.progress import Progress
+from engine.trainset import epoch_batches, steps_per_epoch
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    seconds: float
+    images_per_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Rng:
+    """The two generators a stage draws from: batch order (CPU) and augmentation (training device)."""
+
+    order: torch.Generator
+    augment: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> Rng:
+        order = torch.Generator().manual_seed(seed)
+        augment = torch.Generator(device=device).manual_seed(seed + 1)
+        return cls(order, augment)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"order": self.order.get_state(), "augment": self.augment.get_state()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.order.set_state(state["order"].cpu())
+        self.augment.set_state(state["augment"].cpu())  # generator states are CPU byte tensors, even for CUDA
+
+
+def run_epochs(
+    *,
+    stage: str,
+    epochs: int,
+    n: int,
+    batch_size: int,
+    rng: Rng,
+    step: Callable[[torch.Tensor, int], float],
+    modules: dict[str, Stateful],
+    last_ckpt: Path,
+    progress: Progress,
+    lr_at: Callable[[int], float] | None = None,
+    end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+    drop_last: bool = True,
+    views: int = 1,
+    device: torch.device | str = "cpu",
+) -> list[EpochRecord]:
+    """Run `epochs` epochs of `step`, resuming from `last_ckpt` when it exists.
+
+    Args:
+        step: trains on one batch of dataset indices; gets the global step (for the LR schedule) and
+            returns the batch loss as a float.
+        modules: name -> object with state_dict/load_state_dict (networks, optimiser, loss buffers).
+        end_of_epoch: optional evaluation after each epoch; its metrics go to events.jsonl.
+        views: images the network sees per dataset image (2 for contrastive stages), for images/s.
+    """
+    per_epoch = steps_per_epoch(n, batch_size, drop_last=drop_last)
+    history, start = _resume(last_ckpt, modules, rng, device)
+    progress.stage_start(stage, total=per_epoch * max(epochs - start, 0))
+    for epoch in range(start, epochs):
+        t0, seen, total_loss, count = time.perf_counter(), 0, 0.0, 0
+        for i, index in enumerate(epoch_batches(n, batch_size, rng.order, drop_last=drop_last)):
+            loss = step(index, epoch * per_epoch + i)
+            total_loss, count, seen = total_loss + loss, count + 1, seen + len(index) * views
+            progress.advance(1, images=len(index) * views, loss=loss)
+        seconds = time.perf_counter() - t0
+        extra = end_of_epoch(epoch) if end_of_epoch else {}
+        record = EpochRecord(epoch + 1, total_loss / max(count, 1), seconds, seen / max(seconds, 1e-9), extra)
+        history.append(record)
+        lr = lr_at((epoch + 1) * per_epoch - 1) if lr_at else None
+        progress.epoch(stage, record.epoch, epochs, loss=record.loss, images_per_s=round(record.images_per_s, 1),
+                       seconds=round(seconds, 2), **({"lr": lr} if lr is not None else {}), **extra)
+        _save(last_ckpt, modules, rng, epoch + 1, history)
+    progress.stage_end()
+    return history
+
+
+def _save(path: Path, modules: dict[str, Stateful], rng: Rng, epoch: int, history: list[EpochRecord]) -> None:
+    state: dict[str, Any] = {name: m.state_dict() for name, m in modules.items()}
+    state["_rng"] = rng.state()
+    state["_epoch"] = epoch
+    state["_history"] = [
+        {"epoch": h.epoch, "loss": h.loss, "seconds": h.seconds, "images_per_s": h.images_per_s, "extra": h.extra}
+        for h in history
+    ]
+    save_checkpoint(path, state)
+
+
+def _resume(path: Path, modules: dict[str, Stateful], rng: Rng, device: torch.device | str) -> tuple[list[EpochRecord], int]:
+    if not Path(path).exists():
+        return [], 0
+    state = load_checkpoint(path, device)
+    for name, m in modules.items():
+        m.load_state_dict(state[name])
+    rng.load(state["_rng"])
+    history = [EpochRecord(**h) for h in state["_history"]]
+    return history, int(state["_epoch"])

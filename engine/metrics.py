@@ -1,0 +1,81 @@
+"""Detection metrics against a truth file (`path,true_label`), when one is known.
+
+The truth formats accepted are the ones the project writes: `sample_data/truth.csv`
+(`path,true_label,given_label`) and `engine noise`'s `noise.csv` (`path,true_label,noisy_label`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+TRUTH_NAMES = ("truth.csv", "noise.csv")
+
+
+def find_truth(data_root: Path) -> Path | None:
+    """A truth file shipped inside the data folder (sample_data/truth.csv, OUT/noise.csv)."""
+    for name in TRUTH_NAMES:
+        p = Path(data_root) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def load_truth(path: Path, paths: list[str] | tuple[str, ...]) -> np.ndarray:
+    """True label of each image in `paths` (object array; None where the file has no row for it).
+
+    Raises ValueError when the file lacks the columns or matches none of the images.
+    """
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read truth file {path}: {e}") from e
+    missing = {"path", "true_label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"truth file {path} lacks column(s) {', '.join(sorted(missing))}: need path,true_label")
+    lookup = dict(zip(df["path"].str.replace("\\", "/", regex=False), df["true_label"]))
+    out = np.array([lookup.get(p) for p in paths], dtype=object)
+    if all(v is None for v in out):
+        raise ValueError(f"truth file {path} names none of the {len(paths)} images (paths must be relative to the data folder)")
+    return out
+
+
+def detection_metrics(
+    *,
+    given: np.ndarray,
+    true: np.ndarray,
+    flagged: np.ndarray,
+    clean_prob: np.ndarray,
+    predicted: np.ndarray,
+    corrected: np.ndarray,
+) -> dict[str, float | int]:
+    """Precision/recall/F1/AUROC of the flags against truly mislabeled images, and label accuracies.
+
+    All label arrays hold class names; images without a truth row (true is None) are left out.
+    `corrected` is the exported label (None for discarded images, which are left out of its accuracy).
+    """
+    known = np.array([t is not None for t in true])
+    g, t, f = given[known], true[known], flagged[known].astype(bool)
+    wrong = g != t
+    tp = int((f & wrong).sum())
+    precision = tp / max(int(f.sum()), 1)
+    recall = tp / max(int(wrong.sum()), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    auroc = float(roc_auc_score(wrong, 1.0 - clean_prob[known])) if 0 < wrong.sum() < len(wrong) else float("nan")
+    c = corrected[known]
+    kept = np.array([v is not None and v == v for v in c])  # None/NaN = discarded
+    return {
+        "n": int(known.sum()),
+        "n_mislabeled": int(wrong.sum()),
+        "n_flagged": int(f.sum()),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "auroc": round(auroc, 4),
+        "corrected_accuracy": round(float((c[kept] == t[kept]).mean()) if kept.any() else float("nan"), 4),
+        "pseudo_label_accuracy": round(float((predicted[known] == t).mean()), 4),
+        "given_label_accuracy": round(float((~wrong).mean()), 4),
+    }

@@ -1,0 +1,150 @@
+"""(b1) The clean/noisy split: a two-component Gaussian mixture on per-sample losses.
+
+The "small-loss trick": images whose given label is right are fitted early and keep a small loss;
+wrong labels keep a large one. Losses are min-max normalised per evaluation (the mixture's reg_covar
+is absolute, so its scale must be fixed: algorithms.md §4), optionally averaged over the last k
+evaluations to smooth epoch-to-epoch jitter, and the lower-mean component is the clean one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.mixture import GaussianMixture
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    clean_prob: np.ndarray  # (N,) posterior of the clean component, monotone non-increasing in the loss
+    loss_norm: np.ndarray  # (N,) what the mixture saw, in [0, 1]
+    flagged: np.ndarray  # (N,) bool, clean_prob < threshold
+    means: tuple[float, float]  # (clean, noisy) component means over loss_norm
+    stds: tuple[float, float]
+    weights: tuple[float, float]
+    threshold: float
+    loss_threshold: float | None  # loss_norm where clean_prob first drops below threshold
+    degenerate: bool  # True when the losses carry no split (fewer than two distinct values)
+
+
+def normalise_losses(losses: np.ndarray) -> np.ndarray:
+    """Min-max normalise each evaluation (row) and average them.
+
+    Args:
+        losses: (N,) one evaluation, or (k, N) the last k evaluations.
+    Returns:
+        (N,) float64 in [0, 1].
+    """
+    rows = np.atleast_2d(np.asarray(losses, dtype=np.float64))
+    lo = rows.min(axis=1, keepdims=True)
+    span = rows.max(axis=1, keepdims=True) - lo
+    normed = np.where(span > 0, (rows - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return normed.mean(axis=0)
+
+
+def fit_gmm_split(
+    loss_norm: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 5e-4,
+) -> SplitResult:
+    """Fit the 2-component mixture and return each image's probability that its label is clean.
+
+    Parameters
+    ----------
+    loss_norm : ndarray of shape (N,)
+        Normalised per-sample losses in [0, 1] (see `normalise_losses`).
+    threshold : float
+        Images with clean_prob below it are flagged as suspected mislabels.
+
+    Degenerate inputs never raise: with fewer than two distinct loss values there is nothing to
+    split, so every image is reported clean (clean_prob 1) and `degenerate` is set.
+    """
+    x = np.asarray(loss_norm, dtype=np.float64)
+    if len(x) < 2 or np.unique(np.round(x, 12)).size < 2:
+        return _degenerate(x, threshold)
+    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed)
+    gmm.fit(x[:, None])
+    clean = int(np.argmin(gmm.means_.ravel()))
+    posterior = gmm.predict_proba(x[:, None])[:, clean]
+    means = gmm.means_.ravel()
+    clean_prob = _monotone(x, posterior, float(means[clean]))
+    stds = np.sqrt(gmm.covariances_.ravel())
+    order = (clean, 1 - clean)
+    return SplitResult(
+        clean_prob=clean_prob.astype(np.float32),
+        loss_norm=x.astype(np.float32),
+        flagged=clean_prob < threshold,
+        means=(float(means[order[0]]), float(means[order[1]])),
+        stds=(float(stds[order[0]]), float(stds[order[1]])),
+        weights=(float(gmm.weights_[order[0]]), float(gmm.weights_[order[1]])),
+        threshold=threshold,
+        loss_threshold=_crossing(x, clean_prob, threshold),
+        degenerate=False,
+    )
+
+
+def _monotone(x: np.ndarray, posterior: np.ndarray, clean_mean: float) -> np.ndarray:
+    """Make the clean posterior non-increasing in the loss.
+
+    Two Gaussians of unequal variance give a posterior that turns back up in the far tail of the
+    wider component: a clean component wider than the noisy one would call the very highest losses
+    "clean", and a wide noisy one would call the very lowest losses "noisy". A higher loss must never
+    look cleaner, so below the clean mean the posterior is lifted to its value at the mean, and above
+    it a running minimum is taken along increasing loss.
+    """
+    order = np.argsort(x, kind="stable")
+    xs, ps = x[order], posterior[order]
+    at_mean = ps[min(np.searchsorted(xs, clean_mean), len(xs) - 1)]
+    ps = np.where(xs <= clean_mean, np.maximum(ps, at_mean), ps)
+    ps = np.minimum.accumulate(ps)
+    out = np.empty_like(ps)
+    out[order] = ps
+    return out
+
+
+def _crossing(x: np.ndarray, clean_prob: np.ndarray, threshold: float) -> float | None:
+    below = x[clean_prob < threshold]
+    return float(below.min()) if below.size else None
+
+
+def _degenerate(x: np.ndarray, threshold: float) -> SplitResult:
+    n = len(x)
+    return SplitResult(
+        clean_prob=np.ones(n, np.float32),
+        loss_norm=x.astype(np.float32),
+        flagged=np.zeros(n, bool),
+        means=(float(x.mean()) if n else 0.0, float(x.mean()) if n else 0.0),
+        stds=(0.0, 0.0),
+        weights=(1.0, 0.0),
+        threshold=threshold,
+        loss_threshold=None,
+        degenerate=True,
+    )
+
+
+def suspicion(clean_prob: np.ndarray, probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Review-queue order in [0, 1]: half the mixture's doubt, half the model's disagreement.
+
+    suspicion = 0.5 * (1 - clean_prob) + 0.5 * (p_pseudo - p_given), where p_pseudo is the top
+    class probability and p_given the probability of the given label. The margin term is 0 when the
+    model agrees with the given label and near 1 when it confidently prefers another class, so
+    among equally doubtful images the clear-cut disagreements come first; cleanlab's normalised
+    margin plays the same role.
+    """
+    p_given = probs[np.arange(len(given)), given]
+    margin = probs.max(axis=1) - p_given
+    return (0.5 * (1.0 - clean_prob) + 0.5 * margin).astype(np.float32)
+
+
+def per_class_summary(flagged: np.ndarray, given: np.ndarray, classes: tuple[str, ...]) -> dict[str, dict]:
+    """Images, flags and the estimated noise rate (flagged fraction) of each given class."""
+    out = {}
+    for c, name in enumerate(classes):
+        members = given == c
+        n, f = int(members.sum()), int(flagged[members].sum())
+        out[name] = {"n": n, "flagged": f, "noise_rate": round(f / n, 4) if n else 0.0}
+    return out

@@ -1,0 +1,74 @@
+"""The decoded training images as one tensor, resident on the training device when it fits.
+
+Why not a DataLoader: the images are already decoded (engine.cache), so a batch is one index_select
+on a uint8 tensor; augmentation then runs batched on the same device (engine.augment). On a GPU this
+removes every per-epoch host->device copy (airbench style); on a CPU it removes the per-image Python
+and PIL work that dominates a DataLoader pipeline at small image sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Keep the dataset on the GPU only if it leaves this fraction of free memory for the network.
+_GPU_RESIDENT_FRACTION = 0.4
+
+
+@dataclass
+class TrainSet:
+    images: torch.Tensor  # (N, 3, S, S) uint8, on `device` or pinned host memory
+    labels: torch.Tensor  # (N,) int64, same device as the training device
+    device: torch.device
+
+    @classmethod
+    def from_numpy(cls, images_nhwc: np.ndarray, labels: np.ndarray, device: torch.device) -> TrainSet:
+        x = torch.from_numpy(np.array(images_nhwc)).permute(0, 3, 1, 2).contiguous()  # copy: the cache is read-only
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if x.numel() < _GPU_RESIDENT_FRACTION * free:
+                x = x.to(device, non_blocking=True)
+            else:
+                x = x.pin_memory()
+        return cls(x, y.to(device), device)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, S, S) on the training device."""
+        if self.images.device == self.device:
+            return self.images.index_select(0, index.to(self.images.device))
+        return self.images.index_select(0, index.cpu()).to(self.device, non_blocking=True)
+
+    def subset(self, keep: np.ndarray) -> TrainSet:
+        idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.int64)
+        return TrainSet(self.images.index_select(0, idx.to(self.images.device)), self.labels[idx.to(self.labels.device)],
+                        self.device)
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool) -> Iterator[torch.Tensor]:
+    """Index tensors of one shuffled epoch. drop_last keeps BatchNorm away from 1-image batches."""
+    perm = torch.randperm(n, generator=generator)
+    batch_size = min(batch_size, n)
+    stop = n - (n % batch_size) if drop_last else n
+    for i in range(0, stop, batch_size):
+        yield perm[i:i + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool) -> int:
+    batch_size = min(batch_size, n)
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def ordered_batches(n: int, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, n, batch_size):
+        yield torch.arange(i, min(i + batch_size, n))

@@ -1,0 +1,56 @@
+"""The typed run config: round trip, validation and overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine import config as C
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    cfg = C.with_overrides(C.RunConfig(), {"pretrain.epochs": 3, "classify.loss": "nfl+rce", "seed": 7})
+    C.save(cfg, tmp_path / "config.json")
+    assert C.load(tmp_path / "config.json") == cfg
+    assert json.loads((tmp_path / "config.json").read_text())["classify"]["loss"] == "nfl+rce"
+
+
+def test_tuples_survive_json(tmp_path: Path) -> None:
+    cfg = C.RunConfig()
+    C.save(cfg, tmp_path / "c.json")
+    assert C.load(tmp_path / "c.json").augment.crop_scale == (0.2, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("classify.loss", "mse", "classify.loss must be one of"),
+        ("pretrain.epochs", "five", "must be an integer"),
+        ("pretrain.enabled", 1, "must be true or false"),
+        ("split.threshold", 1.5, "flag threshold must be in (0, 1)"),
+        ("data.image_size", 4, "image_size must be between 8 and 512"),
+        ("pretrain.temperature", 0.0, "temperature must be > 0"),
+        ("nope.key", 1, "unknown config key"),
+        ("classify.nope", 1, "unknown config key"),
+    ],
+)
+def test_bad_values_name_the_problem(key: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        C.with_overrides(C.RunConfig(), {key: value})
+
+
+def test_unknown_keys_in_a_file_are_rejected(tmp_path: Path) -> None:
+    d = C.to_dict(C.RunConfig())
+    d["pretrain"]["epoch"] = 3  # typo
+    (tmp_path / "c.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="pretrain.epoch"):
+        C.load(tmp_path / "c.json")
+
+
+def test_gpu_profile_trains_longer_with_bigger_batches() -> None:
+    cpu, gpu = C.RunConfig(), C.gpu_profile(C.RunConfig())
+    assert gpu.pretrain.epochs > cpu.pretrain.epochs
+    assert gpu.pretrain.batch_size > cpu.pretrain.batch_size
+    assert gpu.classify.loss == cpu.classify.loss == "elr"

@@ -1,0 +1,44 @@
+"""Detection metrics against a truth file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.metrics import detection_metrics, find_truth, load_truth
+
+
+def test_metrics_by_hand() -> None:
+    given = np.array(["a", "a", "b", "b", "b"], dtype=object)
+    true = np.array(["a", "b", "b", "a", None], dtype=object)  # last image has no truth row
+    flagged = np.array([0, 1, 1, 1, 1])
+    clean_prob = np.array([0.9, 0.1, 0.4, 0.2, 0.0])
+    predicted = np.array(["a", "b", "b", "b", "a"], dtype=object)
+    corrected = np.array(["a", "b", None, "b", "a"], dtype=object)  # third discarded
+    m = detection_metrics(given=given, true=true, flagged=flagged, clean_prob=clean_prob, predicted=predicted,
+                          corrected=corrected)
+    assert m["n"] == 4 and m["n_mislabeled"] == 2
+    assert m["precision"] == pytest.approx(2 / 3, abs=1e-4) and m["recall"] == 1.0
+    assert m["f1"] == pytest.approx(0.8, abs=1e-4)
+    assert m["auroc"] == 1.0  # both wrong ones have lower clean_prob than both right ones
+    assert m["corrected_accuracy"] == pytest.approx(2 / 3, abs=1e-4)  # a, b(wrong->b ok), b vs a wrong
+    assert m["pseudo_label_accuracy"] == 0.75
+    assert m["given_label_accuracy"] == 0.5
+
+
+def test_load_truth_aligns_by_path(tmp_path: Path) -> None:
+    (tmp_path / "truth.csv").write_text('path,true_label,given_label\nb/2.png,"x, ""y""",b\na/1.png,a,a\n')
+    out = load_truth(tmp_path / "truth.csv", ["a/1.png", "b/2.png", "c/3.png"])
+    assert list(out) == ["a", 'x, "y"', None]
+    assert find_truth(tmp_path) == tmp_path / "truth.csv"
+
+
+def test_truth_file_errors_are_specific(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("file,label\nx,y\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        load_truth(tmp_path / "t.csv", ["x"])
+    (tmp_path / "u.csv").write_text("path,true_label\nother.png,y\n")
+    with pytest.raises(ValueError, match="names none of the 1 images"):
+        load_truth(tmp_path / "u.csv", ["x.png"])

@@ -1,0 +1,96 @@
+"""The GMM clean/noisy split (b1) and the review-queue suspicion score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.selection import fit_gmm_split, normalise_losses, per_class_summary, suspicion
+
+
+def bimodal(n_clean: int = 600, n_noisy: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    clean = rng.gamma(2.0, 0.08, n_clean)  # small losses
+    noisy = rng.normal(2.5, 0.5, n_noisy).clip(0.5)  # large losses
+    losses = np.concatenate([clean, noisy])
+    is_clean = np.r_[np.ones(n_clean, bool), np.zeros(n_noisy, bool)]
+    perm = rng.permutation(len(losses))
+    return losses[perm], is_clean[perm]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_clean_set_with_high_precision(seed: int) -> None:
+    losses, is_clean = bimodal(seed=seed)
+    split = fit_gmm_split(normalise_losses(losses), seed=seed)
+    selected = ~split.flagged
+    precision = (selected & is_clean).sum() / selected.sum()
+    recall = (selected & is_clean).sum() / is_clean.sum()
+    assert precision > 0.9 and recall > 0.9
+    assert split.means[0] < split.means[1]  # component 0 reported is the clean (lower-mean) one
+    assert not split.degenerate
+
+
+def test_clean_prob_never_increases_with_loss() -> None:
+    losses, _ = bimodal()
+    split = fit_gmm_split(normalise_losses(losses))
+    order = np.argsort(split.loss_norm)
+    assert np.all(np.diff(split.clean_prob[order]) <= 1e-7)
+    assert split.loss_threshold is not None
+    assert np.all(split.flagged == (split.loss_norm >= split.loss_threshold))
+
+
+def test_wide_clean_component_does_not_call_the_highest_losses_clean() -> None:
+    rng = np.random.default_rng(3)
+    # clean losses widely spread, noisy tightly packed: a raw posterior turns back up in the far tail
+    losses = np.r_[rng.normal(0.3, 0.25, 800).clip(0), rng.normal(1.2, 0.05, 200), [3.0, 3.2]]
+    split = fit_gmm_split(normalise_losses(losses))
+    assert split.flagged[-2:].all()
+
+
+def test_averaging_over_last_evaluations_uses_each_row_normalised() -> None:
+    a = np.array([0.0, 1.0, 2.0])
+    b = np.array([0.0, 10.0, 20.0])
+    np.testing.assert_allclose(normalise_losses(np.stack([a, b])), [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("losses", [np.full(10, 0.7), np.array([0.3]), np.array([]), np.array([1.0, 1.0, 1.0])])
+def test_degenerate_inputs_return_all_clean(losses: np.ndarray) -> None:
+    split = fit_gmm_split(normalise_losses(losses) if losses.size else losses)
+    assert split.degenerate
+    assert len(split.clean_prob) == len(losses)
+    assert (split.clean_prob == 1.0).all() and not split.flagged.any()
+
+
+def test_two_distinct_values_split_cleanly() -> None:
+    losses = np.r_[np.zeros(50), np.ones(5)]
+    split = fit_gmm_split(losses)
+    assert split.flagged[-5:].all() and not split.flagged[:50].any()
+
+
+def test_seeded_fit_is_reproducible() -> None:
+    losses, _ = bimodal(seed=5)
+    a = fit_gmm_split(normalise_losses(losses), seed=4)
+    b = fit_gmm_split(normalise_losses(losses), seed=4)
+    np.testing.assert_array_equal(a.clean_prob, b.clean_prob)
+
+
+def test_threshold_is_configurable() -> None:
+    losses, _ = bimodal(seed=6)
+    loose = fit_gmm_split(normalise_losses(losses), threshold=0.1)
+    strict = fit_gmm_split(normalise_losses(losses), threshold=0.9)
+    assert loose.flagged.sum() <= strict.flagged.sum()
+
+
+def test_suspicion_orders_confident_disagreement_first() -> None:
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.02, 0.98], [0.1, 0.9]])
+    given = np.array([0, 0, 0, 1])
+    clean_prob = np.array([0.99, 0.4, 0.01, 0.95])
+    s = suspicion(clean_prob, probs, given)
+    assert s.argmax() == 2 and s.argmin() in (0, 3)
+    np.testing.assert_allclose(s[2], 0.5 * 0.99 + 0.5 * 0.96, atol=1e-6)
+    assert ((0 <= s) & (s <= 1)).all()
+
+
+def test_per_class_summary_counts_flags() -> None:
+    out = per_class_summary(np.array([1, 0, 1, 1], bool), np.array([0, 0, 1, 1]), ("a", "b"))
+    assert out == {"a": {"n": 2, "flagged": 1, "noise_rate": 0.5}, "b": {"n": 2, "flagged": 2, "noise_rate": 1.0}}
