@@ -1,0 +1,73 @@
+"""Fine-tune: phase (b) — weighted supervised contrastive learning with your review decisions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine import jobs
+from engine.runs import ACTIVE_STATES
+from ui import page, progress, readers, workspace
+
+METRIC_ROWS = ("precision", "recall", "f1", "auroc", "corrected_accuracy", "pseudo_label_accuracy")
+
+ctx = page.page_setup("finetune", "Phase (b): retrain the encoder with weighted supervised contrastive learning, "
+                                   "trusting clean-looking images and your review decisions most, then refresh "
+                                   "the flags and suggestions.")
+run = page.require_run(ctx)
+page.require_results(run, "fine-tuning")
+status = jobs.poll(run.path)
+state = status.get("state")
+decisions = readers.decisions_frame(run)
+counts = decisions["action"].value_counts()
+
+st.subheader("Your decisions")
+cols = st.columns(4)
+cols[0].metric("Human decisions used", f"{len(decisions):,}")
+cols[1].metric("Kept", f"{int(counts.get('keep', 0)):,}")
+cols[2].metric("Relabeled", f"{int(counts.get('relabel', 0)):,}")
+cols[3].metric("Discarded", f"{int(counts.get('discard', 0)):,}")
+if decisions.empty:
+    st.caption("No decisions yet: fine-tuning then relies on the model's own clean probabilities. "
+               "Reviewing some flagged images first usually helps.")
+
+# ----------------------------------------------------------------------------- start / follow
+st.subheader("Fine-tuning")
+if status.get("phase") == "finetune" or state in ACTIVE_STATES:
+    progress.progress_panel(run, key="finetune_progress")
+if state in ACTIVE_STATES:
+    st.caption("Fine-tuning is running; the results below refresh when it finishes.")
+else:
+    label = "Fine-tune again with the current decisions" if run.samples_before.exists() else "Start fine-tuning"
+    if st.button(label, type="primary", icon=":material/play_arrow:", key="start_finetune"):
+        try:
+            jobs.start_finetune(run.path, workspace=workspace.workspace_root())
+        except jobs.JobError as e:
+            st.error(f"Could not start: {e}")
+        else:
+            st.rerun()
+
+# ----------------------------------------------------------------------------- before / after
+before = readers.samples(run, phase_a=True)
+after = readers.samples(run)
+if before is not None and after is not None:
+    st.subheader("Before and after")
+    merged = before[["path", "suggested_label", "flagged"]].merge(
+        after[["path", "suggested_label", "flagged"]], on="path", suffixes=("_before", "_after"))
+    changed = int((merged["suggested_label_before"] != merged["suggested_label_after"]).sum())
+    cols = st.columns(3)
+    n_before, n_after = int(before["flagged"].sum()), int(after["flagged"].sum())
+    cols[0].metric("Flagged before", f"{n_before:,}")
+    cols[1].metric("Flagged after", f"{n_after:,}", f"{n_after - n_before:+,}", delta_color="inverse")
+    cols[2].metric("Suggestions changed", f"{changed:,}")
+    metrics_before = readers.json_file(run.path / "metrics_phase_a.json") or {}
+    metrics_after = readers.json_file(run.metrics) or {}
+    if metrics_before or metrics_after:
+        st.markdown("**Against the truth file**")
+        st.dataframe(pd.DataFrame({"before (phase a)": [metrics_before.get(m) for m in METRIC_ROWS],
+                                   "after (phase b)": [metrics_after.get(m) for m in METRIC_ROWS]},
+                                  index=list(METRIC_ROWS)))
+elif state not in ACTIVE_STATES:
+    st.caption("Before/after numbers appear here once fine-tuning has finished.")
+
+page.next_step("export the corrected labels", "export")

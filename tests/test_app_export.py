@@ -1,0 +1,82 @@
+"""Export page (AppTest): status counts, preview, and downloads carrying the corrected labels."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pandas as pd
+import pytest
+from fixtures_runs import open_page
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+from engine.decisions import DecisionStore
+from engine.runs import RunDir
+from ui import exporting
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """Every file AppTest's media storage receives, by URL, so a test can read what a download serves."""
+    files: dict[str, bytes] = {}
+
+    class RecordingStorage(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):  # noqa: ANN001, ANN201
+            file_id = super().load_and_get_id(path_or_data, mimetype, kind, filename)
+            files[self.get_url(file_id)] = self.get_file(file_id).content
+            return file_id
+
+    monkeypatch.setattr("streamlit.testing.v1.app_test.MemoryMediaFileStorage", RecordingStorage)
+    return files
+
+
+def download(at, key: str, files: dict[str, bytes]) -> bytes:
+    button = at.get("download_button")
+    proto = next(b.proto for b in button if b.proto.id.endswith(key) or key in b.proto.id)
+    return files[proto.url]
+
+
+def test_downloads_carry_the_human_decisions(fake_run, downloads):
+    rows = fake_run.flagged
+    store = DecisionStore(fake_run.run.decisions)
+    store.decide([rows["path"].iloc[0]], "keep", rows["given_label"].iloc[0], source="t")
+    store.decide([rows["path"].iloc[1]], "relabel", "fox", source="t")
+    store.decide([rows["path"].iloc[2]], "discard", source="t")
+    at = open_page("export", run_id=fake_run.run_id)
+    assert not at.exception
+    counts = {m.label: m.value for m in at.metric}
+    assert counts == {"kept": "1", "relabeled": "1", "discarded": "1", "auto-relabeled": "6", "unchanged": "21"}
+    assert [b.proto.label for b in at.get("download_button")] == ["labels.csv", "labels.json",
+                                                                    "Re-sorted folder (.zip)"]
+    csv = pd.read_csv(io.BytesIO(download(at, "download_csv", downloads)), keep_default_na=False).set_index("path")
+    assert len(csv) == 30
+    assert csv.loc[rows["path"].iloc[0], ["label", "status"]].tolist() == [rows["given_label"].iloc[0], "kept"]
+    assert csv.loc[rows["path"].iloc[1], ["label", "status"]].tolist() == ["fox", "relabeled"]
+    assert csv.loc[rows["path"].iloc[2], ["label", "status"]].tolist() == ["", "discarded"]
+    records = json.loads(download(at, "download_json", downloads))
+    assert {r["path"]: r["status"] for r in records}[rows["path"].iloc[1]] == "relabeled"
+    preview = at.dataframe[0].value
+    assert set(preview["status"]) == {"kept", "relabeled", "discarded", "auto-relabeled"}
+
+
+def test_a_new_decision_changes_the_download(fake_run, downloads):
+    at = open_page("export", run_id=fake_run.run_id)
+    first = pd.read_csv(io.BytesIO(download(at, "download_csv", downloads)))
+    path = fake_run.flagged["path"].iloc[0]
+    DecisionStore(fake_run.run.decisions).decide([path], "discard", source="t")
+    at = open_page("export", run_id=fake_run.run_id)
+    second = pd.read_csv(io.BytesIO(download(at, "download_csv", downloads)), keep_default_na=False)
+    assert first.set_index("path").loc[path, "status"] == "auto-relabeled"
+    assert second.set_index("path").loc[path, "status"] == "discarded"
+
+
+def test_folder_zip_holds_the_resorted_images(fake_run, app_workspace):
+    DecisionStore(fake_run.run.decisions).decide([fake_run.flagged["path"].iloc[0]], "discard", source="t")
+    data = exporting.folder_zip(RunDir(fake_run.run.path))
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    images = [n for n in names if n.endswith(".png")]
+    assert len(images) == 29  # one discarded
+    assert all(n.split("/")[1] in ("cat", "dog", "fox") for n in images)
+    assert f"{fake_run.run_id}_corrected/labels.csv" in names
+    assert not list((app_workspace / "exports" / fake_run.run_id).iterdir())  # temporary files are gone

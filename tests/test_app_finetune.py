@@ -1,0 +1,36 @@
+"""Fine-tune page (AppTest, jobs faked): decision counts, starting phase (b), before/after numbers."""
+
+from __future__ import annotations
+
+from fixtures_runs import open_page, write_phase_b
+
+from engine.decisions import DecisionStore
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_counts_the_decisions_and_starts_phase_b(fake_run, fake_jobs):
+    store = DecisionStore(fake_run.run.decisions)
+    rows = fake_run.flagged
+    store.decide(rows["path"][:2], "keep", "cat", source="t")
+    store.decide(rows["path"][2:3], "discard", source="t")
+    at = open_page("finetune", run_id=fake_run.run_id)
+    assert not at.exception
+    got = metrics(at)
+    assert (got["Human decisions used"], got["Kept"], got["Relabeled"], got["Discarded"]) == ("3", "2", "0", "1")
+    at.button(key="start_finetune").click().run()
+    assert fake_jobs.names() == ["start_finetune"]
+    assert fake_jobs.calls[0][1][0] == fake_run.run.path
+    assert any("(fine-tuning)" in m.value for m in at.markdown)  # the live panel of phase (b)
+
+
+def test_before_and_after(fake_run, fake_jobs):
+    write_phase_b(fake_run, changed=2)
+    at = open_page("finetune", run_id=fake_run.run_id)
+    got = metrics(at)
+    assert (got["Flagged before"], got["Flagged after"], got["Suggestions changed"]) == ("9", "7", "2")
+    table = at.dataframe[0].value
+    assert table.loc["f1"].tolist() == [0.8, 0.9]
+    assert at.button(key="start_finetune").label == "Fine-tune again with the current decisions"

@@ -1,0 +1,94 @@
+"""Inspect page (AppTest): headline numbers, the four charts, colouring, sending a confusion cell to Review."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+from fixtures_runs import open_page
+
+from ui import review
+
+
+def charts_by_key(at) -> dict[str, dict]:
+    return {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def typed_array(spec: dict | list) -> np.ndarray:
+    """Plotly's JSON for numpy arrays ({"dtype", "bdata", "shape"}) back to an array."""
+    if isinstance(spec, list):
+        return np.asarray(spec)
+    shape = tuple(int(n) for n in str(spec.get("shape", "-1")).split(","))
+    return np.frombuffer(base64.b64decode(spec["bdata"]), dtype=spec["dtype"]).reshape(shape)
+
+
+def test_headline_numbers_and_four_charts(fake_run):
+    at = open_page("inspect", run_id=fake_run.run_id)
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "30"
+    assert metrics["Flagged"] == "9"
+    assert at.metric[1].proto.delta == "30.0 %"
+    assert (metrics["Precision"], metrics["Recall"], metrics["F1"], metrics["AUROC"]) == ("0.667", "1.000", "0.800",
+                                                                                          "0.950")
+    assert metrics["Corrected accuracy"] == "0.900"
+    charts = charts_by_key(at)
+    assert set(charts) == {"clean_noisy", "loss_histogram", "umap_given", "confusion"}
+    bars = {t["name"]: t for t in charts["clean_noisy"]["data"]}
+    assert set(bars) == {"clean", "flagged"}
+    noise = at.dataframe[0].value
+    assert noise["class"].tolist() == ["cat", "dog", "fox"]
+    assert noise["noise_rate"].tolist() == [0.3, 0.3, 0.3]
+
+
+def test_histogram_draws_both_components_and_the_threshold(fake_run):
+    at = open_page("inspect", run_id=fake_run.run_id)
+    spec = charts_by_key(at)["loss_histogram"]
+    names = [t.get("name") for t in spec["data"]]
+    assert names == ["images", "clean component", "noisy component"]
+    assert spec["layout"]["shapes"][0]["x0"] == 0.55  # loss_threshold from split.json
+
+
+def test_umap_is_webgl_and_recolours(fake_run):
+    at = open_page("inspect", run_id=fake_run.run_id)
+    traces = charts_by_key(at)["umap_given"]["data"]
+    assert {t["type"] for t in traces} == {"scattergl"}
+    assert [t["name"] for t in traces] == ["cat", "dog", "fox"]
+    assert "customdata" in traces[0] and "%{customdata[0]}" in traces[0]["hovertemplate"]
+    at.radio(key="umap_colour").set_value("clean").run()
+    traces = charts_by_key(at)["umap_clean"]["data"]
+    assert len(traces) == 1 and traces[0]["marker"]["colorscale"]
+
+
+def test_without_a_map_the_page_says_so(fake_run):
+    fake_run.run.umap.unlink()
+    at = open_page("inspect", run_id=fake_run.run_id)
+    assert any("no embedding map" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 3
+
+
+def test_confusion_cell_opens_its_images_in_review(fake_run):
+    at = open_page("inspect", run_id=fake_run.run_id)
+    spec = charts_by_key(at)["confusion"]["data"][0]
+    assert spec["type"] == "heatmap"
+    assert typed_array(spec["customdata"]).tolist() == [[7, 3, 0], [0, 7, 3], [3, 0, 7]]
+    # default pair: the biggest disagreement (given cat -> suggested dog, 3 images)
+    assert (at.selectbox(key="cell_given").value, at.selectbox(key="cell_suggested").value) == ("cat", "dog")
+    at.selectbox(key="cell_given").select("fox")
+    at.selectbox(key="cell_suggested").select("cat").run()
+    button = at.button(key="review_cell")
+    assert button.label == "Review these 3 images"
+    button.click().run()
+    selection = review.load_selection(fake_run.run)
+    expected = fake_run.samples.query("given_label == 'fox' and suggested_label == 'cat'")["path"].tolist()
+    assert selection is not None and sorted(selection.paths) == sorted(expected)
+    assert [t.value for t in at.title] == ["Review"]  # st.switch_page went to Review...
+    assert at.radio(key="review_scope").value == "selection"  # ...showing the picked images
+
+
+def test_a_run_still_training_has_no_evidence_yet(fake_run):
+    fake_run.run.samples.unlink()
+    fake_run.run.write_status(state="running", pid=__import__("os").getpid())
+    at = open_page("inspect", run_id=fake_run.run_id)
+    assert any("still training" in i.value for i in at.info)

@@ -1,0 +1,297 @@
+"""The app's pure functions: figure builders, review queue and actions, fit flags, safe upload names, stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures_runs import CLASSES, fake_samples, write_fake_run
+
+from engine.config import RunConfig
+from engine.decisions import DecisionStore
+from ui import charts, datasets, progress, review, runs_table, train_form, workspace
+
+
+@pytest.fixture
+def samples() -> pd.DataFrame:
+    frame = fake_samples(CLASSES, per_class=10)
+    frame["flagged"] = frame["flagged"].astype(bool)
+    return frame
+
+
+# ----------------------------------------------------------------------------- charts
+
+
+def test_mixture_curves_are_scaled_to_the_histogram():
+    split = {"means": [0.2, 0.7], "stds": [0.05, 0.1], "weights": [0.75, 0.25]}
+    x = np.linspace(-1, 2, 30001)
+    clean, noisy = charts.mixture_curves(split, x, n=1000, bin_width=0.02)
+    step = x[1] - x[0]
+    # area under each curve / bin width = the images that component holds
+    assert clean.sum() * step / 0.02 == pytest.approx(750, rel=1e-3)
+    assert noisy.sum() * step / 0.02 == pytest.approx(250, rel=1e-3)
+    assert x[np.argmax(clean)] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_loss_histogram_without_a_threshold_has_no_line():
+    fig = charts.loss_histogram_figure(np.array([0.1, 0.2, 0.9]), {"means": [0.1, 0.9], "stds": [0.1, 0.1],
+                                                                   "weights": [0.5, 0.5], "loss_threshold": None})
+    assert len(fig.data) == 3 and not fig.layout.shapes
+    assert sum(fig.data[0].y) == 3
+
+
+def test_umap_traces_map_selected_points_back_to_rows(samples):
+    coords = np.arange(len(samples) * 2, dtype=np.float32).reshape(-1, 2)
+    umap = charts.umap_figure(samples, coords, "suggested", list(CLASSES))
+    assert [t.name for t in umap.figure.data] == list(CLASSES)
+    assert all(t.type == "scattergl" for t in umap.figure.data)
+    for k, trace in enumerate(umap.figure.data):
+        rows = umap.trace_rows[k]
+        assert (samples["suggested_label"].iloc[rows] == trace.name).all()
+        assert np.array_equal(np.asarray(trace.x), coords[rows, 0])
+    picked = umap.rows_of([{"curve_number": 1, "point_index": 0}, {"curve_number": 2, "point_index": 1},
+                           {"curve_number": 1, "point_index": 0}, {"curve_number": 9, "point_index": 0}])
+    assert picked.tolist() == sorted({int(umap.trace_rows[1][0]), int(umap.trace_rows[2][1])})
+
+
+def test_umap_scales_to_50k_points_without_per_point_loops():
+    n = 50_000
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"path": [f"c/{i}.png" for i in range(n)], "given_label": rng.choice(list("abcdefghij"), n),
+                          "suggested_label": rng.choice(list("abcdefghij"), n), "clean_prob": rng.random(n)})
+    umap = charts.umap_figure(frame, rng.normal(size=(n, 2)).astype(np.float32), "given")
+    assert sum(len(t.x) for t in umap.figure.data) == n
+    assert umap.figure.data[0].marker.size == 3
+
+
+def test_confusion_counts_and_largest_disagreement(samples):
+    table = charts.confusion_counts(samples, list(CLASSES))
+    assert table.loc["cat", "dog"] == 3 and table.loc["cat", "cat"] == 7
+    assert table.to_numpy().sum() == len(samples)
+    assert charts.largest_disagreement(table) == ("cat", "dog")
+
+
+def test_clean_noisy_counts(samples):
+    table = charts.clean_noisy_counts(samples, list(CLASSES))
+    assert table.to_dict(orient="index") == {c: {"clean": 7, "flagged": 3} for c in CLASSES}
+
+
+def test_epoch_events_number_epochs_across_stages():
+    events = [{"kind": "stage", "stage": "pretrain", "state": "start"},
+              {"kind": "epoch", "stage": "pretrain", "epoch": 1, "loss": 3.0},
+              {"kind": "epoch", "stage": "train", "epoch": 1, "loss": 1.0},
+              {"kind": "epoch", "stage": "train", "epoch": 2, "loss": 0.5}]
+    frame = charts.epoch_events(events)
+    assert frame["step"].tolist() == [1, 2, 3]
+    fig = charts.loss_curves_figure(events)
+    assert [t.name for t in fig.data] == ["pretrain", "train"]
+
+
+# ----------------------------------------------------------------------------- review queue and actions
+
+
+def test_queue_order_and_filters(samples):
+    decisions = pd.DataFrame([(samples["path"][9], "keep", "cat", "t")], columns=["path", "action", "label",
+                                                                                  "decided_at"])
+    table = review.with_decisions(samples, decisions)
+    queue = review.review_queue(table)
+    assert queue["suspicion"].is_monotonic_decreasing and len(queue) == 9
+    assert review.progress_counts(table) == (1, 9)
+    assert len(review.review_queue(table, statuses=["kept"])) == 1
+    assert len(review.review_queue(table, statuses=[review.NOT_REVIEWED])) == 8
+    assert set(review.review_queue(table, given=["dog"], suggested=["fox"])["path"]) == {
+        p for p in samples.query("flagged and given_label == 'dog'")["path"]}
+    chosen = samples["path"][:2].tolist()
+    assert set(review.review_queue(table, scope="selection", selection=chosen)["path"]) == set(chosen)
+    assert len(review.review_queue(table, scope="all")) == 30
+
+
+def test_plan_turns_actions_into_store_writes(samples):
+    rows = samples[samples["flagged"]].iloc[:4]
+    keep = review.plan(rows, "keep")
+    assert sorted((w.action, w.label, len(w.paths)) for w in keep) == sorted(
+        ("keep", g, n) for g, n in rows["given_label"].value_counts().items())
+    accept = review.plan(rows, "accept")
+    assert all(w.action == "relabel" for w in accept)
+    same = rows.assign(suggested_label=rows["given_label"])
+    assert {w.action for w in review.plan(same, "accept")} == {"keep"}  # accepting the given label = keep
+    relabel_to_given = review.plan(rows.iloc[:1], "relabel", rows["given_label"].iloc[0])
+    assert relabel_to_given[0].action == "keep"
+    assert review.plan(rows, "discard")[0].label is None
+    with pytest.raises(ValueError, match="needs a class"):
+        review.plan(rows, "relabel")
+    with pytest.raises(ValueError, match="unknown review action"):
+        review.plan(rows, "delete")  # type: ignore[arg-type]
+
+
+def test_apply_and_undo_a_batch(tmp_path, samples):
+    store = DecisionStore(tmp_path / "d.sqlite")
+    rows = samples[samples["flagged"]].iloc[:3]
+    store.decide([rows["path"].iloc[0]], "relabel", "fox", source="other")
+    entry = review.apply_action(store, rows, "discard", source="me")
+    assert entry.description == "discarded 3 images"
+    assert {d.action for d in store.all().values()} == {"discard"}
+    assert review.undo(store, entry, source="me") == 3
+    now = store.all()
+    assert list(now) == [rows["path"].iloc[0]] and now[rows["path"].iloc[0]].label == "fox"
+
+
+def test_selection_file_round_trip(tmp_path):
+    run = write_fake_run(tmp_path / "runs").run
+    assert review.load_selection(run) is None
+    review.save_selection(run, ["a/1.png", "b/2.png"], "picked")
+    assert review.load_selection(run) == review.Selection(("a/1.png", "b/2.png"), "picked")
+    review.clear_selection(run)
+    assert review.load_selection(run) is None
+
+
+def test_top3_text():
+    row = pd.Series({"top1_label": "dog", "top1_prob": 0.7, "top2_label": "cat", "top2_prob": 0.2,
+                     "top3_label": "", "top3_prob": np.nan})
+    assert review.top3_text(row) == "dog 0.70 · cat 0.20"
+
+
+# ----------------------------------------------------------------------------- fit flags
+
+
+def test_defaults_give_no_flags_and_changes_give_exactly_their_flags():
+    defaults = train_form.default_settings(RunConfig())
+    assert train_form.fit_flags(defaults, defaults) == []
+    changed = train_form.FitSettings(loss="nfl+rce", pretrain=True, pretrain_epochs=3, epochs=defaults.epochs,
+                                     batch_size=64, image_size=48, device="cpu", seed=1, truth=None, finetune=False)
+    assert train_form.fit_flags(changed, defaults) == ["--loss", "nfl+rce", "--pretrain-epochs", "3",
+                                                       "--batch-size", "64", "--image-size", "48", "--device", "cpu",
+                                                       "--seed", "1"]
+
+
+def test_gpu_defaults_follow_the_gpu_profile():
+    assert train_form.default_settings(train_form.default_config("cuda")).pretrain_epochs == 100
+    assert train_form.default_settings(train_form.default_config("cpu")).pretrain_epochs == RunConfig().pretrain.epochs
+
+
+def test_truth_field_checks(tmp_path):
+    assert train_form.check_truth("  ") == (None, None)
+    assert train_form.check_truth(str(tmp_path / "x.csv"))[1].endswith("does not exist")
+    (tmp_path / "t.txt").write_text("x")
+    assert "not a .csv" in train_form.check_truth(str(tmp_path / "t.txt"))[1]
+    (tmp_path / "t.csv").write_text("path,true_label\n")
+    assert train_form.check_truth(str(tmp_path / "t.csv")) == (str((tmp_path / "t.csv").resolve()), None)
+
+
+# ----------------------------------------------------------------------------- workspace and uploads
+
+
+@pytest.mark.parametrize(("name", "parts"), [
+    ("photos/cat/1.png", ["photos", "cat", "1.png"]),
+    ("../../etc/passwd", ["etc", "passwd"]),
+    ("/abs/./x.png", ["abs", "x.png"]),
+    ("a\\..\\b\\c.png", ["a", "b", "c.png"]),
+    ("we ird/na:me?.png", ["we ird", "na_me_.png"]),
+])
+def test_safe_relative_parts(name, parts):
+    assert workspace.safe_relative_parts(name) == parts
+
+
+def test_run_ids_in_urls_are_checked(app_workspace):
+    (app_workspace / "runs" / "2026-01-01T00-00-00_ab12").mkdir()
+    assert workspace.run_path("2026-01-01T00-00-00_ab12") == app_workspace / "runs" / "2026-01-01T00-00-00_ab12"
+    for bad in ("..", "../runs", "a/b", "", None, "x" * 200):
+        assert workspace.run_path(bad) is None
+
+
+class FakeUpload:
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
+
+
+def test_save_folder_stays_inside_and_descends_into_the_picked_folder(tmp_path):
+    upload_dir = tmp_path / "up"
+    files = [FakeUpload("pics/a/1.png", b"1"), FakeUpload("pics/../../../x.png", b"2"), FakeUpload("pics/n.txt", b"")]
+    folder, left_out = datasets.save_folder(files, upload_dir)
+    assert folder == upload_dir / "data" / "pics"
+    assert left_out == 1
+    written = sorted(p.relative_to(upload_dir).as_posix() for p in upload_dir.rglob("*") if p.is_file())
+    assert written == ["data/pics/a/1.png", "data/pics/x.png"]  # ".." parts dropped, never above data/
+
+
+def test_save_zip_refuses_other_files(tmp_path):
+    with pytest.raises(datasets.IntakeError, match="not a .zip"):
+        datasets.save_zip(FakeUpload("photos.tar", b"x"), tmp_path)
+    path = datasets.save_zip(FakeUpload("../../my data.zip", b"PK"), tmp_path)
+    assert path == tmp_path / "my data.zip"
+
+
+# ----------------------------------------------------------------------------- progress and history
+
+
+def test_stage_rows_of_a_running_fit():
+    status = {"state": "running", "phase": "fit", "stage": "warmup", "step": 5, "total": 20, "images_per_s": 1234.4,
+              "eta_s": 3725, "completed_stages": ["prepare"]}
+    events = [{"kind": "stage", "stage": "pretrain", "state": "skipped"},
+              {"kind": "stage", "stage": "prepare", "state": "done", "seconds": 4.2}]
+    rows = {r.stage: r for r in progress.stage_rows(status, events)}
+    assert rows["prepare"].text == "Prepare images — done in 4 s"
+    # a stage before the current one is done even when nothing recorded it (the worker moved past it)
+    later = {r.stage: r for r in progress.stage_rows({**status, "stage": "train", "completed_stages": []}, [])}
+    assert (later["prepare"].state, later["warmup"].state, later["train"].state) == ("done", "done", "running")
+    assert rows["pretrain"].state == "skipped"
+    assert rows["warmup"].fraction == 0.25
+    assert rows["warmup"].text == "Warm-up (classifier head) · 5/20 · 1,234 images/s · ETA 1 h 02 min"
+    assert rows["embed"].state == "waiting"
+    assert [r.stage for r in progress.stage_rows({"phase": "finetune"}, [])] == ["supcon", "head", "refresh"]
+
+
+def test_format_seconds():
+    assert [progress.format_seconds(s) for s in (None, 0, 59.6, 61, 3600)] == ["–", "0 s", "1 min 00 s", "1 min 01 s",
+                                                                              "1 h 00 min"]
+
+
+def test_runs_table_and_settings_diff(tmp_path):
+    a = write_fake_run(tmp_path / "runs", "2026-01-01T00-00-00_aaaa").run.path
+    b = write_fake_run(tmp_path / "runs", "2026-01-02T00-00-00_bbbb", loss="nfl+rce", with_metrics=False).run.path
+    frame = runs_table.runs_frame([b, a])
+    assert frame[["run", "state", "loss", "pre-training", "epochs", "flagged"]].values.tolist() == [
+        [b.name, "done", "nfl+rce", "on", "12 + 2 + 12", 9], [a.name, "done", "elr", "on", "12 + 2 + 12", 9]]
+    assert pd.isna(frame["F1"].iloc[0]) and frame["F1"].iloc[1] == 0.8
+    diff = runs_table.settings_diff(a, b)
+    assert diff["setting"].tolist() == ["classify.loss", "dataset"]
+    head = runs_table.headline_table([a, b])
+    assert head.loc["f1"].tolist()[0] == 0.8 and pd.isna(head.loc["f1"].tolist()[1])
+    assert Path(runs_table.run_summary(a)["run"]).name == a.name
+
+
+def test_stage_rows_ignore_the_events_of_an_earlier_attempt():
+    from datetime import datetime, timezone
+
+    status = {"state": "running", "phase": "finetune", "stage": "supcon", "step": 1, "total": 4,
+              "started_at": "2026-01-01T00:10:00+00:00"}
+    earlier = datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc).timestamp()  # noqa: UP017
+    events = [{"kind": "stage", "stage": "head", "state": "done", "seconds": 3.0, "t": earlier},
+              {"kind": "stage", "stage": "refresh", "state": "done", "seconds": 1.0, "t": earlier + 700}]
+    rows = {r.stage: r for r in progress.stage_rows(status, events)}
+    assert rows["head"].state == "waiting"  # done in the previous fine-tuning, not yet in this one
+    assert rows["refresh"].state == "done"
+
+
+def test_thumbnails_keep_the_aspect_ratio_and_survive_bad_files(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from ui.thumbs import make_thumbnail
+
+    Image.new("L", (8, 8), 200).save(tmp_path / "digit.png")
+    Image.new("RGB", (400, 200), (10, 20, 30)).save(tmp_path / "wide.jpg", quality=90)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    small = Image.open(io.BytesIO(make_thumbnail(str(tmp_path / "digit.png"), 96)))
+    wide = Image.open(io.BytesIO(make_thumbnail(str(tmp_path / "wide.jpg"), 160)))
+    broken = Image.open(io.BytesIO(make_thumbnail(str(tmp_path / "broken.png"), 64)))
+    assert (small.size, small.mode, small.getpixel((50, 50))) == ((96, 96), "RGB", (200, 200, 200))
+    assert wide.size == (160, 80)
+    assert broken.size == (64, 64) and broken.getpixel((0, 0)) == (230, 230, 230)

@@ -1,0 +1,239 @@
+"""engine.jobs for real: a fake worker process is started, watched, stopped and killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import jobs
+from engine.runs import RunDir, pid_alive, read_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The worker stands in for `python -m engine`: it gets the same argv (fit DATA --run-dir RUN ... or
+# finetune RUN), writes status.json like the engine does, and behaves as FAKE_WORKER_MODE says.
+WORKER = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    sys.path.insert(0, {repo!r})
+    from engine.runs import RunDir
+    args = sys.argv[1:]
+    run = RunDir(args[args.index("--run-dir") + 1] if "--run-dir" in args else args[1])
+    mode = os.environ.get("FAKE_WORKER_MODE", "finish")
+    print("worker args:", " ".join(args), flush=True)
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        def cancel(signum, frame):
+            run.write_status(state="cancelled", message="checkpoint saved")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, cancel)
+    run.write_status(state="running", stage="pretrain", step=1, total=4, pid=os.getpid())
+    if mode == "finish":
+        time.sleep(0.3)
+        run.write_status(state="done", stage="embed", step=4, total=4)
+        sys.exit(0)
+    if mode == "crash":
+        print("Traceback (most recent call last):\\nRuntimeError: boom", flush=True)
+        sys.exit(1)
+    if mode == "stubborn":  # a child in the same process group must die with it
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        run.append_event(kind="child", pid=child.pid)
+    while True:
+        time.sleep(0.05)
+""")
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake_worker.py"
+    script.write_text(WORKER.format(repo=str(REPO)))
+    return [sys.executable, str(script)]
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    (tmp_path / "ws" / "runs").mkdir(parents=True)
+    return tmp_path / "ws"
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def state(run_dir: Path) -> str | None:
+    return jobs.poll(run_dir).get("state")
+
+
+@pytest.mark.slow
+def test_start_runs_the_fit_command_until_done(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "finish")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    pid = jobs.start(Path("/data/digits"), run_dir, ["--loss", "ce"], command_prefix=worker)
+    status = RunDir(run_dir).read_status()
+    assert status["pid"] == pid and status["phase"] == "fit"
+    assert status["state"] in ("queued", "running")
+    assert jobs.active_run(ws) == run_dir
+    wait_for(lambda: state(run_dir) == "done")
+    wait_for(lambda: not pid_alive(pid), timeout=5)  # it writes "done", then exits
+    log = RunDir(run_dir).log.read_text()
+    assert f"worker args: fit /data/digits --run-dir {run_dir} --loss ce --quiet" in log
+    launch = read_json(run_dir / jobs.LAUNCH_NAME)
+    assert launch["command"][-7:] == ["fit", "/data/digits", "--run-dir", str(run_dir), "--loss", "ce", "--quiet"]
+    assert launch["data"] == "/data/digits"
+    assert jobs.active_run(ws) is None and not (ws / jobs.LOCK_NAME).exists()  # the lock went with the run
+
+
+@pytest.mark.slow
+def test_one_run_at_a_time(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "hang")
+    first = ws / "runs" / "2026-01-01T00-00-00_aaaa"
+    second = ws / "runs" / "2026-01-01T00-00-01_bbbb"
+    jobs.start(Path("/d"), first, command_prefix=worker)
+    with pytest.raises(jobs.JobError, match="2026-01-01T00-00-00_aaaa is still active"):
+        jobs.start(Path("/d"), second, command_prefix=worker)
+    assert not second.exists()  # nothing was created for the refused run
+    assert jobs.stop(first)["state"] == "cancelled"
+    jobs.start(Path("/d"), second, command_prefix=worker)
+    assert jobs.active_run(ws) == second
+    jobs.stop(second)
+
+
+@pytest.mark.slow
+def test_stop_lets_the_worker_checkpoint_and_cancel(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "hang")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    pid = jobs.start(Path("/d"), run_dir, command_prefix=worker)
+    wait_for(lambda: state(run_dir) == "running")
+    t0 = time.monotonic()
+    status = jobs.stop(run_dir)
+    assert time.monotonic() - t0 < 5
+    assert status["state"] == "cancelled"
+    assert status["message"] == "checkpoint saved"  # written by the worker's own SIGTERM handler
+    assert not pid_alive(pid)
+    assert jobs.active_run(ws) is None
+
+
+@pytest.mark.slow
+def test_stop_kills_a_worker_that_ignores_sigterm_and_its_children(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "stubborn")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    pid = jobs.start(Path("/d"), run_dir, command_prefix=worker)
+    wait_for(lambda: any(e.get("kind") == "child" for e in RunDir(run_dir).read_events()))
+    child = next(e["pid"] for e in RunDir(run_dir).read_events() if e.get("kind") == "child")
+    status = jobs.stop(run_dir, grace_s=0.5)
+    assert status["state"] == "cancelled" and status["message"] == "stopped by the user"
+    assert not pid_alive(pid)
+    wait_for(lambda: not pid_alive(child), timeout=5)  # SIGKILL went to the whole process group
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_reads_as_failed_with_its_log(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "crash")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    jobs.start(Path("/d"), run_dir, command_prefix=worker)
+    wait_for(lambda: state(run_dir) == "failed")
+    status = RunDir(run_dir).read_status()
+    assert "exited without finishing" in status["error"]
+    assert jobs.log_tail(run_dir, lines=1) == "RuntimeError: boom"
+    assert jobs.active_run(ws) is None
+
+
+def test_stale_pid_reads_as_failed_and_frees_the_lock(ws):
+    run_dir = ws / "runs" / "2026-01-01T00-00-00_dead"
+    RunDir(run_dir).write_status(state="running", phase="fit", pid=2**22 + 4321)
+    (ws / jobs.LOCK_NAME).write_text(json.dumps({"run_dir": str(run_dir)}))
+    assert jobs.active_run(ws) is None
+    assert not (ws / jobs.LOCK_NAME).exists()
+    assert RunDir(run_dir).read_status()["state"] == "failed"
+    assert jobs.stop(run_dir)["state"] == "failed"  # nothing to stop
+
+
+def test_a_launch_that_never_reported_a_pid_times_out(ws):
+    run_dir = ws / "runs" / "2026-01-01T00-00-00_nopd"
+    RunDir(run_dir).write_status(state="queued", phase="fit", pid=None)
+    assert state(run_dir) == "queued"
+    status = json.loads(RunDir(run_dir).status_file.read_text())
+    status["updated_at"] = "2000-01-01T00:00:00.000+00:00"
+    RunDir(run_dir).status_file.write_text(json.dumps(status))
+    assert state(run_dir) == "failed"
+
+
+def test_a_missing_executable_fails_cleanly(ws):
+    run_dir = ws / "runs" / jobs.new_run_id()
+    with pytest.raises(jobs.JobError, match="could not start the worker"):
+        jobs.start(Path("/d"), run_dir, command_prefix=["/nonexistent/python"])
+    assert RunDir(run_dir).read_status()["state"] == "failed"
+    assert not (ws / jobs.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_with_the_same_data(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "finish")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    RunDir(run_dir).write_status(state="cancelled", phase="fit", completed_stages=["prepare"])
+    (run_dir / "source.json").write_text(json.dumps({"data": "/data/sample", "root": "/data/sample"}))
+    jobs.resume(run_dir, command_prefix=worker)
+    wait_for(lambda: state(run_dir) == "done")
+    assert f"worker args: fit /data/sample --run-dir {run_dir} --resume --quiet" in RunDir(run_dir).log.read_text()
+    assert RunDir(run_dir).read_status()["completed_stages"] == ["prepare"]  # the launcher keeps them
+
+
+@pytest.mark.slow
+def test_finetune_needs_phase_a_and_runs_finetune(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "finish")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    run_dir.mkdir()
+    with pytest.raises(jobs.JobError, match="no samples.csv"):
+        jobs.start_finetune(run_dir, command_prefix=worker)
+    (run_dir / "samples.csv").write_text("index,path\n")
+    jobs.start_finetune(run_dir, command_prefix=worker)
+    assert RunDir(run_dir).read_status()["phase"] == "finetune"
+    wait_for(lambda: state(run_dir) == "done")
+    assert f"worker args: finetune {run_dir} --quiet" in RunDir(run_dir).log.read_text()
+
+
+def test_resume_without_any_record_of_the_data_is_refused(ws):
+    run_dir = ws / "runs" / "2026-01-01T00-00-00_none"
+    RunDir(run_dir).write_status(state="cancelled", phase="fit")
+    with pytest.raises(jobs.JobError, match="does not say which dataset"):
+        jobs.resume(run_dir)
+
+
+def test_detect_devices_parses_json_and_falls_back_to_cpu(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text('import json; print("loading"); print(json.dumps({"cuda": True, "devices": '
+                    '[{"name": "NVIDIA H100", "memory_gb": 79.6}], "default": "cuda"}))')
+    info = jobs.detect_devices(command_prefix=[sys.executable, str(good)])
+    assert info == {"cuda": True, "devices": [{"name": "NVIDIA H100", "memory_gb": 79.6}], "default": "cuda"}
+    bad = tmp_path / "bad.py"
+    bad.write_text('import sys; sys.exit("no module named torch")')
+    info = jobs.detect_devices(command_prefix=[sys.executable, str(bad)])
+    assert info["cuda"] is False and info["default"] == "cpu"
+    assert info["error"] == "`python -m engine devices` failed: no module named torch"
+
+
+def test_run_ids_sort_by_time():
+    from datetime import datetime
+
+    a = jobs.new_run_id(datetime(2026, 1, 2, 3, 4, 5))
+    b = jobs.new_run_id(datetime(2026, 1, 2, 3, 4, 6))
+    assert a.startswith("2026-01-02T03-04-05_") and a < b
+
+
+def test_signals_are_only_sent_to_live_workers(ws, monkeypatch):
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: sent.append((pid, sig)))
+    run_dir = ws / "runs" / "2026-01-01T00-00-00_done"
+    RunDir(run_dir).write_status(state="done", pid=os.getpid())
+    assert jobs.stop(run_dir)["state"] == "done"
+    assert sent == []
