@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,31 +33,15 @@ import PIL.Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `engine` lives in the repository root
 
+from bench.common import cpu_model, ensure_cifar10, usable_cores  # noqa: E402
 from engine.cache import prepare  # noqa: E402
 from engine.intake import scan  # noqa: E402
 
-TO_FOLDER = ROOT.parent / "shared" / "data" / "to_folder.py"
 DATA = ROOT / "bench" / "data" / "cifar10-5k"
 LARGE = ROOT / "bench" / "data" / "large-jpeg"
 N_LARGE = 300
 RESULTS = ROOT / "bench" / "results" / "prepare_speed.md"
 N_IMAGES = 5000
-
-
-def ensure_data(folder: Path, tool: Path) -> Path:
-    """Write the 5,000 PNGs once (into a temporary sibling, then renamed, so a broken run leaves nothing)."""
-    if folder.is_dir() and sum(1 for _ in folder.glob("*/*.png")) == N_IMAGES:
-        return folder
-    if not tool.exists():
-        raise SystemExit(f"{tool} not found: it writes the CIFAR-10 PNGs (see ../shared/data/README.md)")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".cifar10-5k.", dir=folder.parent))
-    cmd = [sys.executable, str(tool), "cifar10", "--split", "train", "--per-class", "500", "--out", str(tmp / "d")]
-    subprocess.run(cmd, check=True)
-    os.replace(tmp / "d", folder)
-    tmp.rmdir()
-    return folder
 
 
 def ensure_large_jpegs(folder: Path) -> Path:
@@ -84,23 +67,13 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
-    data = ensure_data(DATA, TO_FOLDER)
+    data = ensure_cifar10(DATA)
     record = scan(data, check="header")
     assert len(record.samples) == N_IMAGES, len(record.samples)
     rows: list[tuple[str, float]] = []
@@ -122,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             large_rows.append((f"prepare {a.image_size} px, {pool} pool x{workers}", best_seconds(run, a.repeats)))
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     table = ["| step | seconds | images / s |", "|---|---:|---:|"]
     table += [f"| {name} | {sec:.2f} | {N_IMAGES / sec:,.0f} |" for name, sec in rows]
     table_large = ["| step (1024x768 JPEGs) | seconds | images / s |", "|---|---:|---:|"]
