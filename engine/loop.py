@@ -94,10 +94,10 @@ def run_epochs(
         extra = end_of_epoch(epoch) if end_of_epoch else {}
         record = EpochRecord(epoch + 1, total_loss / max(count, 1), seconds, seen / max(seconds, 1e-9), extra)
         history.append(record)
+        _save(last_ckpt, modules, rng, epoch + 1, history)  # before the event: a logged epoch is never redone
         lr = lr_at((epoch + 1) * per_epoch - 1) if lr_at else None
         progress.epoch(stage, record.epoch, epochs, loss=record.loss, images_per_s=round(record.images_per_s, 1),
                        seconds=round(seconds, 2), **({"lr": lr} if lr is not None else {}), **extra)
-        _save(last_ckpt, modules, rng, epoch + 1, history)
     progress.stage_end()
     return history
 

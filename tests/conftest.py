@@ -110,3 +110,31 @@ def fake_run(app_workspace: Path, fake_jobs):
     from fixtures_runs import write_fake_run
 
     return write_fake_run(app_workspace / "runs")
+
+
+# ----------------------------------------------------------------------------- training: a tiny learnable, noisy folder
+
+
+def write_pattern_folder(root: Path, *, per_class: int = 12, size: int = 16, flip_every: int = 4, seed: int = 0) -> Path:
+    """Three learnable classes (horizontal stripes, vertical stripes, checkerboard, with pixel noise),
+    every `flip_every`-th image filed under the next class, and a truth.csv (path,true_label,given_label)."""
+    rng = np.random.default_rng(seed)
+    classes = ("checker", "horizontal", "vertical")
+    yy, xx = np.mgrid[0:size, 0:size]
+    patterns = {"horizontal": (yy // 2) % 2, "vertical": (xx // 2) % 2, "checker": ((yy // 2) + (xx // 2)) % 2}
+    rows = ["path,true_label,given_label"]
+    for ci, name in enumerate(classes):
+        for j in range(per_class):
+            pixels = patterns[name] * 180 + rng.integers(0, 60, (size, size))
+            given = classes[(ci + 1) % 3] if j % flip_every == 0 else name
+            (root / given).mkdir(parents=True, exist_ok=True)
+            rel = f"{given}/{name}_{j:03d}.png"
+            Image.fromarray(np.stack([pixels] * 3, -1).astype(np.uint8)).save(root / rel)
+            rows.append(f"{rel},{name},{given}")
+    (root / "truth.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def pattern_folder(tmp_path: Path) -> Path:
+    return write_pattern_folder(tmp_path / "patterns")

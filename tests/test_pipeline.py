@@ -1,0 +1,170 @@
+"""End to end through the CLI on a tiny folder: fit, finetune with review decisions, export, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from engine.cli import main as cli_main
+from engine.decisions import DecisionStore
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--device", "cpu", "--pretrain-epochs", "2", "--epochs", "3", "--batch-size", "8", "--image-size", "16",
+        "--seed", "3", "--quiet"]
+SAMPLE_COLUMNS = {"index", "id", "path", "given_label", "predicted_label", "confidence", "loss", "loss_norm",
+                  "clean_prob", "flagged", "suggested_label", "suggested_prob", "given_prob", "suspicion",
+                  "top1_label", "top1_prob", "top2_label", "top2_prob", "top3_label", "top3_prob", "true_label"}
+
+
+def engine(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    from conftest import write_pattern_folder
+
+    base = tmp_path_factory.mktemp("fit")
+    data = write_pattern_folder(base / "data")
+    run = base / "run"
+    r = engine("fit", data, "--run-dir", run, *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return data, run, r
+
+
+@pytest.mark.slow
+def test_fit_writes_the_run_folder(fitted) -> None:
+    data, run, r = fitted
+    for name in ("config.json", "source.json", "status.json", "events.jsonl", "samples.csv", "split.json",
+                 "umap.npy", "metrics.json", "predictions.npz", "data/images.npy", "checkpoints/train.pt"):
+        assert (run / name).exists(), name
+    s = pd.read_csv(run / "samples.csv", dtype={"path": str})
+    assert SAMPLE_COLUMNS <= set(s.columns)
+    assert len(s) == 36 and s["index"].tolist() == list(range(36))
+    assert set(s["path"]) == {p.relative_to(data).as_posix() for p in data.rglob("*.png")}
+    assert s["clean_prob"].between(0, 1).all() and s["suspicion"].between(0, 1).all()
+    assert set(s["flagged"]) <= {0, 1} and (s["flagged"] == (s["clean_prob"] < 0.5)).all()
+    assert (s["top1_prob"] >= s["top2_prob"]).all() and (s["top1_label"] == s["predicted_label"]).all()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "done"
+    assert status["completed_stages"][:3] == ["pretrain", "warmup", "train"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 36 and metrics["n_mislabeled"] == 9 and metrics["phase"] == "fit"
+    assert "accuracy vs truth: predicted labels" in r.stdout  # truth.csv in the data folder is found
+    epochs = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines()) if e["kind"] == "epoch"]
+    assert [(e["stage"], e["epoch"]) for e in epochs if e["stage"] != "warmup"] == [
+        ("pretrain", 1), ("pretrain", 2), ("train", 1), ("train", 2), ("train", 3)]
+    import numpy as np
+
+    assert np.load(run / "umap.npy").shape == (36, 2)
+
+
+@pytest.mark.slow
+def test_checkpoints_load_with_weights_only(fitted) -> None:
+    _, run, _ = fitted
+    for stage in ("pretrain", "warmup", "train"):
+        state = torch.load(run / "checkpoints" / f"{stage}.pt", weights_only=True)
+        assert state["stage"] == stage
+        assert any(k.startswith("encoder.") for k in state["net"]) and all(torch.is_tensor(v) for v in state["net"].values())
+        assert state["config"]["data"]["image_size"] == 16
+
+
+@pytest.mark.slow
+def test_rerun_with_same_config_skips_finished_stages(fitted) -> None:
+    data, run, _ = fitted
+    before = (run / "samples.csv").read_bytes()
+    r = engine("fit", data, "--run-dir", run, *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    last_start = max(i for i, e in enumerate(events) if e.get("stage") == "prepare")
+    skipped = {e["stage"] for e in events[last_start:] if e.get("state") == "skipped"}
+    assert {"prepare", "pretrain", "warmup", "train", "predict"} <= skipped
+    assert (run / "samples.csv").read_bytes() == before
+
+
+def test_changed_settings_in_an_existing_run_are_refused(fitted) -> None:
+    data, run, _ = fitted
+    code = cli_main(["fit", str(data), "--run-dir", str(run), *TINY[:-1], "--epochs", "5", "--quiet"])
+    assert code == 2
+
+
+def test_resume_without_a_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = cli_main(["fit", str(tmp_path), "--run-dir", str(tmp_path / "none"), "--resume"])
+    assert code == 2 and "nothing to resume" in capsys.readouterr().err
+
+
+def test_unusable_data_fails_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    code = cli_main(["fit", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"), *TINY])
+    assert code == 2 and "error:" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+@pytest.mark.slow
+def test_finetune_uses_decisions_and_export_reflects_them(fitted, tmp_path: Path) -> None:
+    data, run, _ = fitted
+    s = pd.read_csv(run / "samples.csv", dtype=str)
+    first, second, third = s["path"].iloc[0], s["path"].iloc[1], s["path"].iloc[2]
+    store = DecisionStore(run / "decisions.sqlite")
+    store.decide([first], "relabel", "vertical")
+    store.decide([second], "discard")
+    store.decide([third], "keep", s["given_label"].iloc[2])
+    r = engine("finetune", run, "--epochs", "1", "--set", "finetune.head_epochs=2", "--set", "finetune.full_epochs=1",
+               "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "samples_phase_a.csv").exists() and (run / "metrics_phase_a.json").exists()
+    assert json.loads((run / "metrics.json").read_text())["phase"] == "finetune"
+    assert "fine-tuning with 2 reviewed and 1 discarded images" in r.stderr or "finetune:" in r.stdout
+    out = tmp_path / "labels.csv"
+    r = engine("export", run, "--out", out, "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    e = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("path")
+    assert e.loc[first, ["label", "status"]].tolist() == ["vertical", "relabeled" if s["given_label"].iloc[0] != "vertical" else "kept"]
+    assert e.loc[second, "status"] == "discarded" and e.loc[second, "label"] == ""
+    assert e.loc[third, "status"] == "kept"
+    assert len(e) == 36
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    """kill -9 in the middle of pre-training, then --resume: the result equals an uninterrupted run."""
+    from conftest import write_pattern_folder
+
+    data = write_pattern_folder(tmp_path / "data")
+    args = ["--device", "cpu", "--pretrain-epochs", "6", "--epochs", "2", "--batch-size", "8", "--image-size", "16",
+            "--seed", "5", "--quiet"]
+    straight = engine("fit", data, "--run-dir", tmp_path / "straight", *args)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "engine", "fit", str(data), "--run-dir", str(run), *args], cwd=ROOT,
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "pretrain.last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), "pre-training never wrote an epoch checkpoint"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (run / "checkpoints" / "pretrain.pt").exists()  # really interrupted mid-stage
+
+    resumed = engine("fit", data, "--run-dir", run, "--resume", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip().endswith("}")]
+    pre = [e["epoch"] for e in events if e.get("kind") == "epoch" and e["stage"] == "pretrain"]
+    assert pre == sorted(pre) and pre[-1] == 6 and len(pre) == 6  # each epoch trained once, none repeated
+    a = pd.read_csv(tmp_path / "straight" / "samples.csv")
+    b = pd.read_csv(run / "samples.csv")
+    pd.testing.assert_frame_equal(a, b)  # CPU runs are deterministic, across a kill too
