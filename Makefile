@@ -10,7 +10,7 @@ RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
 PORT ?= 8501
 
-.PHONY: run test test-fast lint bench clean-venv
+.PHONY: run test test-fast lint bench browser clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,24 @@ $(RUN_STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt $(RUN_STAMP)
+$(DEV_STAMP): requirements.txt requirements-dev.txt bench/requirements.txt $(RUN_STAMP)
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
 run: $(RUN_STAMP)
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) browser
 	$(PY) -m pytest
+
+# The browser test drives Debian's Chromium (no downloaded browsers). Installed once when we may.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: /usr/bin/chromium is missing (apt-get install chromium): the browser test will be skipped"; fi
 
 test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -m "not slow and not e2e"

@@ -97,6 +97,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def fit_config(args: Namespace) -> RunConfig:
+    """The config a new `fit` run gets from its flags (device profile, --config, flags, --set)."""
+    overrides = _flag_overrides(args)
+    return config_mod.with_overrides(_base_config(args, overrides), overrides)
+
+
 def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
     overrides = _flag_overrides(args)
     if run.config.exists():
@@ -113,7 +119,7 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
         return existing
     if args.resume:
         raise ValueError(f"nothing to resume: {run.path} holds no run (no config.json)")
-    return config_mod.with_overrides(_base_config(args, overrides), overrides)
+    return fit_config(args)
 
 
 # ================================================================================================ fit

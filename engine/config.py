@@ -60,8 +60,8 @@ class PretrainConfig:
 
     enabled: bool = True
     epochs: int = 12
-    batch_size: int = 256
-    lr: float = 0.06  # SGD, per 256 images, cosine to 0
+    batch_size: int = 128  # on a CPU the step count matters more than the number of negatives
+    lr: float = 0.12  # SGD, per 256 images (lightly's 0.06 per 128), cosine to 0
     weight_decay: float = 5e-4
     temperature: float = 0.5  # NT-Xent tau (paper code and SimCLR's CIFAR setting)
 
@@ -74,7 +74,7 @@ class ClassifyConfig:
     warmup_epochs: int = 2  # classifier head only, encoder frozen
     epochs: int = 12  # then encoder + head
     batch_size: int = 128
-    lr: float = 0.02  # SGD momentum 0.9, per 256 images, cosine schedule
+    lr: float = 0.05  # SGD momentum 0.9, per 256 images, cosine schedule
     warmup_lr: float = 0.1  # the lone head on frozen features tolerates (and needs) a larger step
     weight_decay: float = 5e-4
     elr_lambda: float = 3.0  # ELR: CIFAR-10 settings of the reference code
@@ -116,6 +116,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
+    enabled: bool = True  # the UMAP map of the encoder features (evidence for the app, not needed for flags)
     n_neighbors: int = 15
     min_dist: float = 0.1
     fit_sample: int = 20_000  # above this many images UMAP is fitted on a sample and transforms the rest

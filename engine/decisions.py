@@ -21,11 +21,11 @@ decision is on disk before the call returns and readers never block writers.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from engine.runs import now_iso
 
@@ -164,7 +164,7 @@ class DecisionStore:
             q = "SELECT id, path, action, label, prev_action, prev_label, decided_at, source FROM decision_log"
             rows = con.execute(q + (" WHERE path = ?" if path else "") + " ORDER BY id", (path,) if path else ()).fetchall()
         keys = ("id", "path", "action", "label", "prev_action", "prev_label", "decided_at", "source")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def load_decisions(db_path: Path) -> dict[str, Decision]:

@@ -40,7 +40,7 @@ def corrected_labels(run_dir: Path) -> pd.DataFrame:
     flagged = s["flagged"].astype(int).astype(bool) if "flagged" in s else pd.Series(False, index=s.index)
     suggested = s["suggested_label"] if "suggested_label" in s else s["given_label"]
     labels, statuses, decided_at = [], [], []
-    for path, given, sugg, flag in zip(s["path"], s["given_label"], suggested, flagged):
+    for path, given, sugg, flag in zip(s["path"], s["given_label"], suggested, flagged, strict=True):
         d = decisions.get(path)
         if d is not None:
             label = d.label if d.action != "discard" else ""
@@ -149,7 +149,7 @@ def _write_folder(table: pd.DataFrame, root: Path | None, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rows = []
-    for path, label in zip(kept["path"], kept["label"]):
+    for path, label in zip(kept["path"], kept["label"], strict=True):
         src = root / path
         dst = tmp / folders[label] / Path(path).name
         dst = _unique(dst)

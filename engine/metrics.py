@@ -36,7 +36,7 @@ def load_truth(path: Path, paths: list[str] | tuple[str, ...]) -> np.ndarray:
     missing = {"path", "true_label"} - set(df.columns)
     if missing:
         raise ValueError(f"truth file {path} lacks column(s) {', '.join(sorted(missing))}: need path,true_label")
-    lookup = dict(zip(df["path"].str.replace("\\", "/", regex=False), df["true_label"]))
+    lookup = dict(zip(df["path"].str.replace("\\", "/", regex=False), df["true_label"], strict=True))
     out = np.array([lookup.get(p) for p in paths], dtype=object)
     if all(v is None for v in out):
         raise ValueError(f"truth file {path} names none of the {len(paths)} images (paths must be relative to the data folder)")

@@ -25,8 +25,16 @@ from engine import config as config_mod
 from engine.augment import BatchAugment
 from engine.cache import PreparedData, is_prepared, load_prepared, prepare
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.classify import (Normalisation, Predictions, accuracy, encode, per_sample_ce, predict, train_classifier,
-                             warmup_head)
+from engine.classify import (
+    Normalisation,
+    Predictions,
+    accuracy,
+    encode,
+    per_sample_ce,
+    predict,
+    train_classifier,
+    warmup_head,
+)
 from engine.config import RunConfig
 from engine.contrastive import pretrain_simclr
 from engine.decisions import load_decisions
@@ -284,7 +292,7 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
         "confidence": probs[rows, pseudo].round(6),
         "loss": np.round(loss, 6),
         "loss_norm": np.round(split.loss_norm, 6),
-        "clean_prob": np.round(split.clean_prob, 6),
+        "clean_prob": np.round(split.clean_prob, 10),  # 1e-4 tie-break steps must survive the CSV
         "flagged": split.flagged.astype(int),
         "suggested_label": classes[pseudo],
         "suggested_prob": probs[rows, pseudo].round(6),
@@ -315,6 +323,10 @@ def write_metrics(ctx: Context, phase: str) -> dict | None:
 
 
 def stage_embed(ctx: Context, features: np.ndarray) -> None:
+    if not ctx.cfg.embed.enabled:
+        ctx.run.umap.unlink(missing_ok=True)  # a stale map from an earlier phase would mislead
+        ctx.progress.stage_skipped("embed", "embedding map turned off (embed.enabled=false)")
+        return
     ctx.progress.stage_start("embed", total=1, unit="map")
     try:
         coords = umap_2d(features, ctx.cfg.embed, seed=ctx.cfg.seed)

@@ -1,0 +1,272 @@
+"""Results of bench/quality.py: per-case markdown + JSON + PNG, the aggregate quality.md, the GPU report.
+
+Each case writes `quality_<case>.json` (everything), `quality_<case>.md` (for people) and
+`quality_<case>.png` (F1 and AUROC bars per method). `quality.md` / `quality.png` are rebuilt from every
+`quality_*.json` in the results folder, so runs of different cases on different days add up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from bench.common import cpu_model, gpu_name, usable_cores
+
+TARGET_MARGIN = 0.05  # CLeaN's F1 must beat cleanlab's by this much, in no more time
+# Ciortan et al. 2021, Table 1: CIFAR-10 test accuracy (%) with ELR after SimCLR pre-training.
+PAPER_TABLE1: dict[tuple[str, float], float] = {("symmetric", 0.4): 92.0, ("symmetric", 0.8): 84.8,
+                                                ("asymmetric", 0.4): 89.5}
+DEFINITIONS = """\
+Definitions
+- Truly mislabeled = given label != true label (truth file). Precision, recall and F1 are those of the flags;
+  AUROC ranks images by 1 - clean score (CLeaN: GMM clean probability; cleanlab: self-confidence from
+  `cleanlab.rank.get_label_quality_scores`; kNN: share of the k neighbours that agree with the given label).
+  Corrected acc = accuracy vs truth of the label each method would export (its suggestion for flagged images,
+  the given label otherwise). Scored with `engine.metrics.detection_metrics`.
+- CLeaN rows come from one `python -m engine fit ... --finetune` run per variant: "after (a)" = `metrics_phase_a.json`
+  (pre-training + robust classifier + GMM), "after (b)" = `metrics.json` after weighted-SupCon fine-tuning on
+  the pseudo-labels (no human review). Test acc = the run's own test accuracy (`--test`).
+- cleanlab: `cleanlab.filter.find_label_issues(labels, pred_probs)` (default filter, prune_by_noise_rate) on
+  out-of-sample probabilities of K-fold stratified cross-validation of the same network (engine.models,
+  same stem and image size) trained from scratch with cross-entropy by the engine's own training loop
+  (same augmentation, optimiser and learning rate as CLeaN's classifier). Budget: the training image passes
+  of CLeaN default's phase (a), B = (2 x pretrain epochs + classifier epochs) x N (SimCLR sees two views per
+  image; the head warm-up on cached features is left out). K folds of E epochs on (K-1)/K of N cost
+  E (K-1) N passes, so E = round(B / ((K-1) N)). Corrected label of a flagged image = argmax of its
+  out-of-sample probabilities. Test acc = mean test accuracy of the K fold models.
+- kNN: features of the clean run's SimCLR-pre-trained encoder (`checkpoints/pretrain.pt`) on un-augmented
+  images, L2-normalised, k cosine neighbours without the image itself; flagged when the plurality label of
+  the neighbours differs from the given label (a tie with the given label keeps it; with 10 classes this
+  is not the same as agreement < 0.5); corrected label = plurality label. Test acc = plurality of each
+  test image's k nearest training images under the corrected labels.
+- Time (s) = the method's own work: CLeaN = the run's prepare stage + its fit (+ finetune) summary seconds
+  without the UMAP map (a picture for the app, not part of the detection: left out unless --map, and its
+  stage time subtracted with --map); pre-training shared by runs on the same images is added to each run
+  that uses it. cleanlab = prepare + K trainings + predictions + cleanlab, without test evaluation.
+  kNN = the pre-training it reuses + features + neighbour search.
+  Wall (s) = the whole call, test evaluation included (and the map with --map), plus any pre-training it reused."""
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpu": cpu_model(), "cores": usable_cores(), "cpu_count": os.cpu_count(), "gpu": gpu_name(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}f}"
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| method | precision | recall | F1 | AUROC | flagged | corrected acc | test acc | time (s) | wall (s) "
+           "| note |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        m = r["metrics"]
+        if r.get("error"):
+            dashes = " | ".join(["–"] * 8)
+            out.append(f"| {r['method']} | {dashes} | {_num(r.get('wall_seconds'), 0)} | failed: {r['error']} |")
+            continue
+        out.append(f"| {r['method']} | {_num(m.get('precision'))} | {_num(m.get('recall'))} | {_num(m.get('f1'))} | "
+                   f"{_num(m.get('auroc'))} | {_num(m.get('n_flagged'))} | {_num(m.get('corrected_accuracy'))} | "
+                   f"{_num(r.get('test_acc'))} | {_num(r.get('seconds'), 0)} | {_num(r.get('wall_seconds'), 0)} | "
+                   f"{r.get('note', '')} |")
+    return out
+
+
+def target_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CLeaN default (after (a) and after (b)) against cleanlab: F1 >= cleanlab F1 + 0.05 in no more time."""
+    ok = [r for r in rows if not r.get("error") and r.get("metrics")]
+    base = next((r for r in ok if r["key"] == "cleanlab"), None)
+    if base is None:
+        return []
+    out = []
+    for r in (r for r in ok if r["key"] == "clean"):
+        f1_gap = r["metrics"]["f1"] - (base["metrics"]["f1"] + TARGET_MARGIN)
+        time_gap = r["seconds"] - base["seconds"]
+        out.append({"row": r["method"], "f1": r["metrics"]["f1"], "cleanlab_f1": base["metrics"]["f1"],
+                    "f1_gap": round(f1_gap, 4), "seconds": r["seconds"], "cleanlab_seconds": base["seconds"],
+                    "time_gap_s": round(time_gap, 1), "met": bool(f1_gap >= 0 and time_gap <= 0)})
+    return out
+
+
+def _target_lines(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return ["- not checked: this case has no cleanlab row or no CLeaN default row"]
+    lines = []
+    for c in checks:
+        parts = []
+        if c["f1_gap"] < 0:
+            parts.append(f"F1 short by {-c['f1_gap']:.3f}")
+        if c["time_gap_s"] > 0:
+            parts.append(f"{c['time_gap_s']:.0f} s slower ({c['seconds'] / max(c['cleanlab_seconds'], 1e-9):.2f}x)")
+        verdict = "**met**" if c["met"] else "**not met**: " + ", ".join(parts)
+        lines.append(f"- {c['row']}: F1 {c['f1']:.3f} vs cleanlab {c['cleanlab_f1']:.3f} + {TARGET_MARGIN} "
+                     f"(margin {c['f1_gap']:+.3f}); time {c['seconds']:.0f} s vs {c['cleanlab_seconds']:.0f} s -> "
+                     f"{verdict}")
+    return lines
+
+
+def case_markdown(result: dict[str, Any]) -> str:
+    m, s, b = result["machine"], result["settings"], result["budget"]
+    lines = [
+        f"# Label-error detection quality: {result['case']['name']}",
+        "",
+        f"- date: {result['date']}",
+        f"- machine: CPU {m['cpu']}, {m['cores']} cores usable (of {m['cpu_count']}), load average at the end "
+        f"{' '.join(str(x) for x in m['load'])}; GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}",
+        f"- command: `{result['command']}`",
+        f"- data: {result['case']['title']}: {result['n']:,} images, {result['n_mislabeled']:,} truly mislabeled "
+        f"({result['n_mislabeled'] / max(result['n'], 1):.1%}); "
+        + (f"clean test split {result['n_test']:,} images" if result.get("n_test") else "no test split"),
+        f"- settings: {s['image_size']} px, {s['stem']} stem, device {s['device']}, seed {s['seed']}; pre-training "
+        f"{s['pretrain_epochs']} epochs, head warm-up {s['warmup_epochs']}, classifier {s['classify_epochs']} epochs; "
+        f"fine-tuning {s['finetune_epochs']} SupCon epochs; extra --set: {', '.join(s['sets']) or 'none'}"
+        + ("; UMAP map left out (bench default; --map draws it)" if s.get("skip_map") else "; UMAP map drawn (--map)"),
+        f"- budget: B = (2 x {s['pretrain_epochs']} + {s['classify_epochs']}) x {result['n']:,} = "
+        f"{b['image_passes']:,} image passes; cleanlab {s['folds']} folds x {b['fold_epochs']} epochs on "
+        f"(K-1)/K of the images = {b['cleanlab_passes']:,} passes; kNN k = {s['knn_k']}",
+        "",
+        *table(result["rows"]),
+        "",
+        f"Target (CIFAR-10 5k, 40 % symmetric, CPU defaults; shown for every case): CLeaN's F1 >= cleanlab's F1 + "
+        f"{TARGET_MARGIN} in no more time.",
+        "",
+        *_target_lines(result["target"]),
+        "",
+        DEFINITIONS,
+        "",
+        "Equivalent engine commands of the CLeaN rows:",
+        "",
+        *(f"- `{c}`" for c in dict.fromkeys(r["command"] for r in result["rows"] if r["command"].startswith("python"))),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_chart(path: Path, sections: list[tuple[str, list[dict[str, Any]]]]) -> str | None:
+    """F1 and AUROC bars per method, one panel per case. Returns why it was skipped, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -r bench/requirements.txt)"
+    cols = min(2, len(sections)) or 1
+    rows = math.ceil(len(sections) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, (title, data) in zip(axes.flat, sections, strict=False):
+        good = [r for r in data if not r.get("error") and r.get("metrics")]
+        x = range(len(good))
+        f1 = [r["metrics"].get("f1", float("nan")) for r in good]
+        auroc = [r["metrics"].get("auroc", float("nan")) for r in good]
+        ax.bar([i - 0.2 for i in x], f1, width=0.4, label="F1", color="#3b75af")
+        ax.bar([i + 0.2 for i in x], auroc, width=0.4, label="AUROC", color="#ef8636")
+        ax.set_xticks(list(x), [r["method"].replace(", after", "\nafter") for r in good], rotation=35, ha="right",
+                      fontsize=7)
+        ax.set_ylim(0, 1.12)  # headroom for the legend above bars that reach 1
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", ncol=2, frameon=False)
+    for ax in list(axes.flat)[len(sections):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def write_case(results: Path, result: dict[str, Any]) -> list[Path]:
+    """quality_<case>.json/.md/.png, then the aggregate quality.md/.png. Returns the files written."""
+    from engine.runs import atomic_write_text
+
+    name = result["case"]["name"]
+    base = results / f"quality_{name}"
+    png = base.with_suffix(".png")
+    why = write_chart(png, [(f"{name} ({result['settings']['device']})", result["rows"])])
+    if why:
+        result["chart"] = f"skipped: {why}"
+    atomic_write_text(base.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(base.with_suffix(".md"), case_markdown(result)
+                      + ("" if why else f"\n![F1 and AUROC per method]({png.name})\n"))
+    return [base.with_suffix(".json"), base.with_suffix(".md"), *([] if why else [png]), *write_aggregate(results)]
+
+
+def write_aggregate(results: Path) -> list[Path]:
+    from engine.runs import atomic_write_text
+
+    cases = [json.loads(p.read_text()) for p in sorted(results.glob("quality_*.json"))]
+    if not cases:
+        return []
+    lines = ["# Label-error detection quality: all cases", "",
+             "Rebuilt from every `quality_<case>.json` in this folder; each section is one invocation of "
+             "`bench/quality.py` (its command, machine and settings are in `quality_<case>.md`).", ""]
+    for c in cases:
+        checks = c.get("target", [])
+        lines += [f"## {c['case']['name']}", "",
+                  f"{c['case']['title']}; {c['n']:,} images; {c['settings']['device']} "
+                  f"({c['machine']['gpu'] or c['machine']['cpu']}); {c['date']}; `{c['command']}`", "",
+                  *table(c["rows"]), "", *_target_lines(checks), ""]
+    lines += [DEFINITIONS, ""]
+    png = results / "quality.png"
+    why = write_chart(png, [(f"{c['case']['name']} ({c['settings']['device']})", c["rows"]) for c in cases])
+    if not why:
+        lines += ["![F1 and AUROC per method and case](quality.png)", ""]
+    atomic_write_text(results / "quality.md", "\n".join(lines))
+    return [results / "quality.md", *([] if why else [png])]
+
+
+def gpu_markdown(results: list[dict[str, Any]], *, command: str, dry_run: bool, elapsed_s: float) -> str:
+    """Full CIFAR-10 with ELR next to the paper's Table 1."""
+    first = results[0]
+    m, s = first["machine"], first["settings"]
+    lines = [
+        "# CLeaN on full CIFAR-10 with a GPU" + (" (CPU DRY RUN: tiny sizes, numbers mean nothing)" if dry_run else ""),
+        "",
+        f"- date: {first['date']}",
+        f"- card: {m['gpu'] or 'none (CPU)'}; CPU {m['cpu']}, {m['cores']} cores; torch {m['torch']}",
+        f"- command: `{command}` (bench/gpu_quality.sh)",
+        f"- data: {first['n']:,} CIFAR-10 train images, clean test split {first.get('n_test') or 0:,} images; "
+        "noise from `python -m engine noise`",
+        f"- settings: ELR, {s['image_size']} px, {s['stem']} stem, SimCLR {s['pretrain_epochs']} epochs (run once on "
+        f"these images and shared by the noise settings: it never sees labels), head warm-up {s['warmup_epochs']}, "
+        f"classifier {s['classify_epochs']} epochs; extra --set: {', '.join(s['sets']) or 'none'}; "
+        f"UMAP map {'left out' if s.get('skip_map') else 'drawn (--map)'}",
+        "- paper: Ciortan et al. 2021, Table 1, test accuracy after pre-training with ELR (their schedule is far "
+        "longer than this ten-minute one)",
+        "",
+        "| noise | test acc (ours, after (a)) | paper Table 1 | precision | recall | F1 | AUROC | time (s) | wall (s) "
+        "| note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    total = 0.0
+    for r in results:
+        case = r["case"]
+        paper = PAPER_TABLE1.get((case["noise"], case["rate"]))
+        row = next((x for x in r["rows"] if x["key"] == "clean"), None)
+        label = f"{case['noise']} {case['rate']:.0%}"
+        if row is None or row.get("error"):
+            why = row["error"] if row else "not run"
+            lines.append(f"| {label} | – | {_num(paper, 1)} | – | – | – | – | – | – | {why} |")
+            continue
+        mt = row["metrics"]
+        acc = row.get("test_acc")
+        total += row.get("wall_seconds") or 0.0
+        lines.append(f"| {label} | {_num(acc * 100 if acc is not None else None, 1)} | {_num(paper, 1)} | "
+                     f"{_num(mt.get('precision'))} | {_num(mt.get('recall'))} | {_num(mt.get('f1'))} | "
+                     f"{_num(mt.get('auroc'))} | {_num(row.get('seconds'), 0)} | {_num(row.get('wall_seconds'), 0)} | "
+                     f"{row.get('note', '')} |")
+    lines += ["", f"Sum of the runs' wall times: {total:.0f} s; the whole invocation so far, data writing included: "
+              f"{elapsed_s:.0f} s (limit 600 s).", "", DEFINITIONS, ""]
+    return "\n".join(lines)
