@@ -111,6 +111,7 @@ class FinetuneConfig:
     head_lr: float = 0.05
     full_epochs: int = 4  # ... then encoder + head together (the paper's warm-up-then-full schedule)
     full_lr: float = 0.01
+    head_min_weight: float = 0.0  # train the new head only on images whose pseudo-label weight reaches this
     min_weight: float = 0.01
 
 

@@ -422,6 +422,8 @@ def run_finetune(ctx: Context) -> dict:
         raise IntakeError(f"{run.path} has no finished phase (a); run `python -m engine fit` first")
     snapshot_phase_a(run)
     reset_finetune(run, finetune_fingerprint(run, cfg))
+    # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
+    seed_everything(cfg.seed + 1000)
     phase_a = np.load(run.path / "predictions_phase_a.npz")
     targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, load_decisions(run.decisions),
                                cfg.split, min_weight=cfg.finetune.min_weight, seed=cfg.seed)
@@ -454,7 +456,8 @@ def stage_head(ctx: Context, net: Network, targets) -> None:
         ctx.progress.stage_skipped("head", "already done")
         _load_net(ctx, net, "head")
         return
-    kept = np.flatnonzero(targets.keep)
+    trusted = targets.keep & (targets.weights >= f.head_min_weight)
+    kept = np.flatnonzero(trusted)
     labels = torch.as_tensor(targets.labels[kept], device=ctx.rt.device)
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
@@ -464,7 +467,7 @@ def stage_head(ctx: Context, net: Network, targets) -> None:
                     seed=ctx.cfg.seed + 3, last_ckpt=run.checkpoint("head", last=True), progress=ctx.progress,
                     stage="head", lr=f.head_lr)
     if f.full_epochs > 0:
-        sub = ctx.data.subset(targets.keep)
+        sub = ctx.data.subset(trusted)
         full_cfg = replace(ctx.cfg.classify, lr=f.full_lr)
         train_classifier(net, sub, labels, loss_fn, full_cfg, ctx.norm, ctx.rt, epochs=f.full_epochs,
                          seed=ctx.cfg.seed + 4, last_ckpt=run.checkpoint("head_full", last=True),
