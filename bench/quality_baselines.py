@@ -49,7 +49,7 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
 
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    rt = make_runtime(cfg.device)
+    rt = make_runtime(cfg.device, cfg.precision)
     d = prepare_case(data.train, data.truth, work / "data", cfg.data.image_size)
     n, c = len(d.labels), len(d.classes)
     ce = replace(cfg.classify, loss="ce")
@@ -149,7 +149,7 @@ def run_knn(data: CaseData, clean_run: Path, work: Path, s: Settings, *, pretrai
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     cfg = load_config(RunDir(clean_run).config)
-    rt = make_runtime(cfg.device)
+    rt = make_runtime(cfg.device, cfg.precision)
     d = prepare_case(data.train, data.truth, work / "data", cfg.data.image_size)
     net = build_network(cfg.model, image_size=cfg.data.image_size, num_classes=len(d.classes),
                         device_type=rt.device.type)

@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     data = TrainSet.from_numpy(images, prepared.labels, rt.device)
     aug = BatchAugment(cfg.augment, out_size=cfg.data.image_size, mean=norm.mean, std=norm.std)
     _, step = make_step(rt, cfg, len(prepared.classes))
-    methods: dict[str, Iterator[tuple]] = {"ours (cache + batched augmentation)": ours_batches(data, aug, batch_size, 0)}
+    fp32 = replace(rt, amp_dtype=None)
+    _, step32 = make_step(fp32, cfg, len(prepared.classes))
+    precision = "bf16 autocast" if rt.amp_dtype is not None else "fp32"
+    methods: dict[str, tuple[Iterator[tuple], Step]] = {
+        f"ours ({precision}: the default here)": (ours_batches(data, aug, batch_size, 0), step)}
+    if rt.amp_dtype is not None:
+        methods["ours (fp32)"] = (ours_batches(data, aug, batch_size, 0), step32)
     for w in (int(x) for x in a.workers.split(",")):
-        methods[f"reference (DataLoader + PIL, {w} workers)"] = reference_batches(folder, cfg, norm, batch_size, w, rt)
+        methods[f"reference (DataLoader + PIL, {w} workers, fp32)"] = (
+            reference_batches(folder, cfg, norm, batch_size, w, rt), step32)
     speeds: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(a.rounds):
-        for name, batches in methods.items():
-            speeds[name].append(timed(batches, step, a.steps, batch_size, rt))
+        for name, (batches, method_step) in methods.items():
+            speeds[name].append(timed(batches, method_step, a.steps, batch_size, rt))
             print(f"round {r + 1}/{a.rounds}  {name:<42} {speeds[name][-1]:8.1f} images/s", flush=True)
     median = {name: statistics.median(v) for name, v in speeds.items()}
     ours = median[next(iter(median))]
@@ -166,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         *machine_lines(),
         f"- torch {torch.__version__}; network ResNet-18 ({stem} stem), {cfg.data.image_size} px, batch {batch_size}, "
         f"two views per image; {a.rounds} interleaved rounds of {a.steps} steps",
+        "- the reference is a plain fp32 loop; ours runs the engine's default numerics on this device "
+        "(engine.device.make_runtime: bf16 autocast on CUDA and on CPUs with native bf16, else fp32); "
+        "the fp32 row isolates what the data path alone gives",
         f"- command: `python bench/throughput.py --device {a.device}`",
         "",
         *table,

@@ -33,12 +33,19 @@ class Normalisation:
     std: tuple[float, float, float]
 
     @classmethod
-    def of(cls, images_nhwc: np.ndarray, *, max_images: int = 10_000) -> Normalisation:
-        """Per-channel mean/std of the dataset (a strided sample of at most max_images images)."""
+    def of(cls, images_nhwc: np.ndarray, *, max_images: int = 10_000, chunk: int = 1000) -> Normalisation:
+        """Per-channel mean/std of the dataset (a strided sample of at most max_images images), summed in
+        float64 chunks so that large images never need a float copy of the whole sample."""
         step = max(1, len(images_nhwc) // max_images)
-        x = np.asarray(images_nhwc[::step], dtype=np.float32) / 255.0
-        mean = x.mean(axis=(0, 1, 2))
-        std = np.maximum(x.std(axis=(0, 1, 2)), 0.05)  # a flat channel must not blow up the inputs
+        rows = np.arange(0, len(images_nhwc), step)
+        total, total_sq, count = np.zeros(3), np.zeros(3), 0
+        for k in range(0, len(rows), chunk):
+            x = np.asarray(images_nhwc[rows[k:k + chunk]], dtype=np.float64) / 255.0
+            total += x.sum(axis=(0, 1, 2))
+            total_sq += (x * x).sum(axis=(0, 1, 2))
+            count += x.shape[0] * x.shape[1] * x.shape[2]
+        mean = total / count
+        std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)), 0.05)  # a flat channel must not blow up
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
@@ -67,10 +74,11 @@ def predict(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime, *, w
     net.eval()
     probs, feats = [], []
     for index in ordered_batches(len(data), EVAL_BATCH):
+        # fp32 even where training uses bf16: the per-image losses are ranked, and bf16 logits (3
+        # significant digits) would tie images the mixture and the review queue must tell apart.
         x = to_model_input(data.batch(index), out_size=data.image_size, mean=norm.mean, std=norm.std)
-        with autocast(rt):
-            h = net.features(x)
-            logits = net.classifier(h)
+        h = net.features(x)
+        logits = net.classifier(h)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         if with_features:
             feats.append(h.float().cpu())
@@ -85,8 +93,7 @@ def encode(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime) -> to
     out = []
     for index in ordered_batches(len(data), EVAL_BATCH):
         x = to_model_input(data.batch(index), out_size=data.image_size, mean=norm.mean, std=norm.std)
-        with autocast(rt):
-            out.append(net.features(x).float())
+        out.append(net.features(x).float())  # fp32, like predict(): one pass, precision over speed
     return torch.cat(out)
 
 

@@ -7,17 +7,24 @@ sentence on stderr), 3 GPU out of memory, 130 stopped by request (resumable with
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import os
 import sys
 import traceback
 from argparse import Namespace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import config as config_mod
 from engine.config import RunConfig
+from engine.errors import UserError
 from engine.runs import RunDir, effective_state, now_iso, read_json
+
+if TYPE_CHECKING:
+    from engine.progress import Progress
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -98,9 +105,23 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def fit_config(args: Namespace) -> RunConfig:
-    """The config a new `fit` run gets from its flags (device profile, --config, flags, --set)."""
+    """The config a new `fit` run gets from its flags (device profile, --config, flags, --set), with the
+    network stem resolved: "auto" depends on the device, and a run must rebuild the same network on
+    any machine that resumes or fine-tunes it."""
     overrides = _flag_overrides(args)
-    return config_mod.with_overrides(_base_config(args, overrides), overrides)
+    return _concrete(config_mod.with_overrides(_base_config(args, overrides), overrides))
+
+
+def _concrete(cfg: RunConfig) -> RunConfig:
+    from engine.device import resolve_device
+    from engine.models import resolve_stem
+
+    stem = resolve_stem(cfg.model.stem, cfg.data.image_size, resolve_device(cfg.device).type)
+    return replace(cfg, model=replace(cfg.model, stem=stem))
+
+
+# Settings that choose what a command does, not what the run is: they may differ between invocations.
+_INVOCATION_KEYS = ("finetune_after_fit",)
 
 
 def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
@@ -108,17 +129,17 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
     if run.config.exists():
         existing = config_mod.load(run.config)
         # A finished or interrupted run continues with its own settings; flags may only repeat them.
-        base = existing if args.resume else _base_config(args, overrides)
-        wanted = config_mod.with_overrides(base, overrides)
-        if not args.resume and not overrides and args.config is None:
-            wanted = existing
-        diff = _config_diff(existing, wanted)
+        if args.resume or (not overrides and args.config is None):
+            wanted = config_mod.with_overrides(existing, overrides)
+        else:
+            wanted = fit_config(args)
+        diff = [d for d in _config_diff(existing, wanted) if d.split(" ")[0] not in _INVOCATION_KEYS]
         if diff:
-            raise ValueError(f"{run.path} already holds a run with other settings ({'; '.join(diff[:4])}). "
-                             "Use a new --run-dir, or --resume without changing settings.")
-        return existing
+            raise UserError(f"{run.path} already holds a run with other settings ({'; '.join(diff[:4])}). "
+                            "Use a new --run-dir, or --resume without changing settings.")
+        return replace(existing, finetune_after_fit=wanted.finetune_after_fit)
     if args.resume:
-        raise ValueError(f"nothing to resume: {run.path} holds no run (no config.json)")
+        raise UserError(f"nothing to resume: {run.path} holds no run (no config.json)")
     return fit_config(args)
 
 
@@ -126,32 +147,34 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
 
 
 def cmd_fit(args: Namespace) -> int:
-    from engine.intake import IntakeError
-
     run = RunDir(args.run_dir)
     try:
         cfg = _resolve_config(args, run)
-    except ValueError as e:
+    except ValueError as e:  # UserError, or a config value rejected by validate()
         return _fail(str(e))
     source = read_json(run.source, {}) or {}
     if args.resume and source and Path(source.get("data", "")) != Path(args.data).resolve():
         return _fail(f"{run.path} was started on {source['data']}, not {Path(args.data).resolve()}")
-    return _run_worker(run, "fit", cfg, lambda progress: _fit(run, cfg, args, progress), quiet=args.quiet,
-                       expected=(IntakeError, ValueError))
+    return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet)
 
 
-def _fit(run: RunDir, cfg: RunConfig, args: Namespace, progress) -> dict:
+def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: Progress) -> dict:
     from engine import pipeline
     from engine.intake import scan
     from engine.metrics import find_truth
 
     run.path.mkdir(parents=True, exist_ok=True)
     if not run.config.exists():
-        config_mod.save(cfg, run.config)
+        config_mod.save(replace(cfg, finetune_after_fit=False), run.config)
     record = scan(Path(args.data), root=args.root, extract_to=run.path / "source", check="header")
-    truth = args.truth or find_truth(Path(record.root))
-    pipeline.write_source(run, record, data=args.data, truth=truth, test=args.test)
-    ctx = pipeline.open_context(run, cfg, record, truth=truth, test=args.test, progress=progress)
+    # A resumed run keeps the truth and test files it was started with (the app resumes without them).
+    truth = args.truth or _path(source.get("truth"))
+    auto_truth = truth is None
+    truth = truth or find_truth(Path(record.root))
+    test = args.test or _path(source.get("test"))
+    pipeline.write_source(run, record, data=args.data, truth=truth, test=test)
+    ctx = pipeline.open_context(run, cfg, record, truth=truth, test=test, progress=progress,
+                                truth_optional=auto_truth)
     summary = pipeline.run_fit(ctx)
     if cfg.finetune_after_fit:
         run.write_status(phase="finetune")
@@ -159,12 +182,14 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, progress) -> dict:
     return summary
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 # ================================================================================================ finetune
 
 
 def cmd_finetune(args: Namespace) -> int:
-    from engine.intake import IntakeError
-
     run = RunDir(args.run_dir)
     if not run.config.exists() or not run.source.exists():
         return _fail(f"{run.path} is not a fitted run (no config.json/source.json); run `python -m engine fit` first")
@@ -176,63 +201,95 @@ def cmd_finetune(args: Namespace) -> int:
         if args.epochs is not None:
             overrides["finetune.epochs"] = args.epochs
         cfg = config_mod.with_overrides(cfg, overrides)
+        if cfg.model != config_mod.load(run.config).model:
+            raise UserError("the network of a fitted run cannot change in fine-tuning (model.* settings)")
     except ValueError as e:
         return _fail(str(e))
-    return _run_worker(run, "finetune", cfg, lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet,
-                       expected=(IntakeError, ValueError))
+    return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet)
 
 
-def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress) -> dict:
+def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) -> dict:
     from engine import pipeline
     from engine.intake import scan
 
     source = read_json(run.source, {})
     record = scan(Path(source["root"]) if source["kind"] != "csv" else Path(source["data"]),
                   root=Path(source["root"]) if source["kind"] == "csv" else None, check="header")
-    truth = args.truth or (Path(source["truth"]) if source.get("truth") else None)
-    test = Path(source["test"]) if source.get("test") else None
+    truth = args.truth or _path(source.get("truth"))
     if cfg != config_mod.load(run.config):
         config_mod.save(cfg, run.path / "config_finetune.json")
-    ctx = pipeline.open_context(run, cfg, record, truth=truth, test=test, progress=progress)
+    ctx = pipeline.open_context(run, cfg, record, truth=truth, test=_path(source.get("test")), progress=progress)
     return pipeline.run_finetune(ctx)
 
 
 # ================================================================================================ shared worker
 
 
-def _run_worker(run: RunDir, phase: str, cfg: RunConfig, body, *, quiet: bool, expected: tuple) -> int:
-    """Run one phase as the run's worker: status.json bookkeeping, cancellation, clear failures."""
+def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, quiet: bool) -> int:
+    """Run one phase as the run's worker: one worker per run, status.json bookkeeping, cancellation,
+    and failures reported as one sentence (bad input) or with a traceback (a bug)."""
+    import torch
+
     from engine.device import GpuOutOfMemory
     from engine.progress import Cancelled, Progress
 
+    run.path.mkdir(parents=True, exist_ok=True)
+    lock = _lock_run(run)
+    if lock is None:
+        other = run.read_status().get("pid")
+        return _fail(f"another worker{f' (pid {other})' if other else ''} is already running on {run.path}")
+    _remove_stale_temp_files(run)
     progress = Progress(run, show=not quiet)
     progress.install_signal_handlers()
-    run.path.mkdir(parents=True, exist_ok=True)
     run.write_status(state="running", phase=phase, pid=os.getpid(), started_at=now_iso(), error=None,
                      message=f"{phase} started")
     try:
         summary = body(progress)
-    except Cancelled:
-        progress.stage_end("cancelled")
-        run.write_status(state="cancelled", message="stopped; continue with --resume")
-        print("stopped; the run continues from its last finished epoch with --resume", file=sys.stderr)
-        return 130
+    except (Cancelled, KeyboardInterrupt):
+        return _end(run, progress, "cancelled", "stopped; continue with --resume", 130)
+    except torch.cuda.OutOfMemoryError as e:  # outside the training steps' own guard
+        return _end(run, progress, "failed", str(GpuOutOfMemory(f"GPU out of memory ({e}); try a smaller "
+                                                                 "--batch-size or --image-size")), 3)
     except GpuOutOfMemory as e:
-        progress.stage_end("failed")
-        run.write_status(state="failed", error=str(e), message=str(e))
-        return _fail(str(e), 3)
-    except expected as e:
-        progress.stage_end("failed")
-        run.write_status(state="failed", error=str(e), message=str(e))
-        return _fail(str(e))
+        return _end(run, progress, "failed", str(e), 3)
+    except UserError as e:
+        return _end(run, progress, "failed", str(e), 2)
     except Exception as e:
-        progress.stage_end("failed")
         traceback.print_exc()
-        run.write_status(state="failed", error=f"{type(e).__name__}: {e}", message="failed; see worker.log")
-        return 1
+        return _end(run, progress, "failed", f"{type(e).__name__}: {e} (see worker.log)", 1)
+    finally:
+        lock.close()
     run.write_status(state="done", stage="done", message=f"{phase} finished", eta_s=0)
     _print_summary(summary)
     return 0
+
+
+def _end(run: RunDir, progress: Progress, state: str, message: str, code: int) -> int:
+    progress.stage_end(state)
+    run.write_status(state=state, error=None if state == "cancelled" else message, message=message)
+    if state == "cancelled":
+        print("stopped; the run continues from its last finished epoch with --resume", file=sys.stderr)
+        return code
+    return _fail(message, code)
+
+
+def _lock_run(run: RunDir):
+    """An exclusive lock on RUN/.worker.lock for this process's lifetime (None when taken).
+    Two workers on one run would interleave checkpoints and status; the OS frees the lock on kill -9."""
+    f = open(run.path / ".worker.lock", "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+def _remove_stale_temp_files(run: RunDir) -> None:
+    """Temp files of atomic writes a kill -9 interrupted (possibly a cache-sized .npy)."""
+    for folder in (run.path, run.data, run.checkpoints):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _print_summary(summary: dict) -> None:

@@ -5,7 +5,7 @@ Every stage reads its settings from a frozen dataclass here; the whole `RunConfi
 the app can build and validate configs without loading the training stack.
 
 Defaults are the CPU profile (sized so that the bundled sample finishes in about two minutes on two
-cores); `for_device("cuda")` swaps in the GPU profile. Learning rates are given for a batch of 256
+cores); `gpu_profile` swaps in the GPU one. Learning rates are given for a batch of 256
 and scaled linearly with the batch size (the paper's convention, algorithms.md §1.2).
 """
 
@@ -22,6 +22,7 @@ LossName = Literal["ce", "nfl+rce", "elr"]
 Stem = Literal["auto", "small", "standard"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 SupConWeighting = Literal["paper", "reference"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
 
@@ -135,6 +136,7 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     seed: int = 0
     device: DeviceName = "auto"
+    precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     finetune_after_fit: bool = False  # `fit --finetune`: run phase (b) right after (a)
 
 
@@ -170,7 +172,20 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
         (cfg.model.stem in ("auto", "small", "standard"), f"unknown stem {cfg.model.stem!r}"),
         (cfg.finetune.weighting in ("paper", "reference"), f"unknown weighting {cfg.finetune.weighting!r}"),
-        (0.0 <= cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1.0, "crop_scale must be 0 <= lo <= hi <= 1"),
+        (0.0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1.0, "crop_scale must be 0 < lo <= hi <= 1"),
+        (0.0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1], "crop_ratio must be 0 < lo <= hi"),
+        (all(0.0 <= p <= 1.0 for p in (cfg.augment.flip_p, cfg.augment.jitter_p, cfg.augment.gray_p)),
+         "augmentation probabilities (flip_p, jitter_p, gray_p) must be in [0, 1]"),
+        (all(j >= 0 for j in cfg.augment.jitter) and cfg.augment.jitter[3] <= 0.5,
+         "jitter strengths must be >= 0 and hue <= 0.5"),
+        (all(x > 0 for x in (cfg.pretrain.lr, cfg.classify.lr, cfg.classify.warmup_lr, cfg.finetune.lr,
+                             cfg.finetune.head_lr, cfg.finetune.full_lr)), "learning rates must be > 0"),
+        (0.0 <= cfg.finetune.min_weight <= 1.0, "finetune.min_weight must be in [0, 1]"),
+        (0.0 <= cfg.finetune.head_min_weight <= 1.0, "finetune.head_min_weight must be in [0, 1]"),
+        (cfg.finetune.head_epochs >= 0 and cfg.finetune.full_epochs >= 0, "epochs must be >= 0"),
+        (cfg.embed.n_neighbors >= 2 and 0.0 <= cfg.embed.min_dist, "embed.n_neighbors must be >= 2, min_dist >= 0"),
+        (cfg.embed.fit_sample >= 100, "embed.fit_sample must be >= 100"),
+        (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -13,20 +13,22 @@ import json
 import os
 import re
 import shutil
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
 
 from engine.decisions import load_decisions
+from engine.errors import UserError
+from engine.files import link_or_copy, safe_folder_name
 from engine.runs import RunDir, atomic_write_text, read_json
 
 EXPORT_COLUMNS = ("path", "label", "original_label", "status", "suggested_label", "clean_prob", "flagged", "decided_at")
 FORMATS = ("csv", "json", "folder")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that would be unsafe (overwrite source data) or cannot be made."""
 
 
@@ -87,15 +89,19 @@ def export_labels(run_dir: Path, out: Path, fmt: str) -> Path:
 
 
 def _to_csv(table: pd.DataFrame) -> str:
-    """CSV with text cells defused against spreadsheet formula injection (OWASP: prefix a quote)."""
+    """CSV with label cells defused against spreadsheet formula injection (OWASP: prefix a quote).
+
+    Paths are left exact (they must match the files), and so are plain numbers such as "-1" or "+1",
+    common class names that a spreadsheet reads as numbers, not formulas.
+    """
     safe = table.copy()
-    for col in ("path", "label", "original_label", "suggested_label", "status"):
+    for col in ("label", "original_label", "suggested_label"):
         safe[col] = safe[col].map(_defuse)
     return safe.to_csv(index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
 
 
 def _defuse(value: object) -> object:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
 
@@ -126,15 +132,6 @@ def _refuse_unsafe_target(out: Path, root: Path | None, fmt: str) -> None:
             raise ExportError(f"{out} is a file of the source data in {root}; the export never overwrites it")
 
 
-def safe_folder_name(label: str) -> str:
-    """A class name as a single, portable folder name (slashes, dots, control characters defused)."""
-    name = unicodedata.normalize("NFC", label)
-    name = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]", "_", name).strip()
-    if name in ("", ".", ".."):
-        name = "_" + name.replace(".", "_")
-    return name[:120]
-
-
 def _write_folder(table: pd.DataFrame, root: Path | None, out: Path) -> None:
     if root is None or not root.is_dir():
         raise ExportError("the run's source images are not available any more; folder export needs them")
@@ -154,7 +151,7 @@ def _write_folder(table: pd.DataFrame, root: Path | None, out: Path) -> None:
         dst = tmp / folders[label] / Path(path).name
         dst = _unique(dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(src, dst)
+        link_or_copy(src, dst)
         rows.append({"path": dst.relative_to(tmp).as_posix(), "label": label, "source_path": path})
     pd.DataFrame(rows, columns=["path", "label", "source_path"]).to_csv(tmp / "labels.csv", index=False)
     if out.exists():
@@ -169,11 +166,3 @@ def _unique(dst: Path) -> Path:
         k += 1
         candidate = dst.with_name(f"{dst.stem}_{k}{dst.suffix}")
     return candidate
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link when source and export share a filesystem (no extra space), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -19,6 +19,7 @@ from engine.classify import per_sample_ce
 from engine.config import FinetuneConfig, SplitConfig
 from engine.decisions import Decision
 from engine.device import Runtime, autocast, oom_guard
+from engine.errors import UserError
 from engine.loop import EpochRecord, Rng, run_epochs
 from engine.losses import weighted_supcon
 from engine.models import Network, set_trainable
@@ -65,7 +66,7 @@ def finetune_targets(
             n_discarded += 1
             continue
         if d.label not in index:
-            raise ValueError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")
+            raise UserError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")
         labels[i], weights[i] = index[d.label], 1.0
         n_decided += 1
     return FinetuneTargets(labels, weights, keep, n_decided, n_discarded)
@@ -87,6 +88,8 @@ def finetune_supcon(
     set_trainable(net, encoder=True, projector=True, classifier=False)
     net.train()
     kept = np.flatnonzero(targets.keep)
+    if len(kept) < 2:
+        raise UserError(f"only {len(kept)} image(s) are not discarded; fine-tuning needs at least two")
     sub = data.subset(targets.keep)
     labels = torch.as_tensor(targets.labels[kept], device=rt.device)
     weights = torch.as_tensor(targets.weights[kept], device=rt.device)

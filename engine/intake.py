@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.decode import DEFAULT_MAX_PIXELS, DecodeError, check_image
+from engine.errors import UserError
 from engine.safezip import ZipLimits, ZipRejected, is_hidden, safe_extract
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -46,7 +47,7 @@ Check = Literal["full", "header"]
 _ZIP_MARKER = ".clean-zip.json"  # hidden, so the intake of the extracted folder never sees it
 
 
-class IntakeError(ValueError):
+class IntakeError(UserError):
     """The data cannot be used as given; the message says what is wrong and how to fix it."""
 
 
@@ -70,6 +71,7 @@ class IntakeLimits:
     max_zip_uncompressed_bytes: int = 32 * 1024**3  # 32 GiB once extracted
     max_file_bytes: int = 256 * 1024**2  # one image file
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # Pillow's decompression-bomb limit (about 89 megapixels)
+    min_classes: int = 2  # training needs two; a clean test folder may hold fewer
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def _record(
     samples, bad = _check_files(root, candidates, limits, check)
     skipped = sorted(skipped + bad, key=lambda s: s.path)
     classes = tuple(sorted({s.label for s in samples}))
-    _require_two_classes(source, samples, classes, skipped)
+    _require_two_classes(source, samples, classes, skipped, limits.min_classes)
     return DatasetRecord(
         root=root,
         source=source.resolve(),
@@ -451,8 +453,10 @@ def _check_files(
     return samples, skipped
 
 
-def _require_two_classes(source: Path, samples: list[Sample], classes: tuple[str, ...], skipped: list[Skipped]) -> None:
-    if len(classes) >= 2:
+def _require_two_classes(
+    source: Path, samples: list[Sample], classes: tuple[str, ...], skipped: list[Skipped], min_classes: int = 2
+) -> None:
+    if samples and len(classes) >= min_classes:
         return
     note = ""
     if skipped:

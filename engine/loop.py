@@ -2,7 +2,8 @@
 
 A stage supplies `step(index, global_step) -> loss` and the modules whose state must survive a kill.
 After every epoch the loop writes `<stage>.last.pt` (modules, optimiser, RNG states, epoch, history);
-a run killed at any moment restarts from the last finished epoch with identical randomness.
+a run killed at any moment restarts from the last finished epoch with the same generator states
+(bit-identical on CPU; on CUDA the augmentation's op order comes from the global CPU generator).
 """
 
 from __future__ import annotations

@@ -156,11 +156,11 @@ def nfl(
 ) -> Tensor:
     """Normalised focal loss, alpha * FL(y) / sum_k FL(k), with FL(k) = -(1 - p_k)^gamma log p_k.
 
-    Follows the reference implementation (algorithms.md §3.1): the normaliser sum_k FL(k) and the
-    focal factor (1 - p_y)^gamma are DETACHED, so the gradient is the re-weighted cross-entropy
-    gradient (alpha / normaliser) * (1 - p_y)^gamma * grad(-log p_y), not the gradient of the
-    normalised loss. We keep these semantics because every published NFL+RCE number was produced with
-    them. The value is the true NFL, in (0, alpha]; with gamma = 0 it is NCE = log p_y / sum_k log p_k.
+    Follows the reference implementation (Active-Passive Losses' loss.py, ported by the paper code):
+    the focal factors (1 - p_k)^gamma are constants for autograd (computed from detached
+    probabilities), both in the numerator and in the normaliser, while the log p_k terms of the
+    normaliser and log p_y of the numerator carry the gradient. The value is the true NFL, in
+    (0, alpha]; with gamma = 0 it is NCE = log p_y / sum_k log p_k (and then the gradient is NCE's).
 
     Args:
         logits: Shape (B, C).
@@ -175,8 +175,8 @@ def nfl(
         raise ValueError(f"NFL gamma must be >= 0, got {gamma}")
     with _fp32(logits):
         log_p = F.log_softmax(logits.float(), dim=1)
-        log_p_det = log_p.detach()
-        normaliser = (-(1 - log_p_det.exp()).pow(gamma) * log_p_det).sum(dim=1)
+        focal_k = (1 - log_p.detach().exp()).pow(gamma)  # reference: (1 - logpt.data.exp()) ** gamma
+        normaliser = (-focal_k * log_p).sum(dim=1)
         log_p_y = log_p.gather(1, targets[:, None]).squeeze(1)
         focal = (1 - log_p_y.detach().exp()).pow(gamma)
         per_sample = alpha * (-focal * log_p_y) / normaliser

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from engine.errors import UserError
+
 TRUTH_NAMES = ("truth.csv", "noise.csv")
 
 
@@ -27,19 +29,19 @@ def find_truth(data_root: Path) -> Path | None:
 def load_truth(path: Path, paths: list[str] | tuple[str, ...]) -> np.ndarray:
     """True label of each image in `paths` (object array; None where the file has no row for it).
 
-    Raises ValueError when the file lacks the columns or matches none of the images.
+    Raises UserError when the file lacks the columns or matches none of the images.
     """
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read truth file {path}: {e}") from e
+        raise UserError(f"cannot read truth file {path}: {e}") from e
     missing = {"path", "true_label"} - set(df.columns)
     if missing:
-        raise ValueError(f"truth file {path} lacks column(s) {', '.join(sorted(missing))}: need path,true_label")
+        raise UserError(f"truth file {path} lacks column(s) {', '.join(sorted(missing))}: need path,true_label")
     lookup = dict(zip(df["path"].str.replace("\\", "/", regex=False), df["true_label"], strict=True))
     out = np.array([lookup.get(p) for p in paths], dtype=object)
     if all(v is None for v in out):
-        raise ValueError(f"truth file {path} names none of the {len(paths)} images (paths must be relative to the data folder)")
+        raise UserError(f"truth file {path} names none of the {len(paths)} images (paths must be relative to the data folder)")
     return out
 
 

@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from engine.files import link_or_copy, safe_folder_name
 from engine.intake import DatasetRecord
 from engine.runs import atomic_write_text
 
@@ -266,22 +267,15 @@ def _link_tree(record: DatasetRecord, result: NoiseResult, dest: Path) -> list[t
         noisy_label = record.classes[noisy]
         parts = PurePosixPath(sample.path).parts
         below = parts[1:] if len(parts) > 1 and parts[0] == sample.label else parts
-        rel = PurePosixPath(noisy_label, *below)
+        rel = PurePosixPath(safe_folder_name(noisy_label), *below)  # a label is never a path
         if rel.as_posix().casefold() in taken:
             rel = rel.with_name(f"{rel.stem}_{sample.id[:8]}{rel.suffix}")
         taken.add(rel.as_posix().casefold())
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(record.root / sample.path, target)
+        link_or_copy(record.root / sample.path, target)
         rows.append((rel.as_posix(), sample.label, noisy_label))
     return sorted(rows)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _noise_csv(rows: list[tuple[str, str, str]]) -> str:

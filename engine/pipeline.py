@@ -3,16 +3,16 @@
     fit       = prepare -> pretrain -> warmup -> train -> predict -> split -> embed      (phase a + b1)
     finetune  = supcon -> head -> refresh                                               (phase b2, b3)
 
-Each stage ends by writing its artifact atomically; a stage whose artifact exists is skipped, and a
-stage that was interrupted resumes from its `<stage>.last.pt` epoch checkpoint. So `fit --resume`
-after a kill -9, and re-running a finished run with the same config, both do only what is missing.
+The training stages end by writing their checkpoint atomically and are skipped when it exists; an
+interrupted one resumes from its `<stage>.last.pt` epoch checkpoint. So `fit --resume` after a
+kill -9, and re-running a finished run with the same config, redo no training. The cheap stages
+after it (split, embed) are recomputed from the saved predictions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,21 +37,29 @@ from engine.classify import (
 )
 from engine.config import RunConfig
 from engine.contrastive import pretrain_simclr
-from engine.decisions import load_decisions
+from engine.decisions import Decision, load_decisions
 from engine.device import Runtime, make_runtime, seed_everything
 from engine.embed import umap_2d
+from engine.errors import UserError
 from engine.export import corrected_labels
 from engine.finetune import finetune_supcon, finetune_targets
-from engine.intake import DatasetRecord, IntakeError, scan
+from engine.intake import DatasetRecord, IntakeError, IntakeLimits, scan
 from engine.losses import classification_loss
 from engine.metrics import detection_metrics, load_truth
-from engine.models import Network, build_network, resolve_stem
+from engine.models import Network, build_network
 from engine.progress import Progress
-from engine.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from engine.runs import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_npz,
+    atomic_write_text,
+    read_json,
+)
 from engine.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
 from engine.trainset import TrainSet
 
-FIT_STAGES = ("prepare", "pretrain", "warmup", "train", "predict", "split", "embed")
 FINETUNE_STAGES = ("supcon", "head", "refresh")
 
 
@@ -98,7 +106,7 @@ def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress:
     if is_prepared(run.data, record, size):
         progress.stage_skipped("prepare", "decoded cache is up to date")
         return load_prepared(run.data)
-    if (run.data / "images.npy").exists() and run.checkpoint("pretrain", last=True).parent.exists():
+    if (run.data / "images.npy").exists() and run.checkpoints.exists():
         raise IntakeError(f"the images in {record.source} changed since this run started; start a new --run-dir")
     progress.stage_start("prepare", total=len(record.samples), unit="img")
     done = [0]
@@ -107,17 +115,15 @@ def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress:
         progress.advance(n - done[0], images=n - done[0])
         done[0] = n
 
-    prepared = prepare(record, run.data, image_size=size, progress=tick)
+    prepared = prepare(record, run.data, image_size=size, progress=tick)  # refuses < 2 classes itself
     progress.stage_end()
-    if len(set(prepared.labels.tolist())) < 2:
-        raise IntakeError("after skipping unreadable images fewer than two classes are left; training needs two")
     return prepared
 
 
 def _test_set(run: RunDir, test: Path | None, classes: tuple[str, ...], cfg: RunConfig, rt: Runtime) -> TrainSet | None:
     if test is None:
         return None
-    record = scan(Path(test), check="header")
+    record = scan(Path(test), check="header", limits=IntakeLimits(min_classes=1))  # one class is a fine test
     unknown = sorted(set(record.classes) - set(classes))
     if unknown:
         raise IntakeError(f"the test folder has classes the training data lacks: {', '.join(unknown)}")
@@ -126,19 +132,35 @@ def _test_set(run: RunDir, test: Path | None, classes: tuple[str, ...], cfg: Run
         record, out, image_size=cfg.data.image_size)
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[prepared.classes[j]] for j in prepared.labels], dtype=np.int64)
-    return TrainSet.from_numpy(np.asarray(prepared.images), labels, rt.device)
+    return TrainSet.from_numpy(prepared.images, labels, rt.device)
 
 
 def open_context(run: RunDir, cfg: RunConfig, record: DatasetRecord, *, truth: Path | None, test: Path | None,
-                 progress: Progress, rt: Runtime | None = None) -> Context:
-    rt = rt or make_runtime(cfg.device)
+                 progress: Progress, rt: Runtime | None = None, truth_optional: bool = False) -> Context:
+    """Prepare (or reuse) the decoded cache and load everything the stages share.
+
+    truth_optional: the truth file was found in the data folder, not asked for; an unusable one is
+    then reported and ignored instead of failing the run.
+    """
+    rt = rt or make_runtime(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     prepared = _prepare_stage(run, record, cfg, progress)
-    images = np.asarray(prepared.images)
-    data = TrainSet.from_numpy(images, prepared.labels, rt.device)
-    truth_labels = load_truth(truth, prepared.paths) if truth else None
-    return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(images), truth_labels,
+    data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device)
+    return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(prepared.images),
+                   _truth(truth, prepared.paths, progress, optional=truth_optional),
                    _test_set(run, test, prepared.classes, cfg, rt))
+
+
+def _truth(path: Path | None, paths: tuple[str, ...], progress: Progress, *, optional: bool) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        return load_truth(path, paths)
+    except UserError as e:
+        if not optional:
+            raise
+        progress.note(f"ignoring {path}: {e}")
+        return None
 
 
 # ============================================================================================ phase a
@@ -210,7 +232,7 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
             probs = predict(net, ctx.data, ctx.norm, ctx.rt, with_features=False).probs
             rows = _read_history(hist_path, epoch)
             rows.append(per_sample_ce(probs, ctx.prepared.labels))
-            atomic_write_bytes(hist_path, _npz_bytes(losses=np.stack(rows), upto=np.array(epoch + 1)))
+            atomic_write_npz(hist_path, losses=np.stack(rows), upto=np.array(epoch + 1))
             out["train_acc_given"] = float((probs.argmax(1) == ctx.prepared.labels).mean())
         if ctx.test is not None:
             out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt)
@@ -230,17 +252,9 @@ def _read_history(path: Path, before_epoch: int) -> list[np.ndarray]:
     return list(keep)
 
 
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def stage_predict(ctx: Context, net: Network, *, path: Path | None = None) -> Predictions:
-    path = path or ctx.run.predictions
-    if path.exists() and "predict" in ctx.run.completed_stages() and path == ctx.run.predictions:
+def stage_predict(ctx: Context, net: Network) -> Predictions:
+    path = ctx.run.predictions
+    if path.exists() and "predict" in ctx.run.completed_stages():
         z = np.load(path)
         ctx.progress.stage_skipped("predict", "already done")
         return Predictions(z["probs"], z["features"])
@@ -249,7 +263,7 @@ def stage_predict(ctx: Context, net: Network, *, path: Path | None = None) -> Pr
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
     hist = _loss_history_path(ctx)
     history = np.load(hist)["losses"] if hist.exists() else losses[None]
-    atomic_write_bytes(path, _npz_bytes(probs=preds.probs, features=preds.features, losses=history))
+    atomic_write_npz(path, probs=preds.probs, features=preds.features, losses=history)
     ctx.progress.advance(1, images=len(ctx.data))
     ctx.progress.stage_end()
     ctx.run.mark_stage_done("predict")
@@ -276,7 +290,7 @@ def stage_split(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: 
     return result
 
 
-def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult) -> pd.DataFrame:
+def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult) -> None:
     classes = np.array(ctx.classes, dtype=object)
     given = ctx.prepared.labels
     probs = preds.probs
@@ -305,7 +319,6 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
     if ctx.truth is not None:
         df["true_label"] = ctx.truth
     atomic_write_text(ctx.run.samples, df.to_csv(index=False, lineterminator="\n"))
-    return df
 
 
 def write_metrics(ctx: Context, phase: str) -> dict | None:
@@ -330,26 +343,22 @@ def stage_embed(ctx: Context, features: np.ndarray) -> None:
     ctx.progress.stage_start("embed", total=1, unit="map")
     try:
         coords = umap_2d(features, ctx.cfg.embed, seed=ctx.cfg.seed)
-        buf = _npy_bytes(coords.astype(np.float32))
-        atomic_write_bytes(ctx.run.umap, buf)
+        atomic_write_npy(ctx.run.umap, coords.astype(np.float32))
     except Exception as e:  # the map is evidence, not a result: a failure must not fail the run
+        ctx.run.umap.unlink(missing_ok=True)  # ... nor leave an older phase's map looking current
         ctx.progress.note(f"embedding map skipped: {type(e).__name__}: {e}")
     ctx.progress.advance(1, images=len(features))
     ctx.progress.stage_end()
     ctx.run.mark_stage_done("embed")
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
-
-
 def run_fit(ctx: Context) -> dict:
     """Phase (a) and the split: every stage, skipping those already done."""
     t0 = time.perf_counter()
+    if "refresh" in ctx.run.completed_stages():
+        # Phase (b) has replaced the predictions; phase (a) is finished and must not be re-derived from them.
+        ctx.progress.stage_skipped("fit", "phase (a) is finished and the run is fine-tuned")
+        return _summary_from_disk(ctx, "finetune", time.perf_counter() - t0)
     net = ctx.new_network()
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
@@ -358,24 +367,23 @@ def run_fit(ctx: Context) -> dict:
     stage_train(ctx, net, loss_fn)
     preds = stage_predict(ctx, net)
     losses = np.load(ctx.run.predictions)["losses"]
-    split = stage_split(ctx, preds, losses, phase="fit")
+    stage_split(ctx, preds, losses, phase="fit")
     stage_embed(ctx, preds.features)
-    return _summary(ctx, "fit", split, preds, time.perf_counter() - t0)
+    return _summary_from_disk(ctx, "fit", time.perf_counter() - t0)
 
 
-def _summary(ctx: Context, phase: str, split: SplitResult, preds: Predictions, seconds: float) -> dict:
+def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
+    """Headline numbers of the run as written (samples.csv, metrics.json), plus test accuracy."""
+    split = read_json(ctx.run.split, {}) or {}
     out: dict = {"kind": "summary", "phase": phase, "images": len(ctx.data), "classes": len(ctx.classes),
-                 "flagged": int(split.flagged.sum()), "seconds": round(seconds, 1),
-                 "stem": resolve_stem(ctx.cfg.model.stem, ctx.cfg.data.image_size, ctx.rt.device.type),
-                 "device": str(ctx.rt.device)}
+                 "flagged": int(split.get("n_flagged", 0)), "seconds": round(seconds, 1),
+                 "stem": ctx.cfg.model.stem, "device": str(ctx.rt.device)}
     if ctx.truth is not None:
         metrics = read_json(ctx.run.metrics, {}) or {}
         out.update({k: metrics.get(k) for k in ("precision", "recall", "f1", "auroc", "corrected_accuracy",
                                                    "pseudo_label_accuracy", "given_label_accuracy")})
     if ctx.test is not None:
-        net = ctx.new_network()
-        stage = "head" if phase == "finetune" else "train"
-        _load_net(ctx, net, stage)
+        net = _load_net(ctx, ctx.new_network(), "head" if phase == "finetune" else "train")
         out["test_acc"] = round(accuracy(net, ctx.test, ctx.norm, ctx.rt), 4)
     ctx.run.append_event(**out)
     return out
@@ -384,49 +392,54 @@ def _summary(ctx: Context, phase: str, split: SplitResult, preds: Predictions, s
 # ============================================================================================ phase b
 
 
-def finetune_fingerprint(run: RunDir, cfg: RunConfig) -> str:
+def finetune_fingerprint(decisions: dict[str, Decision], cfg: RunConfig) -> str:
     """Identifies what phase (b) depends on: the review decisions and the settings."""
-    decisions = load_decisions(run.decisions)
-    blob = json.dumps([sorted((p, d.action, d.label) for p, d in decisions.items()), config_mod.to_dict(cfg)])
+    settings = config_mod.to_dict(replace(cfg, finetune_after_fit=False))  # how it was invoked does not matter
+    blob = json.dumps([sorted((p, d.action, d.label) for p, d in decisions.items()), settings])
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def snapshot_phase_a(run: RunDir) -> None:
     """Keep phase (a)'s outputs the first time phase (b) runs, for before/after and re-runs."""
     pairs = [(run.samples, run.samples_before), (run.predictions, run.path / "predictions_phase_a.npz"),
-             (run.metrics, run.path / "metrics_phase_a.json"), (run.split, run.path / "split_phase_a.json"),
-             (run.umap, run.path / "umap_phase_a.npy")]
+             (run.metrics, run.path / "metrics_phase_a.json")]
     for src, dst in pairs:
         if src.exists() and not dst.exists():
-            shutil.copy2(src, dst)
+            atomic_write_bytes(dst, src.read_bytes())  # a kill mid-copy must not leave half a snapshot
 
 
-def reset_finetune(run: RunDir, fingerprint: str) -> None:
-    """Phase (b) starts afresh from phase (a), except to resume an interrupted phase (b) that had the
-    same decisions and settings (`fingerprint`)."""
+def reset_finetune(run: RunDir, fingerprint: str) -> bool:
+    """Decide how phase (b) starts. Returns True when it is already done with exactly these decisions
+    and settings (nothing to do). Otherwise it resumes an interrupted phase (b) with the same
+    fingerprint, or clears its checkpoints and starts afresh from phase (a)."""
     meta = read_json(run.checkpoints / "finetune.json", {}) or {}
-    if meta.get("fingerprint") == fingerprint and "refresh" not in run.completed_stages():
-        return
+    if meta.get("fingerprint") == fingerprint:
+        return "refresh" in run.completed_stages()
     for stage in (*FINETUNE_STAGES, "head_full"):
         run.checkpoint(stage).unlink(missing_ok=True)
         run.checkpoint(stage, last=True).unlink(missing_ok=True)
     run.unmark_stages(list(FINETUNE_STAGES))
     atomic_write_json(run.checkpoints / "finetune.json", {"fingerprint": fingerprint})
+    return False
 
 
 def run_finetune(ctx: Context) -> dict:
     """Phase (b): weighted SupCon on pseudo-labels and decisions, a fresh head, refreshed flags."""
     t0 = time.perf_counter()
     run, cfg = ctx.run, ctx.cfg
-    if not run.checkpoint("train").exists():
-        raise IntakeError(f"{run.path} has no finished phase (a); run `python -m engine fit` first")
+    if not run.checkpoint("train").exists() or "split" not in run.completed_stages():
+        raise UserError(f"{run.path} has no finished phase (a); run (or resume) `python -m engine fit` first")
     snapshot_phase_a(run)
-    reset_finetune(run, finetune_fingerprint(run, cfg))
+    decisions = load_decisions(run.decisions)
+    phase_a = np.load(run.path / "predictions_phase_a.npz")
+    # Targets first: a decision the run cannot use fails here, before any phase (b) state is touched.
+    targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, decisions, cfg.split,
+                               min_weight=cfg.finetune.min_weight, seed=cfg.seed)
+    if reset_finetune(run, finetune_fingerprint(decisions, cfg)):
+        ctx.progress.stage_skipped("finetune", "already fine-tuned with these decisions and settings")
+        return _summary_from_disk(ctx, "finetune", time.perf_counter() - t0)
     # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
     seed_everything(cfg.seed + 1000)
-    phase_a = np.load(run.path / "predictions_phase_a.npz")
-    targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, load_decisions(run.decisions),
-                               cfg.split, min_weight=cfg.finetune.min_weight, seed=cfg.seed)
     ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
     net = _load_net(ctx, ctx.new_network(), "train")
     if run.checkpoint("supcon").exists():
@@ -436,16 +449,18 @@ def run_finetune(ctx: Context) -> dict:
         finetune_supcon(net, ctx.data, targets, cfg.finetune, _augment(ctx), ctx.rt, seed=cfg.seed,
                         last_ckpt=run.checkpoint("supcon", last=True), progress=ctx.progress)
         _final_ckpt(ctx, "supcon", net)
+    else:
+        ctx.progress.stage_skipped("supcon", "finetune.epochs is 0")
     net.new_classifier(len(ctx.classes))
     net.to(ctx.rt.device)
     stage_head(ctx, net, targets)
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
-    atomic_write_bytes(run.predictions, _npz_bytes(probs=preds.probs, features=preds.features, losses=losses[None]))
-    split = stage_split(ctx, preds, losses[None], phase="finetune")
+    atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses[None])
+    stage_split(ctx, preds, losses[None], phase="finetune")
     stage_embed(ctx, preds.features)
     run.mark_stage_done("refresh")
-    return _summary(ctx, "finetune", split, preds, time.perf_counter() - t0)
+    return _summary_from_disk(ctx, "finetune", time.perf_counter() - t0)
 
 
 def stage_head(ctx: Context, net: Network, targets) -> None:
@@ -458,10 +473,13 @@ def stage_head(ctx: Context, net: Network, targets) -> None:
         return
     trusted = targets.keep & (targets.weights >= f.head_min_weight)
     kept = np.flatnonzero(trusted)
+    if len(kept) < 2:
+        raise UserError(f"only {len(kept)} image(s) left to train the new head on (discarded, or pseudo-label "
+                        f"weight below finetune.head_min_weight={f.head_min_weight}); it needs at least two")
     labels = torch.as_tensor(targets.labels[kept], device=ctx.rt.device)
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
-    if not run.checkpoint("head_full", last=True).exists():  # the head warm-up finished before a kill
+    if not run.checkpoint("head_full", last=True).exists():  # else the warm-up is done and full training resumes
         features = encode(net, ctx.data, ctx.norm, ctx.rt).index_select(0, torch.as_tensor(kept, device=ctx.rt.device))
         warmup_head(net, features, labels, loss_fn, ctx.cfg.classify, ctx.rt, epochs=f.head_epochs,
                     seed=ctx.cfg.seed + 3, last_ckpt=run.checkpoint("head", last=True), progress=ctx.progress,

@@ -51,6 +51,8 @@ class Progress:
         """SIGTERM (the app's Stop) and SIGINT end the run at the next batch boundary."""
 
         def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_requested:  # asked twice (a stage that never reaches a batch boundary): stop now
+                raise KeyboardInterrupt
             self._stop_requested = True
 
         signal.signal(signal.SIGTERM, request_stop)

@@ -22,6 +22,7 @@ This module imports no torch: the app reads runs through it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 TERMINAL_STATES = ("done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
@@ -56,6 +59,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_npz(path: Path, **arrays: Any) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_npy(path: Path, array: Any) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

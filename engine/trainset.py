@@ -8,6 +8,7 @@ and PIL work that dominates a DataLoader pipeline at small image sizes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,20 +21,21 @@ _GPU_RESIDENT_FRACTION = 0.4
 
 @dataclass
 class TrainSet:
-    images: torch.Tensor  # (N, 3, S, S) uint8, on `device` or pinned host memory
-    labels: torch.Tensor  # (N,) int64, same device as the training device
+    images: torch.Tensor  # (N, 3, S, S) uint8, on `device` when it fits there, else in host memory
+    labels: torch.Tensor  # (n,) int64 on the training device, one per row of this set
     device: torch.device
+    rows: torch.Tensor | None = None  # (n,) rows of `images` this set holds (a subset shares the images)
 
     @classmethod
     def from_numpy(cls, images_nhwc: np.ndarray, labels: np.ndarray, device: torch.device) -> TrainSet:
-        x = torch.from_numpy(np.array(images_nhwc)).permute(0, 3, 1, 2).contiguous()  # copy: the cache is read-only
+        with warnings.catch_warnings():  # the cache is a read-only memmap; permute+contiguous copies it once
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.asarray(images_nhwc)).permute(0, 3, 1, 2).contiguous()
         y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if x.numel() < _GPU_RESIDENT_FRACTION * free:
-                x = x.to(device, non_blocking=True)
-            else:
-                x = x.pin_memory()
+                x = x.to(device)
         return cls(x, y.to(device), device)
 
     def __len__(self) -> int:
@@ -44,15 +46,19 @@ class TrainSet:
         return int(self.images.shape[-1])
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, 3, S, S) on the training device."""
+        """uint8 images (B, 3, S, S) on the training device for positions `index` of this set."""
+        if self.rows is not None:
+            index = self.rows.index_select(0, index.to(self.rows.device))
         if self.images.device == self.device:
             return self.images.index_select(0, index.to(self.images.device))
         return self.images.index_select(0, index.cpu()).to(self.device, non_blocking=True)
 
     def subset(self, keep: np.ndarray) -> TrainSet:
+        """The images where `keep` is True, as a view: no copy of the image tensor."""
         idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.int64)
-        return TrainSet(self.images.index_select(0, idx.to(self.images.device)), self.labels[idx.to(self.labels.device)],
-                        self.device)
+        rows = idx if self.rows is None else self.rows.index_select(0, idx.to(self.rows.device)).cpu()
+        return TrainSet(self.images, self.labels.index_select(0, idx.to(self.labels.device)), self.device,
+                        rows.to(self.device))
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool) -> Iterator[torch.Tensor]:

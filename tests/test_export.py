@@ -92,8 +92,8 @@ def test_folder_export_refuses_to_touch_the_source(run: RunDir, tmp_path: Path) 
     assert (tmp_path / "data" / "cat" / "1.png").read_bytes() == b"img:cat/1.png"
 
 
-@pytest.mark.parametrize(("label", "expected"), [("a/b", "a_b"), ("..", "___"), (".", "__"), ("è猫", "è猫"),
-                                                 ("x\\y:z", "x_y_z"), ("", "_")])
+@pytest.mark.parametrize(("label", "expected"), [("a/b", "a_b"), ("..", "__"), (".", "_"), ("è猫", "è猫"),
+                                                 ("x\\y:z", "x_y_z"), ("", "_"), (".hidden", "_hidden")])
 def test_safe_folder_names(label: str, expected: str) -> None:
     assert safe_folder_name(label) == expected
 
@@ -103,3 +103,20 @@ def test_unknown_format_and_missing_run(tmp_path: Path, run: RunDir) -> None:
         export_labels(run.path, tmp_path / "x", "xml")
     with pytest.raises(ExportError, match="no samples.csv"):
         corrected_labels(tmp_path / "empty")
+
+
+def test_numeric_labels_and_paths_stay_exact(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    for name in ("-1/a.png", "+1/b.png", "-x/c.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "folder"})
+    pd.DataFrame([{"path": "-1/a.png", "given_label": "-1", "suggested_label": "+1", "flagged": 1, "clean_prob": 0.1},
+                  {"path": "+1/b.png", "given_label": "+1", "suggested_label": "+1", "flagged": 0, "clean_prob": 0.9},
+                  {"path": "-x/c.png", "given_label": "-x", "suggested_label": "-x", "flagged": 0, "clean_prob": 0.9}]
+                 ).to_csv(run.samples, index=False)
+    e = pd.read_csv(export_labels(run.path, tmp_path / "l.csv", "csv"), dtype=str, keep_default_na=False)
+    assert e["path"].tolist() == ["-1/a.png", "+1/b.png", "-x/c.png"]
+    assert e["label"].tolist() == ["+1", "+1", "'-x"] and e["original_label"].tolist() == ["-1", "+1", "'-x"]

@@ -204,22 +204,30 @@ def test_nfl_with_gamma_zero_is_nce() -> None:
     torch.testing.assert_close(nfl(logits, targets, gamma=0.0, reduction="none"), nce)
 
 
-def test_nfl_gradient_is_the_reweighted_cross_entropy_gradient() -> None:
-    """Reference semantics: normaliser and focal factor are constants for autograd."""
+def test_nfl_gradient_follows_the_reference_code() -> None:
+    """Reference semantics: focal factors are constants for autograd, the log terms are not
+    (normalizor = sum(-(1 - logpt.data.exp()) ** gamma * logpt))."""
     torch.manual_seed(5)
     alpha, gamma = 2.0, 0.5
     logits, targets = torch.randn(9, 4) * 2, torch.randint(0, 4, (9,))
     x = logits.clone().requires_grad_(True)
     nfl(x, targets, alpha=alpha, gamma=gamma, reduction="sum").backward()
 
-    p = F.softmax(logits, dim=1)
-    normaliser = (-(1 - p).pow(gamma) * p.log()).sum(dim=1)
-    weight = alpha * (1 - p.gather(1, targets[:, None]).squeeze(1)).pow(gamma) / normaliser
     y = logits.clone().requires_grad_(True)
-    (weight * F.cross_entropy(y, targets, reduction="none")).sum().backward()
+    log_p = F.log_softmax(y, dim=1)
+    focal = (1 - log_p.detach().exp()).pow(gamma)
+    normaliser = (-focal * log_p).sum(dim=1)
+    own = focal.gather(1, targets[:, None]).squeeze(1) * -log_p.gather(1, targets[:, None]).squeeze(1)
+    (alpha * own / normaliser).sum().backward()
     torch.testing.assert_close(x.grad, y.grad)
 
-    # and it is not the gradient of the normalised loss itself
+    # neither the plain re-weighted cross-entropy (normaliser constant) ...
+    z = logits.clone().requires_grad_(True)
+    p = F.softmax(logits, dim=1)
+    weight = alpha * (1 - p.gather(1, targets[:, None]).squeeze(1)).pow(gamma) / (-(1 - p).pow(gamma) * p.log()).sum(1)
+    (weight * F.cross_entropy(z, targets, reduction="none")).sum().backward()
+    assert not torch.allclose(x.grad, z.grad, atol=1e-4)
+    # ... nor the gradient of the normalised loss with the focal factors differentiated too
     t = logits.clone().requires_grad_(True)
     pt = F.softmax(t, dim=1)
     fl = -(1 - pt).pow(gamma) * pt.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,25 @@ def test_output_folder_rules(tmp_path, make_image_folder):
     with pytest.raises(ValueError, match="not empty"):
         write_noisy_copy(record, res, tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x.txt"]
+
+
+def test_labels_that_look_like_paths_never_leave_the_output(tmp_path: Path) -> None:
+    """A CSV manifest may carry any label text; as a folder name it must stay one component inside OUT."""
+    from PIL import Image
+
+    from engine.intake import scan
+    from engine.noise import inject_noise, write_noisy_copy
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["path,label"]
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(data / f"{i}.png")
+        rows.append(f"{i}.png,{'../../evil' if i % 2 else 'a/b'}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    record = scan(data / "labels.csv")
+    result = inject_noise(record.label_indices(), classes=record.classes, kind="symmetric", rate=0.34, seed=0)
+    out = write_noisy_copy(record, result, tmp_path / "out" / "noisy")
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png") if not p.is_relative_to(data)}
+    assert written and all(w.startswith("out/noisy/") for w in written)
+    assert {p.parent.name for p in out.rglob("*.png")} <= {"___.._evil", "a_b"}

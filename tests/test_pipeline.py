@@ -58,6 +58,7 @@ def test_fit_writes_the_run_folder(fitted) -> None:
     assert (s["top1_prob"] >= s["top2_prob"]).all() and (s["top1_label"] == s["predicted_label"]).all()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done"
+    assert json.loads((run / "config.json").read_text())["model"]["stem"] == "standard"  # resolved, not "auto"
     assert status["completed_stages"][:3] == ["pretrain", "warmup", "train"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 36 and metrics["n_mislabeled"] == 9 and metrics["phase"] == "fit"
@@ -135,6 +136,17 @@ def test_finetune_uses_decisions_and_export_reflects_them(fitted, tmp_path: Path
     assert e.loc[third, "status"] == "kept"
     assert len(e) == 36
 
+    # the same decisions and settings again: nothing to redo
+    samples_b = (run / "samples.csv").read_bytes()
+    again = engine("finetune", run, "--epochs", "1", "--set", "finetune.head_epochs=2", "--set",
+                   "finetune.full_epochs=1", "--quiet")
+    assert again.returncode == 0 and (run / "samples.csv").read_bytes() == samples_b
+    # fit again on a fine-tuned run: phase (a) is done and must not be rebuilt from phase (b)'s predictions
+    refit = engine("fit", data, "--run-dir", run, *TINY)
+    assert refit.returncode == 0, refit.stderr[-2000:]
+    assert (run / "samples.csv").read_bytes() == samples_b
+    assert json.loads((run / "metrics.json").read_text())["phase"] == "finetune"
+
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
@@ -168,3 +180,23 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     a = pd.read_csv(tmp_path / "straight" / "samples.csv")
     b = pd.read_csv(run / "samples.csv")
     pd.testing.assert_frame_equal(a, b)  # CPU runs are deterministic, across a kill too
+
+
+def test_finetune_needs_a_finished_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert cli_main(["finetune", str(run)]) == 2
+    assert "not a fitted run" in capsys.readouterr().err
+
+
+def test_one_worker_per_run(tmp_path: Path) -> None:
+    from engine.cli_run import _lock_run
+    from engine.runs import RunDir
+
+    run = RunDir(tmp_path)
+    first = _lock_run(run)
+    assert first is not None and _lock_run(run) is None
+    first.close()
+    again = _lock_run(run)
+    assert again is not None
+    again.close()
