@@ -35,7 +35,6 @@ ctx = page.page_setup("train", "Pre-train an encoder, train a noise-robust class
                                "Training runs in the background: you can leave this page or close the tab.")
 dataset = page.current_dataset()
 info = devices.detected_devices()
-defaults = train_form.default_settings(train_form.default_config(info.get("default", "cpu")))
 state = None
 
 # ----------------------------------------------------------------------------- the current run
@@ -57,6 +56,13 @@ if dataset is None:
 else:
     st.caption(f"Dataset: `{dataset}`")
     auto_truth = next((dataset / n for n in datasets.TRUTH_NAMES if (dataset / n).is_file()), None)
+    # Outside the form, so that choosing a device reruns the page and the form below shows the profile the
+    # engine starts from on that device (a GPU trains longer, with bigger batches).
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        device = st.selectbox("Device", DEVICES, key="train_device", width=200)
+        st.caption(f"Detected: {devices.describe(info)}")
+    profile_device = train_form.engine_device(device, info.get("default", "cpu"))
+    defaults = train_form.default_settings(train_form.default_config(profile_device), device=device)
     with st.form("new_run"):
         left, middle, right = st.columns(3)
         loss = left.selectbox("Loss", LOSSES, index=LOSSES.index(defaults.loss), format_func=LOSS_NAMES.get)
@@ -68,8 +74,6 @@ else:
         batch_size = middle.number_input("Batch size", min_value=2, max_value=8192, value=defaults.batch_size)
         image_size = middle.number_input("Image size (px)", min_value=8, max_value=512, value=defaults.image_size,
                                          help="Every image is resized to this square size once, before training")
-        device = right.selectbox("Device", DEVICES, index=DEVICES.index(defaults.device))
-        right.caption(f"Detected: {devices.describe(info)}")
         seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, value=defaults.seed)
         truth_text = st.text_input("Truth file (optional)", placeholder="/path/to/truth.csv",
                                    help="CSV with columns path,true_label: adds precision/recall of the flags")

@@ -65,8 +65,8 @@ def undo_last(run_path: str) -> None:
         st.session_state[FLASH_KEY] = "Nothing to undo in this tab."
         return
     entry = stack.pop()
-    review.undo(DecisionStore(run.decisions), entry, source=page.session_id())
-    st.session_state[FLASH_KEY] = f":material/undo: Undone: {entry.description}."
+    result = review.undo(DecisionStore(run.decisions), entry, source=page.session_id())
+    st.session_state[FLASH_KEY] = f":material/undo: {review.undo_message(entry, result)}"
 
 
 def relabel_from_widget(run_path: str, key: str, path: str, position: int) -> None:

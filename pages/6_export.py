@@ -11,8 +11,8 @@ STATUS_HELP = {
     "kept": "you kept the given label",
     "relabeled": "you chose another label",
     "discarded": "you left the image out (no label)",
-    "auto-relabeled": "flagged and not reviewed: the suggested label is used",
-    "unchanged": "not flagged: the given label is kept",
+    "auto-relabeled": "flagged, not reviewed, and the suggestion differs from the given label: the suggestion is used",
+    "unchanged": "label kept as given (not flagged, or flagged but the suggestion is the given label)",
 }
 
 ctx = page.page_setup("export", "The corrected label of each image: your decision first, else the suggestion for "
@@ -29,6 +29,7 @@ counts = table["status"].value_counts()
 cols = st.columns(len(STATUS_HELP))
 for col, (status, help_text) in zip(cols, STATUS_HELP.items(), strict=True):
     col.metric(status, f"{int(counts.get(status, 0)):,}", help=help_text)
+st.caption(" · ".join(f"**{status}**: {help_text}" for status, help_text in STATUS_HELP.items()))
 
 statuses = st.multiselect("Show", list(STATUS_HELP), default=[s for s in STATUS_HELP if s != "unchanged"],
                           key="export_filter", persist_state="session")
@@ -45,7 +46,8 @@ with st.container(horizontal=True):
                        mime="text/csv", icon=":material/table:", on_click="ignore", key="download_csv", type="primary")
     st.download_button("labels.json", exporting.file_bytes(run, "json"), file_name=f"{name}_labels.json",
                        mime="application/json", icon=":material/data_object:", on_click="ignore", key="download_json")
-    st.download_button("Re-sorted folder (.zip)", lambda: exporting.folder_zip(run), file_name=f"{name}_corrected.zip",
+    st.download_button("Re-sorted folder (.zip)", lambda: exporting.folder_zip_data(run),
+                       file_name=f"{name}_corrected.zip",
                        mime="application/zip", icon=":material/folder_zip:", on_click="ignore", key="download_zip",
                        help="Class folders named after the corrected labels; discarded images are left out")
 st.caption(f"The same files as `python -m engine export {run.path} --out FILE --format csv|json|folder`.")

@@ -101,6 +101,33 @@ def test_folder_upload_rebuilds_safe_relative_paths(app_workspace, fake_jobs):
     assert all(workspace.is_inside(p, app_workspace / "uploads") for p in (app_workspace / "uploads").rglob("*"))
 
 
+def test_folder_upload_keeps_classes_named_in_any_script_apart(app_workspace, fake_jobs):
+    files = [(f"数据/{c}/{c}{i}.png", png_bytes((60 * k, 40 * i, 9)), "image/png")
+             for k, c in enumerate(("猫", "犬", "café", "cafè")) for i in range(2)]
+    at = open_page("data")
+    at.radio(key="data_choice").set_value("Upload a folder").run()
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == []
+    assert (metrics(at)["Classes"], metrics(at)["Images"]) == ("4", "8")
+    chosen = Path(at.query_params["data"])
+    assert chosen.name == "数据"
+    assert sorted(p.name for p in chosen.iterdir()) == sorted(["猫", "犬", "café", "cafè"])
+
+
+def test_folder_upload_with_two_names_for_one_file_is_refused_by_name(app_workspace, fake_jobs):
+    files = [("pics/a/x:1.png", png_bytes((1, 2, 3)), "image/png"), ("pics/a/x?1.png", png_bytes(), "image/png"),
+             ("pics/b/y.png", png_bytes(), "image/png")]
+    at = open_page("data")
+    at.radio(key="data_choice").set_value("Upload a folder").run()
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "This folder cannot be used: 'pics/a/x?1.png' and 'pics/a/x:1.png' would both be saved as 'pics/a/x_1.png': "
+        "rename one of them and upload the folder again"]
+    assert list((app_workspace / "uploads").iterdir()) == []  # nothing half-saved is kept
+
+
 def test_a_path_on_the_server(app_workspace, fake_jobs, tmp_path):
     data = write_image_classes(tmp_path / "served", ("a", "b", "c"), per_class=5)
     (data / "a" / "broken.png").write_bytes(b"\x89PNG broken")

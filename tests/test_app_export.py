@@ -73,10 +73,39 @@ def test_a_new_decision_changes_the_download(fake_run, downloads):
 
 def test_folder_zip_holds_the_resorted_images(fake_run, app_workspace):
     DecisionStore(fake_run.run.decisions).decide([fake_run.flagged["path"].iloc[0]], "discard", source="t")
-    data = exporting.folder_zip(RunDir(fake_run.run.path))
-    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    path = exporting.folder_zip(RunDir(fake_run.run.path))
+    names = zipfile.ZipFile(path).namelist()
     images = [n for n in names if n.endswith(".png")]
     assert len(images) == 29  # one discarded
     assert all(n.split("/")[1] in ("cat", "dog", "fox") for n in images)
     assert f"{fake_run.run_id}_corrected/labels.csv" in names
-    assert not list((app_workspace / "exports" / fake_run.run_id).iterdir())  # temporary files are gone
+    assert list((app_workspace / "exports" / fake_run.run_id).iterdir()) == [path]  # temporary files are gone
+    assert exporting.folder_zip_data(RunDir(fake_run.run.path)) == path.read_bytes()
+
+
+def test_folder_zip_is_a_file_in_the_workspace_reused_until_the_run_changes(fake_run, app_workspace):
+    run = RunDir(fake_run.run.path)
+    first = exporting.folder_zip(run)
+    assert first.parent == app_workspace / "exports" / fake_run.run_id and first.suffix == ".zip"
+    built_at = first.stat().st_mtime_ns
+    DecisionStore(run.decisions).all()  # opening the store (as every page does) is not a change
+    assert exporting.folder_zip(run) == first and first.stat().st_mtime_ns == built_at  # not rebuilt
+    DecisionStore(run.decisions).decide([fake_run.flagged["path"].iloc[0]], "relabel", "fox", source="t")
+    second = exporting.folder_zip(run)
+    assert second != first and not first.exists()  # a new decision: a new archive, the stale one removed
+    labels = pd.read_csv(zipfile.ZipFile(second).open(f"{fake_run.run_id}_corrected/labels.csv"))
+    assert labels.set_index("path").loc[fake_run.flagged["path"].iloc[0], "label"] == "fox"
+
+
+def test_statuses_are_explained_and_a_flagged_image_suggested_its_own_label_is_unchanged(fake_run):
+    frame = fake_run.samples.copy()
+    row = frame.index[frame["flagged"] == 1][0]
+    frame.loc[row, "suggested_label"] = frame.loc[row, "given_label"]  # flagged, but the model agrees
+    frame.to_csv(fake_run.run.samples, index=False)
+    at = open_page("export", run_id=fake_run.run_id)
+    assert not at.exception
+    counts = {m.label: m.value for m in at.metric}
+    assert (counts["auto-relabeled"], counts["unchanged"]) == ("8", "22")
+    unchanged = "label kept as given (not flagged, or flagged but the suggestion is the given label)"
+    assert next(m for m in at.metric if m.label == "unchanged").help == unchanged
+    assert any(f"**unchanged**: {unchanged}" in c.value for c in at.caption)

@@ -133,9 +133,28 @@ def test_apply_and_undo_a_batch(tmp_path, samples):
     entry = review.apply_action(store, rows, "discard", source="me")
     assert entry.description == "discarded 3 images"
     assert {d.action for d in store.all().values()} == {"discard"}
-    assert review.undo(store, entry, source="me") == 3
+    assert review.undo(store, entry, source="me") == review.UndoResult(restored=3, skipped=0)
     now = store.all()
     assert list(now) == [rows["path"].iloc[0]] and now[rows["path"].iloc[0]].label == "fox"
+
+
+def test_undo_leaves_alone_what_another_tab_decided_since(tmp_path, samples):
+    store = DecisionStore(tmp_path / "d.sqlite")
+    rows = samples[samples["flagged"]].iloc[:3]
+    a, b, c = rows["path"].tolist()
+    entry = review.apply_action(store, rows, "discard", source="tab-1")
+    store.decide([b], "relabel", "fox", source="tab-2")  # another tab, after tab 1's batch
+    store.clear([c], source="tab-2")
+    result = review.undo(store, entry, source="tab-1")
+    assert result == review.UndoResult(restored=1, skipped=2)
+    now = store.all()
+    assert a not in now  # tab 1's own discard is undone
+    assert (now[b].action, now[b].label) == ("relabel", "fox")  # tab 2's later decisions stand
+    assert c not in now
+    assert review.undo_message(entry, result) == ("Undone: discarded 3 images. 2 images were not put back: another "
+                                                  "tab changed them since.")
+    assert review.undo_message(entry, review.UndoResult(2, 1)).endswith("1 image was not put back: another tab "
+                                                                         "changed it since.")
 
 
 def test_selection_file_round_trip(tmp_path):
@@ -156,19 +175,54 @@ def test_top3_text():
 # ----------------------------------------------------------------------------- fit flags
 
 
-def test_defaults_give_no_flags_and_changes_give_exactly_their_flags():
+def engine_config_of(flags: list[str], monkeypatch: pytest.MonkeyPatch, *, cuda: bool) -> RunConfig:
+    """The RunConfig `python -m engine fit DATA --run-dir R <flags>` starts with on a machine with(out) a GPU."""
+    import torch
+
+    from engine import cli, cli_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # what the engine asks to pick its profile
+    args = cli.build_parser().parse_args(["fit", "data", "--run-dir", "run", *flags])
+    return cli_run.fit_config(args)
+
+
+def test_fit_flags_carry_the_schedule_shown_and_the_batch_size_only_when_changed():
     defaults = train_form.default_settings(RunConfig())
-    assert train_form.fit_flags(defaults, defaults) == []
+    assert train_form.fit_flags(defaults, defaults) == ["--loss", "elr", "--pretrain-epochs", "12", "--epochs", "12",
+                                                       "--image-size", "32", "--seed", "0"]
     changed = train_form.FitSettings(loss="nfl+rce", pretrain=True, pretrain_epochs=3, epochs=defaults.epochs,
                                      batch_size=64, image_size=48, device="cpu", seed=1, truth=None, finetune=False)
-    assert train_form.fit_flags(changed, defaults) == ["--loss", "nfl+rce", "--pretrain-epochs", "3",
+    assert train_form.fit_flags(changed, defaults) == ["--loss", "nfl+rce", "--pretrain-epochs", "3", "--epochs", "12",
                                                        "--batch-size", "64", "--image-size", "48", "--device", "cpu",
                                                        "--seed", "1"]
+
+
+@pytest.mark.parametrize(("device", "detected", "cuda"), [
+    ("auto", "cpu", False), ("auto", "cuda", True), ("cpu", "cuda", True), ("cuda", "cuda", True), ("cpu", "cpu", False),
+])
+def test_the_engine_runs_the_profile_the_form_shows(device, detected, cuda, monkeypatch):
+    shown = train_form.default_config(train_form.engine_device(device, detected))
+    settings = train_form.default_settings(shown, device=device)
+    cfg = engine_config_of(train_form.fit_flags(settings, settings), monkeypatch, cuda=cuda)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size, cfg.data.image_size) == (
+        settings.pretrain_epochs, settings.epochs, settings.batch_size, settings.image_size)
+    # the untouched form keeps the profile's larger SimCLR and fine-tuning batches
+    assert (cfg.pretrain.batch_size, cfg.finetune.batch_size) == (shown.pretrain.batch_size, shown.finetune.batch_size)
+
+
+def test_values_typed_for_a_cpu_run_on_a_gpu_machine_are_the_values_run(monkeypatch):
+    cpu_profile = train_form.default_settings(train_form.default_config("cpu"), device="cpu")
+    typed = train_form.FitSettings(loss="ce", pretrain=True, pretrain_epochs=100, epochs=30, batch_size=256,
+                                   image_size=32, device="cpu", seed=0)
+    cfg = engine_config_of(train_form.fit_flags(typed, cpu_profile), monkeypatch, cuda=True)
+    assert (cfg.device, cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size) == ("cpu", 100, 30, 256)
 
 
 def test_gpu_defaults_follow_the_gpu_profile():
     assert train_form.default_settings(train_form.default_config("cuda")).pretrain_epochs == 100
     assert train_form.default_settings(train_form.default_config("cpu")).pretrain_epochs == RunConfig().pretrain.epochs
+    assert [train_form.engine_device(d, "cuda") for d in ("auto", "cpu", "cuda")] == ["cuda", "cpu", "cuda"]
+    assert train_form.engine_device("auto", "cpu") == "cpu"
 
 
 def test_truth_field_checks(tmp_path):
@@ -189,9 +243,22 @@ def test_truth_field_checks(tmp_path):
     ("/abs/./x.png", ["abs", "x.png"]),
     ("a\\..\\b\\c.png", ["a", "b", "c.png"]),
     ("we ird/na:me?.png", ["we ird", "na_me_.png"]),
+    ("数据/猫/猫.png", ["数据", "猫", "猫.png"]),
+    ("Ünïcödé/ελληνικά/صورة.png", ["Ünïcödé", "ελληνικά", "صورة.png"]),
+    ("cafe\u0301/1.png", ["caf\u00e9", "1.png"]),  # macOS sends decomposed accents: NFC makes them one name
+    ("a\tb/x\u202egnp.png", ["a_b", "x_gnp.png"]),  # control and bidi-override characters
+    ("..hidden/<x>|y*.png", ["hidden", "_x__y_.png"]),
 ])
 def test_safe_relative_parts(name, parts):
     assert workspace.safe_relative_parts(name) == parts
+
+
+def test_safe_names_keep_classes_in_any_script_apart():
+    assert workspace.safe_relative_parts("数据/猫/猫.png") != workspace.safe_relative_parts("数据/犬/犬.png")
+    assert workspace.safe_name("café") != workspace.safe_name("cafè")
+    assert workspace.safe_name("a:b") != workspace.safe_name("a::b")
+    long = workspace.safe_name("猫" * 200 + ".png")
+    assert long.endswith(".png") and len(long.encode()) <= 240 and set(long[:-4]) == {"猫"}
 
 
 def test_run_ids_in_urls_are_checked(app_workspace):
@@ -218,6 +285,24 @@ def test_save_folder_stays_inside_and_descends_into_the_picked_folder(tmp_path):
     assert left_out == 1
     written = sorted(p.relative_to(upload_dir).as_posix() for p in upload_dir.rglob("*") if p.is_file())
     assert written == ["data/pics/a/1.png", "data/pics/x.png"]  # ".." parts dropped, never above data/
+
+
+def test_save_folder_keeps_classes_named_in_any_script(tmp_path):
+    files = [FakeUpload("数据/猫/猫.png", b"cat"), FakeUpload("数据/犬/犬.png", b"dog"),
+             FakeUpload("数据/café/1.png", b"e1"), FakeUpload("数据/cafè/1.png", b"e2")]
+    folder, left_out = datasets.save_folder(files, tmp_path / "up")
+    assert (folder.name, left_out) == ("数据", 0)
+    assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == {
+        "猫/猫.png": b"cat", "犬/犬.png": b"dog", "café/1.png": b"e1", "cafè/1.png": b"e2"}
+
+
+def test_save_folder_refuses_two_names_that_become_one_file(tmp_path):
+    files = [FakeUpload("pics/a/x:1.png", b"first"), FakeUpload("pics/a/x?1.png", b"second")]
+    with pytest.raises(datasets.IntakeError) as caught:
+        datasets.save_folder(files, tmp_path / "up")
+    assert str(caught.value) == ("'pics/a/x?1.png' and 'pics/a/x:1.png' would both be saved as 'pics/a/x_1.png': "
+                                 "rename one of them and upload the folder again")
+    assert (tmp_path / "up" / "data" / "pics" / "a" / "x_1.png").read_bytes() == b"first"  # not overwritten
 
 
 def test_save_zip_refuses_other_files(tmp_path):

@@ -113,6 +113,24 @@ def test_batch_discard_writes_every_selected_image_and_undo_restores(fake_run):
     assert any("Undone" in i.value for i in at.info)
 
 
+def test_undo_keeps_a_later_decision_from_another_tab(fake_run):
+    store = DecisionStore(fake_run.run.decisions)
+    chosen = fake_run.flagged.iloc[:3]
+    at = open_page("review", run_id=fake_run.run_id)
+    for index in chosen["index"]:
+        at.checkbox(key=f"sel_{index}").check()
+    at.run()
+    at.button(key="batch_discard").click().run()
+    later = chosen["path"].iloc[1]
+    store.decide([later], "relabel", "fox", source="browser-other-tab")  # another tab, after this batch
+    at.button(key="kb_undo").click().run()
+    now = store.all()
+    assert set(now) == {later}  # this tab's two other discards are undone ...
+    assert (now[later].action, now[later].label) == ("relabel", "fox")  # ... the other tab's decision stands
+    assert any(i.value == "Undone: discarded 3 images. 1 image was not put back: another tab "
+                          "changed it since." for i in at.info)
+
+
 def test_undo_steps_back_through_several_actions(fake_run):
     at = open_page("review", run_id=fake_run.run_id)
     row = fake_run.flagged.iloc[0]

@@ -47,6 +47,32 @@ def test_gpu_profile_defaults_when_a_gpu_is_detected(app_workspace, monkeypatch)
     assert form_widget(at, "Pre-training epochs").value == 100
 
 
+def shown_schedule(at) -> tuple[int, int, int]:
+    return tuple(int(form_widget(at, label).value) for label in ("Pre-training epochs", "Classifier epochs",
+                                                                  "Batch size"))
+
+
+def test_choosing_cpu_on_a_gpu_machine_shows_and_runs_the_cpu_profile(app_workspace, monkeypatch, tmp_path):
+    import torch
+
+    from engine import cli, cli_run
+
+    fake = install_fake_jobs(monkeypatch, devices={"cuda": True, "devices": [{"name": "NVIDIA H100", "memory_gb": 80}],
+                                                   "default": "cuda"})
+    data = tmp_path / "digits"
+    (data / "a").mkdir(parents=True)
+    at = open_page("train", data=data)
+    assert shown_schedule(at) == (100, 30, 256)  # auto on a GPU machine: the GPU profile
+    form_widget(at, "Device").select("cpu").run()
+    assert shown_schedule(at) == (12, 12, 128)  # the form now shows what a CPU run trains for
+    submit(at)
+    assert not at.exception
+    flags = fake.calls[0][1][2]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the worker sees the GPU too
+    cfg = cli_run.fit_config(cli.build_parser().parse_args(["fit", str(data), "--run-dir", "r", *flags]))
+    assert (cfg.device, cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size) == ("cpu", 12, 12, 128)
+
+
 def test_start_passes_the_changed_settings_as_fit_flags(app_workspace, fake_jobs, tmp_path):
     data = tmp_path / "digits"
     (data / "a").mkdir(parents=True)
@@ -62,7 +88,8 @@ def test_start_passes_the_changed_settings_as_fit_flags(app_workspace, fake_jobs
     assert fake_jobs.names() == ["start"]
     _, (got_data, run_dir, flags), kwargs = fake_jobs.calls[0]
     assert got_data == data
-    assert flags == ["--loss", "ce", "--pretrain-epochs", "1", "--epochs", "2", "--batch-size", "16", "--finetune"]
+    assert flags == ["--loss", "ce", "--pretrain-epochs", "1", "--epochs", "2", "--batch-size", "16", "--image-size",
+                     "32", "--seed", "0", "--finetune"]
     assert run_dir.parent == app_workspace / "runs"
     assert kwargs["workspace"] == app_workspace
     assert at.query_params["run"] == run_dir.name  # the new run is in the URL: a refresh re-attaches to it
@@ -77,7 +104,8 @@ def test_no_pretraining_and_a_truth_file(app_workspace, fake_jobs, tmp_path):
     form_widget(at, "Seed").set_value(7)
     form_widget(at, "Truth file (optional)").input(str(truth))
     submit(at)
-    assert fake_jobs.calls[0][1][2] == ["--no-pretrain", "--seed", "7", "--truth", str(truth)]
+    assert fake_jobs.calls[0][1][2] == ["--loss", "elr", "--no-pretrain", "--epochs", "12", "--image-size", "32",
+                                        "--seed", "7", "--truth", str(truth)]
 
 
 def test_bad_truth_file_and_missing_gpu_are_refused(app_workspace, fake_jobs, tmp_path):

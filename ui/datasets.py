@@ -2,7 +2,8 @@
 
 Uploads are written only below `WORKSPACE/uploads/<id>/`: a zip is stored under a sanitised name and
 extracted by `engine.intake.scan` (which refuses zip bombs, absolute names and `..`); a folder upload
-is rebuilt from each file's relative name, component by component, with unsafe parts dropped.
+is rebuilt from each file's relative name, component by component, with unsafe parts dropped and
+letters of every script kept; no upload ever overwrites another.
 No Streamlit here.
 """
 
@@ -89,17 +90,28 @@ def save_folder(files: Iterable[Upload], upload_dir: Path) -> tuple[Path, int]:
     """Rebuild an uploaded folder under `upload_dir/data/` from each file's relative name.
 
     Returns (the dataset folder, number of files left out because of their type). When every file sits
-    under one top folder (the folder the person picked), that folder is the dataset.
+    under one top folder (the folder the person picked), that folder is the dataset. Two uploaded names
+    that become the same file once made safe (e.g. 'x:1.png' and 'x?1.png') raise IntakeError naming both:
+    writing the second over the first would silently lose an image or move it to another class.
     """
     data = upload_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     left_out = 0
+    written: dict[Path, str] = {}  # target -> the uploaded name it came from
     for f in files:
         parts = workspace.safe_relative_parts(f.name)
         if not parts or Path(parts[-1]).suffix.lower() not in _UPLOAD_SUFFIXES:
             left_out += 1
             continue
-        _write(data.joinpath(*parts), f, upload_dir)
+        target = data.joinpath(*parts)
+        try:
+            _write(target, f, upload_dir)
+        except FileExistsError:
+            first = written.get(target, "an earlier file")
+            raise IntakeError(
+                f"{f.name!r} and {first!r} would both be saved as {target.relative_to(data).as_posix()!r}: "
+                "rename one of them and upload the folder again") from None
+        written[target] = f.name
     entries = [p for p in data.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0], left_out
@@ -107,10 +119,11 @@ def save_folder(files: Iterable[Upload], upload_dir: Path) -> tuple[Path, int]:
 
 
 def _write(target: Path, upload: Upload, upload_dir: Path) -> None:
+    """Write one upload to `target`; never over an existing file (raises FileExistsError instead)."""
     if not workspace.is_inside(target, upload_dir):  # belt and braces: names were sanitised already
         raise IntakeError(f"refusing to write {target}: outside the upload folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
+    with open(target, "xb") as out:
         out.write(upload.getbuffer())
 
 

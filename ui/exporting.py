@@ -1,11 +1,15 @@
 """Export downloads: the same files `python -m engine export` writes, generated under the workspace.
 
-CSV and JSON are small and cached by the state of the run (samples.csv and the decision store); the
-re-sorted folder is generated only when its download is clicked (it hard-links every image).
+CSV and JSON are small and cached by the state of the run (samples.csv and the decision store). The
+re-sorted folder is zipped only when its download is clicked, to a file under
+`WORKSPACE/exports/<run>/` named after that state, so clicking again reuses it until samples.csv or a
+decision changes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,15 +17,27 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from engine.decisions import load_decisions
 from engine.export import corrected_labels, export_labels
 from engine.runs import RunDir
 from ui import readers, workspace
 
 
+def decisions_digest(run: RunDir) -> str:
+    """A digest of every current decision (path, action, label, time).
+
+    Content, not the file's mtime: opening the store touches decisions.sqlite even when nothing changes,
+    so an mtime key would miss on every visit.
+    """
+    h = hashlib.sha256()
+    for d in sorted(load_decisions(run.decisions).values(), key=lambda d: d.path):
+        h.update("\x1f".join((d.path, d.action, d.label or "", d.decided_at)).encode() + b"\x1e")
+    return h.hexdigest()
+
+
 def run_stamp(run: RunDir) -> tuple:
-    """Changes whenever samples.csv or any decision changes (WAL mode writes go to the -wal file first)."""
-    db = run.decisions
-    return (readers.file_key(run.samples), readers.file_key(db), readers.file_key(db.with_name(db.name + "-wal")))
+    """Changes whenever samples.csv (replaced atomically by the engine) or any decision changes."""
+    return readers.file_key(run.samples), decisions_digest(run)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -52,9 +68,37 @@ def file_bytes(run: RunDir, fmt: str) -> bytes:
     return _file_bytes(str(run.path), fmt, run_stamp(run))
 
 
-def folder_zip(run: RunDir) -> bytes:
-    """The re-sorted folder (class folders of the corrected labels, labels.csv) as a zip archive."""
-    with tempfile.TemporaryDirectory(dir=_export_dir(run)) as tmp:
-        folder = export_labels(run.path, Path(tmp) / f"{run.path.name}_corrected", "folder")
-        archive = shutil.make_archive(str(Path(tmp) / folder.name), "zip", root_dir=tmp, base_dir=folder.name)
-        return Path(archive).read_bytes()
+def folder_zip(run: RunDir) -> Path:
+    """The re-sorted folder (class folders of the corrected labels, labels.csv) as a zip file on disk.
+
+    Lives at `WORKSPACE/exports/<run>/<run>_corrected.<state>.zip`, where <state> digests `run_stamp`: an
+    existing file for the current state is returned as is; building a new one removes those of older states.
+    The zip is written in a temporary folder beside it and moved into place, so a half-written archive is
+    never served.
+    """
+    folder = _export_dir(run)
+    name = f"{run.path.name}_corrected"
+    state = hashlib.sha256(repr(run_stamp(run)).encode()).hexdigest()[:16]
+    target = folder / f"{name}.{state}.zip"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        tree = export_labels(run.path, Path(tmp) / name, "folder")
+        archive = shutil.make_archive(str(Path(tmp) / name), "zip", root_dir=tmp, base_dir=tree.name)
+        os.replace(archive, target)
+    for stale in folder.glob(f"{name}.*.zip"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
+    return target
+
+
+def folder_zip_data(run: RunDir) -> bytes:
+    """The zip's content for the download button.
+
+    Streamlit reads whatever `st.download_button` gets (bytes or a file object) into one bytes object in
+    its media store; reading the file here gives that same single copy and closes the file at once.
+    """
+    try:
+        return folder_zip(run).read_bytes()
+    except FileNotFoundError:  # a download of a newer state, built at the same moment, removed this one
+        return folder_zip(run).read_bytes()

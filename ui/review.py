@@ -110,11 +110,28 @@ def plan(rows: pd.DataFrame, action: ReviewAction, label: str | None = None) -> 
 
 
 @dataclass(frozen=True)
+class Replaced:
+    """One image's decision before and after a review action (action None = no decision)."""
+
+    path: str
+    before_action: str | None
+    before_label: str | None
+    after_action: str
+    after_label: str | None
+
+
+@dataclass(frozen=True)
 class UndoEntry:
-    """What one review action replaced: (path, previous action or None, previous label)."""
+    """What one review action replaced, and what it wrote in its place."""
 
     description: str
-    previous: tuple[tuple[str, str | None, str | None], ...]
+    changes: tuple[Replaced, ...]
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    restored: int  # images put back to their decision before the action
+    skipped: int  # images left alone: another tab decided them after the action
 
 
 def apply_action(
@@ -125,31 +142,50 @@ def apply_action(
     writes = plan(rows, action, label)
     if not writes:
         return None
-    paths = [p for w in writes for p in w.paths]
     current = store.all()
-    previous = tuple(
-        (p, current[p].action, current[p].label) if p in current else (p, None, None) for p in paths
-    )
+    changes: list[Replaced] = []
     for w in writes:
-        store.decide(w.paths, w.action, w.label, source=source)
-    return UndoEntry(describe(action, len(paths), label), previous)
+        for p in w.paths:
+            before = current.get(p)
+            changes.append(Replaced(p, before.action if before else None, before.label if before else None,
+                                    w.action, w.label))
+        store.decide(w.paths, w.action, w.label, source=source)  # type: ignore[arg-type]
+    return UndoEntry(describe(action, len(changes), label), tuple(changes))
 
 
-def undo(store: DecisionStore, entry: UndoEntry, *, source: str | None = None) -> int:
-    """Put back what `entry` replaced (a whole batch at once); returns how many images changed back.
+def undo(store: DecisionStore, entry: UndoEntry, *, source: str | None = None) -> UndoResult:
+    """Put back what `entry` replaced (a whole batch at once), but only where the action's value still stands.
 
     `DecisionStore.undo` reverts one logged row; a batch action writes many rows, and undoing twice
     must step further back rather than redo, so this restores the recorded previous values instead.
+    Each tab keeps its own undo history, so an image another tab decided after this action is skipped
+    (compare-and-set): undoing here must never wipe a later decision made elsewhere.
     """
+    current = store.all()
     restore: dict[tuple[str | None, str | None], list[str]] = {}
-    for path, action, label in entry.previous:
-        restore.setdefault((action, label), []).append(path)
+    skipped = 0
+    for change in entry.changes:
+        now = current.get(change.path)
+        if now is None or (now.action, now.label) != (change.after_action, change.after_label):
+            skipped += 1
+            continue
+        restore.setdefault((change.before_action, change.before_label), []).append(change.path)
     for (action, label), paths in restore.items():
         if action is None:
             store.clear(paths, source=source)
         else:
             store.decide(paths, action, label, source=source)  # type: ignore[arg-type]
-    return len(entry.previous)
+    return UndoResult(restored=len(entry.changes) - skipped, skipped=skipped)
+
+
+def undo_message(entry: UndoEntry, result: UndoResult) -> str:
+    """The line shown after an undo, saying how many images another tab had changed in the meantime."""
+    text = f"Undone: {entry.description}."
+    if result.skipped:
+        one = result.skipped == 1
+        text += (f" {result.skipped} {'image was' if one else 'images were'} not put back: another tab changed "
+                 f"{'it' if one else 'them'} since.")
+    return text
 
 
 def describe(action: ReviewAction, n: int, label: str | None = None) -> str:

@@ -1,8 +1,11 @@
 """The Train page's settings and the `fit` flags they turn into (no Streamlit here).
 
-Defaults come from `engine.config.RunConfig()` (the GPU profile when a GPU is detected), and only
-settings that differ from those defaults become flags, so the command the app runs is the shortest
-command a person would type for the same run.
+The form shows the profile the engine will start from for the chosen device: `RunConfig()` on a CPU,
+`gpu_profile(RunConfig())` on a GPU ("auto" is the detected device, as `engine.cli_run` resolves it).
+The schedule the form shows (loss, epochs, image size, seed) is always passed as flags, so the run
+trains for exactly what the person saw whatever profile the worker starts from; the batch size is
+passed only when changed, because `--batch-size` also sets the SimCLR and fine-tuning batches, which
+the profiles keep larger than the classifier's.
 """
 
 from __future__ import annotations
@@ -27,12 +30,19 @@ class FitSettings:
     finetune: bool = False
 
 
-def default_config(default_device: str) -> RunConfig:
+def engine_device(device: str, detected_default: str) -> str:
+    """The device whose profile the engine starts from: the chosen one, or the detected one for "auto"."""
+    return detected_default if device == "auto" else device
+
+
+def default_config(device: str) -> RunConfig:
+    """The profile `fit` starts from on `device` ("cpu" or "cuda"; see engine.cli_run._base_config)."""
     cfg = RunConfig()
-    return gpu_profile(cfg) if default_device == "cuda" else cfg
+    return gpu_profile(cfg) if device == "cuda" else cfg
 
 
-def default_settings(cfg: RunConfig) -> FitSettings:
+def default_settings(cfg: RunConfig, device: str | None = None) -> FitSettings:
+    """The form's initial values: `cfg`'s settings, with the device selector at `device` (default: cfg's)."""
     return FitSettings(
         loss=cfg.classify.loss,
         pretrain=cfg.pretrain.enabled,
@@ -40,30 +50,26 @@ def default_settings(cfg: RunConfig) -> FitSettings:
         epochs=cfg.classify.epochs,
         batch_size=cfg.classify.batch_size,
         image_size=cfg.data.image_size,
-        device=cfg.device,
+        device=device or cfg.device,
         seed=cfg.seed,
         finetune=cfg.finetune_after_fit,
     )
 
 
 def fit_flags(settings: FitSettings, defaults: FitSettings) -> list[str]:
-    """`fit` flags for the settings that differ from the defaults (see engine/cli.py)."""
-    flags: list[str] = []
-    if settings.loss != defaults.loss:
-        flags += ["--loss", settings.loss]
-    if not settings.pretrain:
-        flags.append("--no-pretrain")
-    elif settings.pretrain_epochs != defaults.pretrain_epochs:
+    """`fit` flags for `settings` (see engine/cli.py); `defaults` = the profile the engine starts from."""
+    flags = ["--loss", settings.loss]
+    if settings.pretrain:
         flags += ["--pretrain-epochs", str(settings.pretrain_epochs)]
-    for flag, value, default in (
-        ("--epochs", settings.epochs, defaults.epochs),
-        ("--batch-size", settings.batch_size, defaults.batch_size),
-        ("--image-size", settings.image_size, defaults.image_size),
-        ("--device", settings.device, defaults.device),
-        ("--seed", settings.seed, defaults.seed),
-    ):
-        if value != default:
-            flags += [flag, str(value)]
+    else:
+        flags.append("--no-pretrain")
+    flags += ["--epochs", str(settings.epochs)]
+    if settings.batch_size != defaults.batch_size:
+        flags += ["--batch-size", str(settings.batch_size)]
+    flags += ["--image-size", str(settings.image_size)]
+    if settings.device != "auto":
+        flags += ["--device", settings.device]
+    flags += ["--seed", str(settings.seed)]
     if settings.truth:
         flags += ["--truth", str(Path(settings.truth).expanduser())]
     if settings.finetune:

@@ -13,13 +13,17 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "sample_data"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ -]+")
+# Characters no file name may hold on Linux, macOS or Windows (separators, reserved punctuation). Letters of
+# every script stay: a class folder named 猫 or café is a class name, and flattening it would merge classes.
+_RESERVED_CHARS = frozenset('/\\:*?"<>|')
+_MAX_NAME_BYTES = 240  # file systems allow 255 bytes per name; UTF-8 letters take up to 4 bytes each
 
 
 def workspace_root() -> Path:
@@ -67,9 +71,36 @@ def new_upload_dir() -> Path:
 
 
 def safe_name(name: str, default: str = "file") -> str:
-    """One path component a person gave us, reduced to harmless characters (no separators, no dots-only)."""
-    cleaned = _UNSAFE_CHARS.sub("_", name.replace("/", "_").replace("\\", "_")).strip(" .")
-    return cleaned[:120] or default
+    """One path component a person gave us, made harmless while keeping its letters in any script.
+
+    NFC normalisation first, so the decomposed names macOS uploads ('cafe' + combining accent) and the
+    composed ones other systems send name the same class. Then separators, reserved punctuation and
+    control or invisible format characters (category C*, e.g. a right-to-left override) become '_';
+    leading/trailing dots and spaces go (no hidden files, no '..'); the name is cut to fit in 240 bytes,
+    keeping its suffix.
+    """
+    text = unicodedata.normalize("NFC", name)
+    # One '_' per character (no collapsing), so 'a:b' and 'a::b' stay two names.
+    cleaned = "".join("_" if _is_unsafe_char(c) else c for c in text).strip(" .")
+    return _fit_bytes(cleaned) or default
+
+
+def _is_unsafe_char(char: str) -> bool:
+    category = unicodedata.category(char)
+    # C*: control, format, surrogate, private, unassigned; Zl/Zp: line breaks in all but name.
+    return char in _RESERVED_CHARS or category[0] == "C" or category in ("Zl", "Zp")
+
+
+def _fit_bytes(name: str, limit: int = _MAX_NAME_BYTES) -> str:
+    """`name` cut at a character boundary to at most `limit` UTF-8 bytes, keeping a short suffix such as '.png'."""
+    if len(name.encode()) <= limit:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or len(suffix.encode()) > 16:
+        stem, suffix = name, ""
+    tail = f".{suffix}" if suffix else ""
+    room = limit - len(tail.encode())
+    return stem.encode()[:room].decode(errors="ignore").rstrip(" .") + tail
 
 
 def safe_relative_parts(name: str) -> list[str]:
