@@ -56,6 +56,17 @@ PRAGMA user_version = 1;
 
 
 @dataclass(frozen=True)
+class Restore:
+    """One image of an undo: the value this tab wrote (expected now) and the value it replaced."""
+
+    path: str
+    expected_action: str | None
+    expected_label: str | None
+    restore_action: str | None  # None: back to "not reviewed"
+    restore_label: str | None
+
+
+@dataclass(frozen=True)
 class Decision:
     path: str
     action: str
@@ -99,48 +110,57 @@ class DecisionStore:
         """Remove the decisions of these images (back to 'not reviewed'), keeping the audit trail."""
         return self._write([(p, None, None) for p in paths], source)
 
-    def undo(self, source: str | None = None) -> Decision | None:
-        """Revert the most recent logged change (by `source` if given) to the value it replaced."""
+    def restore(self, changes: Iterable[Restore], source: str | None = None) -> int:
+        """Undo: put each image back to `restore_*`, but only where its current value is still
+        `expected_*` (compare-and-set, in one transaction), so undoing in one tab never wipes a
+        decision another tab made since. Returns how many images were put back."""
+        items = list(changes)
         with self._connect() as con:
-            q = "SELECT path, prev_action, prev_label FROM decision_log"
-            args: tuple = ()
-            if source is not None:
-                q += " WHERE source = ?"
-                args = (source,)
-            row = con.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
-        if row is None:
-            return None
-        path, prev_action, prev_label = row
-        self._write([(path, prev_action, prev_label)], source)
-        return self.get(path)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                todo = []
+                for c in items:
+                    row = con.execute("SELECT action, label FROM decisions WHERE path = ?", (c.path,)).fetchone()
+                    if (row or (None, None)) == (c.expected_action, c.expected_label):
+                        todo.append((c.path, c.restore_action, c.restore_label))
+                self._apply(con, todo, source, now_iso())
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(todo)
 
     def _write(self, items: list[tuple[str, str | None, str | None]], source: str | None) -> int:
-        t = now_iso()
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")  # serialises writers; last write wins per image
             try:
-                for path, action, label in items:
-                    prev = con.execute("SELECT action, label FROM decisions WHERE path = ?", (path,)).fetchone()
-                    prev_action, prev_label = prev if prev else (None, None)
-                    if action is None:
-                        con.execute("DELETE FROM decisions WHERE path = ?", (path,))
-                    else:
-                        con.execute(
-                            "INSERT INTO decisions(path, action, label, decided_at, source) VALUES (?,?,?,?,?) "
-                            "ON CONFLICT(path) DO UPDATE SET action=excluded.action, label=excluded.label, "
-                            "decided_at=excluded.decided_at, source=excluded.source",
-                            (path, action, label, t, source),
-                        )
-                    con.execute(
-                        "INSERT INTO decision_log(path, action, label, prev_action, prev_label, decided_at, source) "
-                        "VALUES (?,?,?,?,?,?,?)",
-                        (path, action, label, prev_action, prev_label, t, source),
-                    )
+                self._apply(con, items, source, now_iso())
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
         return len(items)
+
+    @staticmethod
+    def _apply(con: sqlite3.Connection, items: list[tuple[str, str | None, str | None]], source: str | None,
+               t: str) -> None:
+        for path, action, label in items:
+            prev = con.execute("SELECT action, label FROM decisions WHERE path = ?", (path,)).fetchone()
+            prev_action, prev_label = prev if prev else (None, None)
+            if action is None:
+                con.execute("DELETE FROM decisions WHERE path = ?", (path,))
+            else:
+                con.execute(
+                    "INSERT INTO decisions(path, action, label, decided_at, source) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(path) DO UPDATE SET action=excluded.action, label=excluded.label, "
+                    "decided_at=excluded.decided_at, source=excluded.source",
+                    (path, action, label, t, source),
+                )
+            con.execute(
+                "INSERT INTO decision_log(path, action, label, prev_action, prev_label, decided_at, source) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (path, action, label, prev_action, prev_label, t, source),
+            )
 
     # ---------------------------------------------------------------- reads
     def get(self, path: str) -> Decision | None:

@@ -69,18 +69,23 @@ def test_decide_validates_and_a_failed_batch_writes_nothing(tmp_path):
     assert store.get("a.png").label is None  # discard carries no label
 
 
-def test_undo_and_clear_keep_the_audit_trail(tmp_path):
+def test_restore_and_clear_keep_the_audit_trail(tmp_path):
+    from engine.decisions import Restore
+
     store = DecisionStore(tmp_path / "d.sqlite")
     store.decide(["a.png"], "keep", "cat", source="tab1")
     store.decide(["a.png"], "relabel", "dog", source="tab2")
     store.decide(["b.png"], "discard", source="tab1")
-    undone = store.undo(source="tab1")  # tab1's last change: b.png discarded -> back to nothing
-    assert undone is None and store.get("b.png") is None
-    assert store.get("a.png").label == "dog"  # tab2's decision is not touched by tab1's undo
+    # tab1 undoes both of its actions: b.png goes back; a.png was changed by tab2 since, so it stays
+    put_back = store.restore([Restore("b.png", "discard", None, None, None),
+                              Restore("a.png", "keep", "cat", None, None)], source="tab1")
+    assert put_back == 1 and store.get("b.png") is None
+    assert store.get("a.png").label == "dog"
     store.clear(["a.png"], source="tab2")
     assert store.count() == 0
     assert [(r["action"], r["prev_action"]) for r in store.log("a.png")] == [("keep", None), ("relabel", "keep"),
                                                                               (None, "relabel")]
+    assert [(r["action"], r["prev_action"]) for r in store.log("b.png")] == [("discard", None), (None, "discard")]
     assert load_decisions(tmp_path / "missing.sqlite") == {}
 
 

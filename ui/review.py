@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from engine.decisions import DecisionStore
+from engine.decisions import DecisionStore, Restore
 from engine.runs import RunDir, atomic_write_json, now_iso, read_json
 
 ReviewAction = Literal["keep", "accept", "relabel", "discard"]
@@ -159,23 +159,13 @@ def undo(store: DecisionStore, entry: UndoEntry, *, source: str | None = None) -
     `DecisionStore.undo` reverts one logged row; a batch action writes many rows, and undoing twice
     must step further back rather than redo, so this restores the recorded previous values instead.
     Each tab keeps its own undo history, so an image another tab decided after this action is skipped
-    (compare-and-set): undoing here must never wipe a later decision made elsewhere.
+    (compare-and-set, in one store transaction): undoing here must never wipe a later decision made elsewhere.
     """
-    current = store.all()
-    restore: dict[tuple[str | None, str | None], list[str]] = {}
-    skipped = 0
-    for change in entry.changes:
-        now = current.get(change.path)
-        if now is None or (now.action, now.label) != (change.after_action, change.after_label):
-            skipped += 1
-            continue
-        restore.setdefault((change.before_action, change.before_label), []).append(change.path)
-    for (action, label), paths in restore.items():
-        if action is None:
-            store.clear(paths, source=source)
-        else:
-            store.decide(paths, action, label, source=source)  # type: ignore[arg-type]
-    return UndoResult(restored=len(entry.changes) - skipped, skipped=skipped)
+    restored = store.restore(
+        [Restore(c.path, c.after_action, c.after_label, c.before_action, c.before_label) for c in entry.changes],
+        source=source,
+    )
+    return UndoResult(restored=restored, skipped=len(entry.changes) - restored)
 
 
 def undo_message(entry: UndoEntry, result: UndoResult) -> str:
