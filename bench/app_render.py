@@ -29,6 +29,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from bench.common import cpu_model  # noqa: E402
 from engine.config import RunConfig, to_dict  # noqa: E402
 from engine.decisions import DecisionStore  # noqa: E402
 from engine.runs import RunDir, atomic_write_json, now_iso  # noqa: E402
@@ -130,22 +131,12 @@ def measure(run: RunDir, repeats: int) -> list[dict]:
     return rows
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def report(rows: list[dict], n: int, n_flagged: int, repeats: int, build_s: float) -> str:
     lines = [
         "# App render time (server side, AppTest)",
         "",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",  # noqa: UP017
-        f"- CPU: {cpu_name()}, {os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.2f}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.2f}",
         f"- Python {platform.python_version()}, streamlit {__import__('streamlit').__version__}, "
         f"plotly {__import__('plotly').__version__}, pandas {pd.__version__}",
         f"- workload: synthetic run of {n:,} images, 10 classes, {n_flagged:,} flagged (review queue), "

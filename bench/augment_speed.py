@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `engine` lives in the repository root
 
+from bench.common import cpu_model  # noqa: E402
 from engine.augment import BatchAugment  # noqa: E402
 from engine.config import AugmentConfig  # noqa: E402
 
@@ -80,16 +81,6 @@ def time_per_batch(fn: Augmenter, x: torch.Tensor, repeats: int, warmup: int = 2
         times.append(time.perf_counter() - start)
         assert out.shape == (x.shape[0], 3, x.shape[1], x.shape[2]), out.shape
     return times
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> str:
