@@ -38,10 +38,13 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # bare words such as elr or cpu
+        if raw.strip().lower() in ("true", "false"):  # JSON spelling, as in config.json
+            value: Any = raw.strip().lower() == "true"
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw  # bare words such as elr or cpu
         out[key.strip()] = value
     return out
 

@@ -54,3 +54,14 @@ def test_gpu_profile_trains_longer_with_bigger_batches() -> None:
     assert gpu.pretrain.epochs > cpu.pretrain.epochs
     assert gpu.pretrain.batch_size > cpu.pretrain.batch_size
     assert gpu.classify.loss == cpu.classify.loss == "elr"
+
+
+def test_cli_set_values_parse_like_config_json() -> None:
+    from engine.cli_run import _parse_sets
+
+    assert _parse_sets(["embed.enabled=false", "pretrain.enabled=True", "pretrain.lr=0.1", "classify.loss=nfl+rce",
+                        "augment.crop_scale=(0.3, 1.0)"]) == {
+        "embed.enabled": False, "pretrain.enabled": True, "pretrain.lr": 0.1, "classify.loss": "nfl+rce",
+        "augment.crop_scale": (0.3, 1.0)}
+    cfg = C.with_overrides(C.RunConfig(), _parse_sets(["embed.enabled=false"]))
+    assert cfg.embed.enabled is False
