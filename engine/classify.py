@@ -162,8 +162,8 @@ def train_classifier(
     set_trainable(net, encoder=True, projector=False, classifier=True)
     batch_size = min(cfg.batch_size, len(data))
     base_lr = scaled_lr(cfg.lr, batch_size)
-    opt = sgd(list(net.encoder.parameters()) + list(net.classifier.parameters()), lr=base_lr,
-              weight_decay=cfg.weight_decay)
+    params = list(net.encoder.parameters()) + list(net.classifier.parameters())
+    opt = sgd(params, lr=base_lr, weight_decay=cfg.weight_decay)
     total = max(epochs * steps_per_epoch(len(data), batch_size, drop_last=True), 1)
     rng = Rng.seeded(seed, rt.device)
 
@@ -185,6 +185,8 @@ def train_classifier(
             loss = loss_fn(logits.float(), labels.index_select(0, index), index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:  # NFL+RCE diverges at our learning rate without it (APL clips at 5 too)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
         return float(loss.detach())
 

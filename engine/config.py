@@ -23,6 +23,7 @@ Stem = Literal["auto", "small", "standard"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 SupConWeighting = Literal["paper", "reference"]
 Precision = Literal["auto", "fp32", "bf16"]
+Covariance = Literal["tied", "full"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
 
@@ -85,6 +86,7 @@ class ClassifyConfig:
     nfl_gamma: float = 0.5
     rce_log_zero: float = -9.2103  # ln(1e-4), as in the reference code (paper text: -4), algorithms.md §3.2
     augment: bool = True  # light crop + flip during supervised epochs
+    grad_clip: float = 5.0  # max gradient norm per step, as the Active-Passive Losses code (0 = off)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class SplitConfig:
     max_iter: int = 100
     tol: float = 1e-3
     reg_covar: float = 5e-4
+    covariance: Covariance = "tied"  # one variance shared by both components ("full": the paper code's); see selection
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.finetune.temperature > 1e-6, "fine-tuning temperature must be > 0"),
         (0.0 < cfg.split.threshold < 1.0, f"flag threshold must be in (0, 1), got {cfg.split.threshold}"),
         (cfg.split.average_last >= 1, "split.average_last must be >= 1"),
+        (cfg.split.covariance in ("tied", "full"), f"split.covariance must be tied or full, got {cfg.split.covariance!r}"),
+        (cfg.classify.grad_clip >= 0, "classify.grad_clip must be >= 0 (0 turns it off)"),
         (0.0 <= cfg.classify.elr_beta < 1.0, "elr_beta must be in [0, 1)"),
         (cfg.classify.rce_log_zero < 0, "rce_log_zero must be negative (it stands for log 0)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),

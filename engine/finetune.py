@@ -51,7 +51,8 @@ def finetune_targets(
     """Training labels and SupCon weights for phase (b) from phase-(a) probabilities and decisions."""
     pseudo = probs.argmax(axis=1)
     split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo)), threshold=split_cfg.threshold, seed=seed,
-                          max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar)
+                          max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar,
+                          covariance=split_cfg.covariance)
     labels = pseudo.astype(np.int64).copy()
     weights = np.maximum(split.clean_prob.astype(np.float32), min_weight)
     keep = np.ones(len(paths), bool)

@@ -275,7 +275,7 @@ def stage_split(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: 
     ctx.progress.stage_start("split", total=1, unit="fit")
     s = ctx.cfg.split
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=ctx.cfg.seed, max_iter=s.max_iter,
-                           tol=s.tol, reg_covar=s.reg_covar)
+                           tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
     write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result)
     atomic_write_json(ctx.run.split, {
         "means": list(result.means), "stds": list(result.stds), "weights": list(result.weights),

@@ -52,6 +52,7 @@ def fit_gmm_split(
     max_iter: int = 100,
     tol: float = 1e-3,
     reg_covar: float = 5e-4,
+    covariance: str = "tied",
 ) -> SplitResult:
     """Fit the 2-component mixture and return each image's probability that its label is clean.
 
@@ -61,6 +62,14 @@ def fit_gmm_split(
         Normalised per-sample losses in [0, 1] (see `normalise_losses`).
     threshold : float
         Images with clean_prob below it are flagged as suspected mislabels.
+    covariance : {"tied", "full"}
+        "tied": one variance shared by both components (default). "full": one variance each, as the
+        paper's code and DivideMix fit it. With a weak classifier the clean losses pile up near 0 in
+        a narrow peak while the rest spreads wide; a per-component variance then makes the clean
+        component hug that peak and flags most of the data (CIFAR-10 5k, 40 % noise: 3,357 of 5,000
+        flagged, F1 0.70); a shared variance puts the boundary between the two means (F1 0.74), and
+        costs nothing where the classifier is good (digits: F1 0.988 -> 0.989; bundled sample 0.967
+        -> 0.980). With a shared variance the posterior is also monotone in the loss by construction.
 
     Degenerate inputs never raise: with fewer than two distinct loss values there is nothing to
     split, so every image is reported clean (clean_prob 1) and `degenerate` is set.
@@ -68,7 +77,10 @@ def fit_gmm_split(
     x = np.asarray(loss_norm, dtype=np.float64)
     if len(x) < 2 or np.unique(np.round(x, 12)).size < 2:
         return _degenerate(x, threshold)
-    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed)
+    if covariance not in ("tied", "full"):
+        raise ValueError(f"covariance must be 'tied' or 'full', got {covariance!r}")
+    gmm = GaussianMixture(n_components=2, covariance_type=covariance, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+                          random_state=seed)
     gmm.fit(x[:, None])
     clean = int(np.argmin(gmm.means_.ravel()))
     posterior = gmm.predict_proba(x[:, None])[:, clean]
@@ -77,7 +89,7 @@ def fit_gmm_split(
     # underflows to 0 (or saturates at 1) the images would otherwise tie, and the review order and
     # the AUROC would lose the ranking the losses carry (measured: AUROC 0.991 -> 0.999 on digits).
     clean_prob = (1.0 - _TIE_BREAK) * _monotone(x, posterior, float(means[clean])) + _TIE_BREAK * (1.0 - x)
-    stds = np.sqrt(gmm.covariances_.ravel())
+    stds = np.sqrt(np.broadcast_to(np.asarray(gmm.covariances_).ravel(), (2,)))  # tied: one shared value
     order = (clean, 1 - clean)
     return SplitResult(
         clean_prob=clean_prob,

@@ -43,7 +43,7 @@ def test_wide_clean_component_does_not_call_the_highest_losses_clean() -> None:
     rng = np.random.default_rng(3)
     # clean losses widely spread, noisy tightly packed: a raw posterior turns back up in the far tail
     losses = np.r_[rng.normal(0.3, 0.25, 800).clip(0), rng.normal(1.2, 0.05, 200), [3.0, 3.2]]
-    split = fit_gmm_split(normalise_losses(losses))
+    split = fit_gmm_split(normalise_losses(losses), covariance="full")
     assert split.flagged[-2:].all()
 
 
@@ -102,3 +102,26 @@ def test_clean_prob_keeps_the_full_ranking_of_the_losses() -> None:
     losses, is_clean = bimodal(seed=8)
     split = fit_gmm_split(normalise_losses(losses))
     assert roc_auc_score(~is_clean, 1 - split.clean_prob) == pytest.approx(roc_auc_score(~is_clean, losses))
+
+
+@pytest.mark.parametrize("covariance", ["tied", "full"])
+def test_both_covariance_models_split_a_clear_case(covariance: str) -> None:
+    losses, is_clean = bimodal(seed=11)
+    split = fit_gmm_split(normalise_losses(losses), covariance=covariance)
+    assert ((~split.flagged) == is_clean).mean() > 0.95
+    assert split.stds[0] > 0 and split.stds[1] > 0
+    if covariance == "tied":
+        assert split.stds[0] == split.stds[1]
+
+
+def test_shared_variance_does_not_flag_the_broad_clean_bulk() -> None:
+    """Weak-classifier shape: clean losses in a narrow peak near 0 plus a long shoulder; the noisy ones
+    broad and higher. A per-component variance lets the clean component hug the peak alone."""
+    rng = np.random.default_rng(12)
+    clean = np.r_[rng.exponential(0.05, 1500), rng.uniform(0.1, 1.2, 1500)]
+    noisy = rng.normal(1.6, 0.5, 2000).clip(0.2)
+    losses, is_clean = np.r_[clean, noisy], np.r_[np.ones(3000, bool), np.zeros(2000, bool)]
+    tied = fit_gmm_split(normalise_losses(losses), covariance="tied")
+    full = fit_gmm_split(normalise_losses(losses), covariance="full")
+    assert tied.flagged.sum() < full.flagged.sum()
+    assert (tied.flagged & ~is_clean).sum() / tied.flagged.sum() > (full.flagged & ~is_clean).sum() / full.flagged.sum()
