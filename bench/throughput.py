@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     data = TrainSet.from_numpy(images, prepared.labels, rt.device)
     aug = BatchAugment(cfg.augment, out_size=cfg.data.image_size, mean=norm.mean, std=norm.std)
     _, step = make_step(rt, cfg, len(prepared.classes))
-    fp32 = replace(rt, amp_dtype=None)
+    fp32 = replace(rt, amp_dtype=None, classifier_amp_dtype=None)
     _, step32 = make_step(fp32, cfg, len(prepared.classes))
     precision = "bf16 autocast" if rt.amp_dtype is not None else "fp32"
     methods: dict[str, tuple[Iterator[tuple], Step]] = {

@@ -180,7 +180,7 @@ def train_classifier(
             x = to_model_input(x, out_size=data.image_size, mean=norm.mean, std=norm.std)
         index = index.to(rt.device)
         with oom_guard(batch_size, "classifier training"):
-            with autocast(rt):
+            with autocast(rt, classifier=True):
                 logits = net(x)
             loss = loss_fn(logits.float(), labels.index_select(0, index), index)
             opt.zero_grad(set_to_none=True)

@@ -19,8 +19,9 @@ class GpuOutOfMemory(RuntimeError):
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    amp_dtype: torch.dtype | None  # bf16 autocast on CUDA, none on CPU
+    amp_dtype: torch.dtype | None  # autocast dtype of the contrastive stages (SimCLR, SupCon)
     channels_last: bool
+    classifier_amp_dtype: torch.dtype | None = None  # autocast dtype of the classifier stages
 
     @property
     def is_cuda(self) -> bool:
@@ -45,9 +46,15 @@ def cpu_has_native_bf16() -> bool:
 
 
 def make_runtime(name: str, precision: str = "auto") -> Runtime:
-    """Device plus numerics. precision "auto": bf16 autocast on CUDA and on CPUs with native bf16
-    (measured +37 % per SimCLR step on an AVX512-BF16 CPU, bench/results/throughput_cpu.md), fp32
-    elsewhere (emulated bf16 is several times slower). Losses always run in fp32."""
+    """Device plus numerics. precision "auto": bf16 autocast on CUDA everywhere; on a CPU with native
+    bf16 (AVX512-BF16/AMX) for the contrastive stages only, fp32 elsewhere.
+
+    Why the split on CPU: bf16 makes SimCLR steps ~1.4x faster here (bench/results/throughput_cpu.md)
+    and those stages stay bit-for-bit repeatable, while the classifier stages in bf16 were not
+    repeatable run to run (tiny batches, high learning rate) — and CPU runs must be deterministic.
+    "bf16" forces bf16 in every stage (faster, not repeatable on CPU), "fp32" turns it off. Losses,
+    predictions and the mixture are always fp32.
+    """
     device = resolve_device(name)
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
@@ -55,10 +62,15 @@ def make_runtime(name: str, precision: str = "auto") -> Runtime:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    native = device.type == "cuda" or cpu_has_native_bf16()
-    amp = torch.bfloat16 if precision == "bf16" or (precision == "auto" and native) else None
+    bf16 = torch.bfloat16
+    if precision == "fp32":
+        contrastive, classifier = None, None
+    elif precision == "bf16" or device.type == "cuda":
+        contrastive, classifier = bf16, bf16
+    else:
+        contrastive, classifier = (bf16 if cpu_has_native_bf16() else None), None
     # channels_last helps oneDNN convolutions on CPU too (+~25 % per ResNet-18 step here).
-    return Runtime(device, amp, channels_last=True)
+    return Runtime(device, contrastive, channels_last=True, classifier_amp_dtype=classifier)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,10 +80,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(rt: Runtime) -> contextlib.AbstractContextManager:
-    if rt.amp_dtype is None:
+def autocast(rt: Runtime, *, classifier: bool = False) -> contextlib.AbstractContextManager:
+    dtype = rt.classifier_amp_dtype if classifier else rt.amp_dtype
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
+    return torch.autocast(device_type=rt.device.type, dtype=dtype)
 
 
 @contextlib.contextmanager

@@ -27,9 +27,10 @@ def test_cuda_asked_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPat
     assert resolve_device("auto").type == "cpu"
 
 
-@pytest.mark.parametrize(("precision", "native", "expected"), [("auto", True, torch.bfloat16), ("auto", False, None),
-                                                                ("fp32", True, None), ("bf16", False, torch.bfloat16)])
-def test_cpu_precision(monkeypatch: pytest.MonkeyPatch, precision: str, native: bool, expected) -> None:
+@pytest.mark.parametrize(("precision", "native", "contrastive", "classifier"), [
+    ("auto", True, torch.bfloat16, None), ("auto", False, None, None),
+    ("fp32", True, None, None), ("bf16", False, torch.bfloat16, torch.bfloat16)])
+def test_cpu_precision(monkeypatch: pytest.MonkeyPatch, precision: str, native: bool, contrastive, classifier) -> None:
     monkeypatch.setattr("engine.device.cpu_has_native_bf16", lambda: native)
     rt = make_runtime("cpu", precision)
-    assert rt.amp_dtype == expected and rt.device.type == "cpu"
+    assert (rt.amp_dtype, rt.classifier_amp_dtype) == (contrastive, classifier) and rt.device.type == "cpu"
