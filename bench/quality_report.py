@@ -67,6 +67,13 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
+def _secs(v: Any) -> str:
+    """Seconds: one decimal under 10 s so that short runs do not read as 0."""
+    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) and abs(v) < 10:
+        return f"{float(v):.1f}"
+    return _num(v, 0)
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| method | precision | recall | F1 | AUROC | flagged | corrected acc | test acc | time (s) | wall (s) "
            "| note |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -74,11 +81,11 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         m = r["metrics"]
         if r.get("error"):
             dashes = " | ".join(["–"] * 8)
-            out.append(f"| {r['method']} | {dashes} | {_num(r.get('wall_seconds'), 0)} | failed: {r['error']} |")
+            out.append(f"| {r['method']} | {dashes} | {_secs(r.get('wall_seconds'))} | failed: {r['error']} |")
             continue
         out.append(f"| {r['method']} | {_num(m.get('precision'))} | {_num(m.get('recall'))} | {_num(m.get('f1'))} | "
                    f"{_num(m.get('auroc'))} | {_num(m.get('n_flagged'))} | {_num(m.get('corrected_accuracy'))} | "
-                   f"{_num(r.get('test_acc'))} | {_num(r.get('seconds'), 0)} | {_num(r.get('wall_seconds'), 0)} | "
+                   f"{_num(r.get('test_acc'))} | {_secs(r.get('seconds'))} | {_secs(r.get('wall_seconds'))} | "
                    f"{r.get('note', '')} |")
     return out
 
@@ -265,7 +272,7 @@ def gpu_markdown(results: list[dict[str, Any]], *, command: str, dry_run: bool, 
         total += row.get("wall_seconds") or 0.0
         lines.append(f"| {label} | {_num(acc * 100 if acc is not None else None, 1)} | {_num(paper, 1)} | "
                      f"{_num(mt.get('precision'))} | {_num(mt.get('recall'))} | {_num(mt.get('f1'))} | "
-                     f"{_num(mt.get('auroc'))} | {_num(row.get('seconds'), 0)} | {_num(row.get('wall_seconds'), 0)} | "
+                     f"{_num(mt.get('auroc'))} | {_secs(row.get('seconds'))} | {_secs(row.get('wall_seconds'))} | "
                      f"{row.get('note', '')} |")
     lines += ["", f"Sum of the runs' wall times: {total:.0f} s; the whole invocation so far, data writing included: "
               f"{elapsed_s:.0f} s (limit 600 s).", "", DEFINITIONS, ""]

@@ -65,12 +65,14 @@ def test_smoke_every_method_gets_a_scored_row(tmp_path, one_thread, capsys):
         assert 0 <= precision <= 1 and 0 <= recall <= 1 and 0 <= auroc <= 1, method
         assert f1 == pytest.approx(2 * precision * recall / max(precision + recall, 1e-12), abs=2e-3), method
         assert 0 <= float(cells[6]) <= 1, f"{method}: test accuracy {cells[6]}"
-        assert float(cells[7]) > 0, f"{method}: time {cells[7]}"
+        assert float(cells[7]) >= 0 and float(cells[8]) >= 0, f"{method}: times {cells[7:9]}"
     assert "python -m engine fit" in md and "--finetune" in md and "Target" in md
     assert re.search(r"budget: B = \(2 x 1 \+ 1\) x 100 = 300 image passes; cleanlab 2 folds x 3 epochs", md)
     result = json.loads((results / "quality_train.json").read_text())
     assert result["n"] == 100 and result["n_mislabeled"] == 40 and result["n_test"] == 30
     assert len(result["target"]) == 2  # CLeaN after (a) and after (b) against cleanlab
+    for row in result["rows"]:
+        assert row["seconds"] >= 0 and row["wall_seconds"] > 0, row["method"]  # sub-second runs round to 0.0
     for name in ("quality_train.png", "quality.png"):
         assert (results / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "## train" in (results / "quality.md").read_text()
