@@ -210,6 +210,9 @@ def write_case(results: Path, result: dict[str, Any]) -> list[Path]:
     return [base.with_suffix(".json"), base.with_suffix(".md"), *([] if why else [png]), *write_aggregate(results)]
 
 
+FINDINGS = "quality_findings.md"  # hand-written causes of any shortfall; quoted in quality.md when present
+
+
 def write_aggregate(results: Path) -> list[Path]:
     from engine.runs import atomic_write_text
 
@@ -225,6 +228,9 @@ def write_aggregate(results: Path) -> list[Path]:
                   f"{c['case']['title']}; {c['n']:,} images; {c['settings']['device']} "
                   f"({c['machine']['gpu'] or c['machine']['cpu']}); {c['date']}; `{c['command']}`", "",
                   *table(c["rows"]), "", *_target_lines(checks), ""]
+    findings = results / FINDINGS
+    if findings.exists():  # the analysis of the shortfalls is written by a person, next to the numbers
+        lines += [findings.read_text().strip(), ""]
     lines += [DEFINITIONS, ""]
     png = results / "quality.png"
     why = write_chart(png, [(f"{c['case']['name']} ({c['settings']['device']})", c["rows"]) for c in cases])

@@ -165,6 +165,21 @@ def test_cases_and_grid():
         make_cases(["folder"], [], n_per_class=None, test_per_class=None, data=None, test=None, mapping=None)
 
 
+def test_aggregate_quotes_the_hand_written_findings(tmp_path):
+    row = {"method": "CLeaN default (ELR), after (a)", "key": "clean", "metrics": {"f1": 0.5}, "seconds": 3.0,
+           "wall_seconds": 4.0, "note": "", "command": "python -m engine fit x", "error": None, "test_acc": None}
+    case = {"case": {"name": "c", "title": "t"}, "n": 10, "settings": {"device": "cpu"},
+            "machine": {"gpu": None, "cpu": "cpu"}, "date": "d", "command": "python bench/quality.py", "rows": [row]}
+    (tmp_path / "quality_c.json").write_text(json.dumps(case))
+    report.write_aggregate(tmp_path)
+    assert "Findings" not in (tmp_path / "quality.md").read_text()
+    (tmp_path / report.FINDINGS).write_text("## Findings\n\n- the cause of the shortfall\n")
+    report.write_aggregate(tmp_path)
+    md = (tmp_path / "quality.md").read_text()
+    assert "- the cause of the shortfall" in md and md.index("## Findings") < md.index("Definitions")
+    assert "| 3.0 | 4.0 |" in md  # sub-10-second times keep a decimal
+
+
 def test_bad_flags_fail_with_a_clear_message(capsys):
     assert quality.main(["--case", "mnist"]) == 2
     assert "unknown case 'mnist'" in capsys.readouterr().err
