@@ -18,6 +18,7 @@ import torch
 from engine.augment import supervised_augment, to_model_input
 from engine.config import ClassifyConfig
 from engine.device import Runtime, autocast, oom_guard
+from engine.errors import UserError
 from engine.loop import EpochRecord, Rng, run_epochs
 from engine.models import Network, set_trainable
 from engine.progress import Progress
@@ -83,7 +84,12 @@ def predict(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime, *, w
         if with_features:
             feats.append(h.float().cpu())
     features = torch.cat(feats).numpy() if with_features else np.zeros((len(data), 0), np.float32)
-    return Predictions(torch.cat(probs).numpy(), features)
+    out = torch.cat(probs).numpy()
+    if not np.isfinite(out).all():
+        # Diverged weights give NaN probabilities; flags from them would be silently meaningless.
+        raise UserError("training diverged: the classifier's outputs are not finite numbers; lower the learning "
+                        "rate (e.g. --set classify.lr=0.05)")
+    return Predictions(out, features)
 
 
 @torch.no_grad()

@@ -120,3 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        # A path given on the command line that is a file where a folder is needed (or the reverse), or
+        # not writable: the user's to fix, so one sentence instead of a traceback.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2

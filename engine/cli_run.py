@@ -131,11 +131,9 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
     overrides = _flag_overrides(args)
     if run.config.exists():
         existing = config_mod.load(run.config)
-        # A finished or interrupted run continues with its own settings; flags may only repeat them.
-        if args.resume or (not overrides and args.config is None):
-            wanted = config_mod.with_overrides(existing, overrides)
-        else:
-            wanted = fit_config(args)
+        # A finished or interrupted run continues with its own settings; flags may only repeat them
+        # (flags left out keep the run's values, so `fit DATA --run-dir RUN --finetune` works on any run).
+        wanted = fit_config(args) if args.config is not None else config_mod.with_overrides(existing, overrides)
         diff = [d for d in _config_diff(existing, wanted) if d.split(" ")[0] not in _INVOCATION_KEYS]
         if diff:
             raise UserError(f"{run.path} already holds a run with other settings ({'; '.join(diff[:4])}). "
@@ -156,9 +154,27 @@ def cmd_fit(args: Namespace) -> int:
     except ValueError as e:  # UserError, or a config value rejected by validate()
         return _fail(str(e))
     source = read_json(run.source, {}) or {}
-    if args.resume and source and Path(source.get("data", "")) != Path(args.data).resolve():
-        return _fail(f"{run.path} was started on {source['data']}, not {Path(args.data).resolve()}")
+    if source and Path(source.get("data", "")) != Path(args.data).resolve():
+        return _fail(f"{run.path} holds a run on {source['data']}, not {Path(args.data).resolve()}; "
+                     "use a new --run-dir for other data")
+    overlap = _run_data_overlap(run.path, args)
+    if overlap:
+        return _fail(overlap)
     return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet)
+
+
+def _run_data_overlap(run_path: Path, args: Namespace) -> str | None:
+    """Why RUN and DATA may not share a folder: a run inside the data would be scanned as images (and
+    its temp-file clean-up would touch the user's files); data inside a run folder is the run's to delete."""
+    data = Path(args.data).resolve()
+    # A CSV manifest or a zip names its images; only a class-folder tree is walked, so only it must not
+    # contain the run. Data inside the run folder is refused in every case.
+    run = run_path.resolve()
+    if data.is_dir() and (run == data or data in run.parents):
+        return f"--run-dir {run_path} is inside the data folder {data}; put runs outside the images"
+    if run == data or run in data.parents:
+        return f"the data {data} is inside the run folder {run_path}; use another --run-dir"
+    return None
 
 
 def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: Progress) -> dict:
@@ -167,17 +183,21 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     from engine.metrics import find_truth
 
     run.path.mkdir(parents=True, exist_ok=True)
+    record = scan(Path(args.data), root=args.root, extract_to=run.path / "source", check="header")
+    # Written once the data is known to be usable, so that a refused first attempt leaves no settings behind.
     if not run.config.exists():
         config_mod.save(replace(cfg, finetune_after_fit=False), run.config)
-    record = scan(Path(args.data), root=args.root, extract_to=run.path / "source", check="header")
     # A resumed run keeps the truth and test files it was started with (the app resumes without them).
-    truth = args.truth or _path(source.get("truth"))
+    kept_truth, kept_test = _path(source.get("truth")), _path(source.get("test"))
+    truth = args.truth or kept_truth
     auto_truth = truth is None
     truth = truth or find_truth(Path(record.root))
-    test = args.test or _path(source.get("test"))
-    pipeline.write_source(run, record, data=args.data, truth=truth, test=test)
+    test = args.test or kept_test
+    # New truth/test files join source.json only after they loaded: a rejected one must not stick to the run.
+    pipeline.write_source(run, record, data=args.data, truth=kept_truth, test=kept_test)
     ctx = pipeline.open_context(run, cfg, record, truth=truth, test=test, progress=progress,
                                 truth_optional=auto_truth)
+    pipeline.write_source(run, record, data=args.data, truth=truth if ctx.truth is not None else None, test=test)
     summary = pipeline.run_fit(ctx)
     if cfg.finetune_after_fit:
         run.write_status(phase="finetune")
@@ -206,6 +226,9 @@ def cmd_finetune(args: Namespace) -> int:
         cfg = config_mod.with_overrides(cfg, overrides)
         if cfg.model != config_mod.load(run.config).model:
             raise UserError("the network of a fitted run cannot change in fine-tuning (model.* settings)")
+        from engine.device import resolve_device
+
+        resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
     except ValueError as e:
         return _fail(str(e))
     return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet)
@@ -295,16 +318,21 @@ def _remove_stale_temp_files(run: RunDir) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _num(v: float | None) -> str:
+    """A metric, or "n/a" where it is undefined (AUROC when no image, or every image, is mislabeled)."""
+    return "n/a" if v is None or v != v else f"{v:.4f}"
+
+
 def _print_summary(summary: dict) -> None:
     s = {k: v for k, v in summary.items() if k != "kind"}
     line = (f"{s['phase']}: {s['images']} images, {s['classes']} classes, {s['flagged']} flagged "
             f"({s['flagged'] / max(s['images'], 1):.1%}), {s['seconds']:.0f} s on {s['device']}")
     print(line)
     if s.get("pseudo_label_accuracy") is not None:
-        print(f"  accuracy vs truth: predicted labels {s['pseudo_label_accuracy']:.4f} "
-              f"(given labels {s['given_label_accuracy']:.4f})")
-        print(f"  flags: precision {s['precision']:.4f}, recall {s['recall']:.4f}, F1 {s['f1']:.4f}, "
-              f"AUROC {s['auroc']:.4f}; corrected labels accuracy {s['corrected_accuracy']:.4f}")
+        print(f"  accuracy vs truth: predicted labels {_num(s['pseudo_label_accuracy'])} "
+              f"(given labels {_num(s['given_label_accuracy'])})")
+        print(f"  flags: precision {_num(s['precision'])}, recall {_num(s['recall'])}, F1 {_num(s['f1'])}, "
+              f"AUROC {_num(s['auroc'])}; corrected labels accuracy {_num(s['corrected_accuracy'])}")
     if s.get("test_acc") is not None:
         print(f"  test accuracy {s['test_acc']:.4f}")
 

@@ -193,6 +193,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.embed.n_neighbors >= 2 and 0.0 <= cfg.embed.min_dist, "embed.n_neighbors must be >= 2, min_dist >= 0"),
         (cfg.embed.fit_sample >= 100, "embed.fit_sample must be >= 100"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}"),
+        # numpy and scikit-learn take seeds in [0, 2**32); outside it a run would fail only after training.
+        (0 <= cfg.seed < 2**32, f"seed must be between 0 and {2**32 - 1}, got {cfg.seed}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -237,8 +239,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ValueError(f"{key} must be one of {typing.get_args(hint)}, got {value!r}")
         return value
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list, got {value!r}")
+        # Tuples here are fixed-length (crop_scale lo/hi, jitter's four strengths): a wrong length would
+        # only fail deep inside a training step, after the run folder was written.
+        length = len(typing.get_args(hint))
+        if not isinstance(value, (list, tuple)) or len(value) != length:
+            raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
         return tuple(float(v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -278,4 +285,17 @@ def save(cfg: RunConfig, path: Path) -> None:
 
 
 def load(path: Path) -> RunConfig:
-    return validate(from_dict(json.loads(Path(path).read_text())))
+    """Read and validate a config file; every problem is a ValueError that names the file."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a folder, not a JSON file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"config file {path} is not readable JSON ({e})") from None
+    try:
+        return validate(from_dict(d))
+    except ValueError as e:
+        raise ValueError(f"config file {path}: {e}") from None

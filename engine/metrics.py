@@ -26,13 +26,15 @@ def find_truth(data_root: Path) -> Path | None:
     return None
 
 
-def load_truth(path: Path, paths: list[str] | tuple[str, ...]) -> np.ndarray:
+def load_truth(path: Path, paths: list[str] | tuple[str, ...], classes: tuple[str, ...] | None = None) -> np.ndarray:
     """True label of each image in `paths` (object array; None where the file has no row for it).
 
     Raises UserError when the file lacks the columns or matches none of the images.
     """
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"truth file {path} is empty: need path,true_label columns") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read truth file {path}: {e}") from e
     missing = {"path", "true_label"} - set(df.columns)
@@ -42,6 +44,10 @@ def load_truth(path: Path, paths: list[str] | tuple[str, ...]) -> np.ndarray:
     out = np.array([lookup.get(p) for p in paths], dtype=object)
     if all(v is None for v in out):
         raise UserError(f"truth file {path} names none of the {len(paths)} images (paths must be relative to the data folder)")
+    if classes is not None and not any(v in classes for v in out if v is not None):
+        # A truth file of another dataset (e.g. found beside a CSV manifest) would score every image wrong.
+        raise UserError(f"truth file {path}: none of its true labels is a class of this dataset "
+                        f"({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
     return out
 
 

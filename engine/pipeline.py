@@ -147,15 +147,16 @@ def open_context(run: RunDir, cfg: RunConfig, record: DatasetRecord, *, truth: P
     prepared = _prepare_stage(run, record, cfg, progress)
     data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device)
     return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(prepared.images),
-                   _truth(truth, prepared.paths, progress, optional=truth_optional),
+                   _truth(truth, prepared.paths, prepared.classes, progress, optional=truth_optional),
                    _test_set(run, test, prepared.classes, cfg, rt))
 
 
-def _truth(path: Path | None, paths: tuple[str, ...], progress: Progress, *, optional: bool) -> np.ndarray | None:
+def _truth(path: Path | None, paths: tuple[str, ...], classes: tuple[str, ...], progress: Progress, *,
+           optional: bool) -> np.ndarray | None:
     if path is None:
         return None
     try:
-        return load_truth(path, paths)
+        return load_truth(path, paths, classes)
     except UserError as e:
         if not optional:
             raise

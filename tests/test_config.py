@@ -34,6 +34,12 @@ def test_tuples_survive_json(tmp_path: Path) -> None:
         ("pretrain.temperature", 0.0, "temperature must be > 0"),
         ("nope.key", 1, "unknown config key"),
         ("classify.nope", 1, "unknown config key"),
+        ("seed", -1, "seed must be between 0 and 4294967295"),
+        ("seed", 2**32, "seed must be between 0 and 4294967295"),
+        ("augment.crop_scale", [0.5], "augment.crop_scale must be a list of 2 numbers"),
+        ("augment.crop_scale", [0.1, 0.2, 0.3], "augment.crop_scale must be a list of 2 numbers"),
+        ("augment.jitter", [1], "augment.jitter must be a list of 4 numbers"),
+        ("augment.jitter", [0.4, 0.4, "x", 0.1], "augment.jitter must be a list of 4 numbers"),
     ],
 )
 def test_bad_values_name_the_problem(key: str, value: object, message: str) -> None:
@@ -65,3 +71,16 @@ def test_cli_set_values_parse_like_config_json() -> None:
         "augment.crop_scale": (0.3, 1.0)}
     cfg = C.with_overrides(C.RunConfig(), _parse_sets(["embed.enabled=false"]))
     assert cfg.embed.enabled is False
+
+
+def test_unreadable_config_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"config file {tmp_path / 'missing.json'} does not exist"):
+        C.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="is a folder, not a JSON file"):
+        C.load(tmp_path)
+    (tmp_path / "bad.json").write_text("not json")
+    with pytest.raises(ValueError, match="bad.json is not readable JSON"):
+        C.load(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="list.json: config section 'root' must be an object"):
+        C.load(tmp_path / "list.json")

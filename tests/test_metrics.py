@@ -42,3 +42,13 @@ def test_truth_file_errors_are_specific(tmp_path: Path) -> None:
     (tmp_path / "u.csv").write_text("path,true_label\nother.png,y\n")
     with pytest.raises(ValueError, match="names none of the 1 images"):
         load_truth(tmp_path / "u.csv", ["x.png"])
+
+
+def test_empty_or_foreign_truth_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty.csv is empty"):
+        load_truth(tmp_path / "empty.csv", ["x.png"])
+    (tmp_path / "other.csv").write_text("path,true_label\nx.png,7\n")  # another dataset's labels
+    with pytest.raises(ValueError, match="none of its true labels is a class of this dataset"):
+        load_truth(tmp_path / "other.csv", ["x.png"], ("cat", "dog"))
+    assert list(load_truth(tmp_path / "other.csv", ["x.png"], ("7", "8"))) == ["7"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +201,60 @@ def test_one_worker_per_run(tmp_path: Path) -> None:
     again = _lock_run(run)
     assert again is not None
     again.close()
+
+
+def test_a_refused_fit_leaves_the_run_as_it_was(fitted, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from conftest import write_pattern_folder
+
+    data, run, _ = fitted
+    before = {n: (run / n).read_bytes() for n in ("source.json", "config.json", "status.json")}
+    other = write_pattern_folder(tmp_path / "other")
+    assert cli_main(["fit", str(other), "--run-dir", str(run), *TINY]) == 2
+    assert "holds a run on" in capsys.readouterr().err
+    bad_test = tmp_path / "test"
+    (bad_test / "zebra").mkdir(parents=True)
+    shutil.copy(next(data.rglob("*.png")), bad_test / "zebra" / "z.png")
+    assert cli_main(["fit", str(data), "--run-dir", str(run), *TINY, "--test", str(bad_test)]) == 2
+    assert "zebra" in capsys.readouterr().err
+    assert (run / "source.json").read_bytes() == before["source.json"]  # the rejected --test did not stick
+    assert (run / "config.json").read_bytes() == before["config.json"]
+
+
+def test_run_and_data_folders_may_not_nest(fitted, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, _, _ = fitted
+    assert cli_main(["fit", str(data), "--run-dir", str(data / "run"), *TINY]) == 2
+    assert "is inside the data folder" in capsys.readouterr().err and not (data / "run").exists()
+    assert cli_main(["fit", str(data), "--run-dir", str(data.parent), *TINY]) == 2
+    assert "is inside the run folder" in capsys.readouterr().err
+
+
+def test_finetune_on_a_missing_gpu_is_refused_before_the_run_changes(fitted, monkeypatch, capsys) -> None:
+    _, run, _ = fitted
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    names = ("status.json", "config.json", "config_finetune.json")
+    before = {n: (run / n).read_bytes() if (run / n).exists() else None for n in names}
+    assert cli_main(["finetune", str(run), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert {n: (run / n).read_bytes() if (run / n).exists() else None for n in names} == before
+
+
+def test_flags_left_out_keep_the_runs_settings(fitted) -> None:
+    from engine.cli import build_parser
+    from engine.cli_run import _resolve_config
+    from engine.runs import RunDir
+
+    data, run, _ = fitted
+    args = build_parser().parse_args(["fit", str(data), "--run-dir", str(run), "--finetune"])
+    cfg = _resolve_config(args, RunDir(run))  # the run has 3 epochs, 16 px: no flag repeats them
+    assert cfg.classify.epochs == 3 and cfg.data.image_size == 16 and cfg.finetune_after_fit
+
+
+@pytest.mark.slow
+def test_diverged_training_fails_instead_of_reporting_nonsense(tmp_path: Path, capsys) -> None:
+    from conftest import write_pattern_folder
+
+    data = write_pattern_folder(tmp_path / "data")
+    code = cli_main(["fit", str(data), "--run-dir", str(tmp_path / "run"), *TINY, "--no-pretrain",
+                     "--set", "classify.lr=1e30", "--set", "classify.grad_clip=0", "--set", "embed.enabled=false"])
+    assert code == 2 and "training diverged" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "samples.csv").exists()

@@ -52,3 +52,14 @@ def test_running_with_dead_worker_reads_as_failed(tmp_path: Path) -> None:
     assert effective_state({"state": "running", "pid": p.pid}) == "failed"
     assert effective_state({"state": "running", "pid": os.getpid()}) == "running"
     assert effective_state({"state": "done", "pid": p.pid}) == "done"
+
+
+def test_json_files_stay_strict_json(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    atomic_write_json(tmp_path / "m.json", {"auroc": float("nan"), "f1": np.float32(0.5), "x": [np.inf, 1]})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"auroc": None, "f1": 0.5, "x": [None, 1]}
