@@ -32,6 +32,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+CACHE_ENTRIES = frozenset({"images.npy", "manifest.csv", "intake.json", "extracted"})
+
+
+def _cache_target_problem(out: Path, data: Path) -> str | None:
+    """Why --out may not receive a cache: it would overwrite a user's files or land among the images."""
+    out_r, data_r = out.resolve(), data.resolve()
+    if data_r.is_dir() and (out_r == data_r or data_r in out_r.parents):
+        return f"--out {out} is inside the data folder {data}; put the cache outside the images"
+    if out_r == data_r or out_r in data_r.parents:
+        return f"the data {data} is inside --out {out}; choose another --out"
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give a folder for the cache"
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in CACHE_ENTRIES and not p.name.endswith(".tmp")) \
+        if out.is_dir() else []
+    if foreign:
+        # Only a previous cache (its own three files) may be refreshed in place.
+        return f"--out {out} already holds other files ({', '.join(foreign[:3])}); give an empty or new folder"
+    return None
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -40,6 +60,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.image_size < 1:
         return _fail(f"--image-size must be a positive number of pixels, got {args.image_size}")
+    problem = _cache_target_problem(Path(out), Path(args.data))
+    if problem:
+        return _fail(problem)
     try:
         # A zip is extracted next to the cache, so the cache's paths keep pointing at real files.
         # The header check is enough here: prepare decodes every image anyway and drops those that fail.

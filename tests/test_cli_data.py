@@ -82,6 +82,22 @@ def test_prepare_command(tmp_path, make_image_folder, capsys):
     assert main(["prepare", str(root), "--out", str(out), "--image-size", "0"]) == 2
 
 
+def test_prepare_never_overwrites_a_users_files(tmp_path, make_image_folder, capsys):
+    root = make_image_folder(tmp_path / "data", per_class=3, size=12)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "manifest.csv").write_text("my own notes\n")
+    (user / "report.txt").write_text("keep me\n")
+    assert main(["prepare", str(root), "--out", str(user), "--image-size", "8"]) == 2
+    assert "already holds other files (report.txt)" in capsys.readouterr().err
+    assert (user / "manifest.csv").read_text() == "my own notes\n" and not (user / "images.npy").exists()
+    assert main(["prepare", str(root), "--out", str(root / "cache"), "--image-size", "8"]) == 2
+    assert "inside the data folder" in capsys.readouterr().err and not (root / "cache").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["prepare", str(root), "--out", str(tmp_path / "afile"), "--image-size", "8"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_noise_command_is_reproducible(tmp_path, make_image_folder, capsys):
     root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=10)
     args = ["noise", str(root), "--kind", "symmetric", "--rate", "0.4"]
