@@ -123,7 +123,9 @@ def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress:
 def _test_set(run: RunDir, test: Path | None, classes: tuple[str, ...], cfg: RunConfig, rt: Runtime) -> TrainSet | None:
     if test is None:
         return None
-    record = scan(Path(test), check="header", limits=IntakeLimits(min_classes=1))  # one class is a fine test
+    # One class is a fine test set; a zipped one is extracted inside the run (a temp folder would be left
+    # behind by every invocation, and the cache below keeps pointing at its files).
+    record = scan(Path(test), check="header", limits=IntakeLimits(min_classes=1), extract_to=run.path / "test_source")
     unknown = sorted(set(record.classes) - set(classes))
     if unknown:
         raise IntakeError(f"the test folder has classes the training data lacks: {', '.join(unknown)}")

@@ -258,3 +258,21 @@ def test_diverged_training_fails_instead_of_reporting_nonsense(tmp_path: Path, c
                      "--set", "classify.lr=1e30", "--set", "classify.grad_clip=0", "--set", "embed.enabled=false"])
     assert code == 2 and "training diverged" in capsys.readouterr().err
     assert not (tmp_path / "run" / "samples.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_zipped_test_set_is_extracted_inside_the_run(fitted, tmp_path: Path) -> None:
+    import tempfile
+    import zipfile
+
+    data, run, _ = fitted
+    archive = tmp_path / "test.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(data.rglob("*.png"))[:6]:
+            z.write(p, "test/" + p.relative_to(data).as_posix())
+    before = set(Path(tempfile.gettempdir()).glob("clean-zip-*"))
+    r = engine("fit", data, "--run-dir", run, *TINY, "--test", archive)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test accuracy" in r.stdout and (run / "test_source").is_dir()
+    assert set(Path(tempfile.gettempdir()).glob("clean-zip-*")) == before  # nothing left in /tmp
+
