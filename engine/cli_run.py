@@ -345,7 +345,7 @@ def cmd_export(args: Namespace) -> int:
 
     try:
         out = export_labels(args.run_dir, args.out, args.format)
-    except ExportError as e:
+    except (ExportError, UserError) as e:
         return _fail(str(e))
     print(f"wrote {out}")
     return 0

@@ -16,6 +16,9 @@ Schema (version 1):
 audit trail: every write, by every tab, is recorded with time and the value it replaced, so two tabs
 deciding the same image at once both appear there. Each write is one transaction in WAL mode, so a
 decision is on disk before the call returns and readers never block writers.
+
+A file at that path that is not such a store (random bytes, a folder, another program's database) is
+refused with a UserError before anything writes to it: it may hold someone's work, so it is never changed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from engine.errors import UserError
 from engine.runs import now_iso
 
 Action = Literal["keep", "relabel", "discard"]
@@ -53,6 +57,11 @@ CREATE TABLE IF NOT EXISTS decision_log (
 CREATE INDEX IF NOT EXISTS decision_log_path ON decision_log(path);
 PRAGMA user_version = 1;
 """
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_COLUMNS: dict[str, frozenset[str]] = {  # the columns each table of _SCHEMA must have
+    "decisions": frozenset({"path", "action", "label", "decided_at", "source"}),
+    "decision_log": frozenset({"id", "path", "action", "label", "prev_action", "prev_label", "decided_at", "source"}),
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class DecisionStore:
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_foreign(self.db_path)  # before WAL mode or CREATE TABLE touch the file
         with self._connect() as con:
             con.executescript(_SCHEMA)
 
@@ -185,6 +195,51 @@ class DecisionStore:
             rows = con.execute(q + (" WHERE path = ?" if path else "") + " ORDER BY id", (path,) if path else ()).fetchall()
         keys = ("id", "path", "action", "label", "prev_action", "prev_label", "decided_at", "source")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _refuse_foreign(db_path: Path) -> None:
+    """Raise a UserError unless `db_path` is absent, empty, or a decision store with the expected tables."""
+    if not db_path.exists():
+        return
+    problem = _foreign_reason(db_path)
+    if problem:
+        raise UserError(f"{db_path} is not a CLeaN decision store ({problem}); move it away")
+
+
+def _foreign_reason(db_path: Path) -> str | None:
+    """Why the existing `db_path` is not one of our stores, or None. Only reads the file."""
+    if not db_path.is_file():
+        return "it is a folder" if db_path.is_dir() else "it is not a regular file"
+    with db_path.open("rb") as f:
+        head = f.read(len(_SQLITE_HEADER))
+    if not head:
+        return None  # an empty file is an empty database to SQLite: safe to create the tables in
+    if head != _SQLITE_HEADER:
+        return "not an SQLite database"
+    try:
+        tables = _table_columns(db_path)
+    except sqlite3.DatabaseError as e:
+        if e.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):  # ours, in use: not a reason to refuse
+            raise
+        return f"unreadable: {e}"
+    if "decisions" not in tables and tables:
+        return f"it holds other tables: {', '.join(sorted(tables))}"
+    for table, expected in _COLUMNS.items():
+        missing = expected - tables.get(table, expected)
+        if missing:
+            return f"its {table} table lacks the columns {', '.join(sorted(missing))}"
+    return None
+
+
+def _table_columns(db_path: Path) -> dict[str, set[str]]:
+    """The columns of each user table, read with plain SELECTs (no PRAGMA that writes, no schema change)."""
+    con = sqlite3.connect(db_path, timeout=30.0)
+    try:
+        names = [r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        return {n: {r[1] for r in con.execute("SELECT * FROM pragma_table_info(?)", (n,))} for n in names}
+    finally:
+        con.close()
 
 
 def load_decisions(db_path: Path) -> dict[str, Decision]:

@@ -138,6 +138,9 @@ def scan(
         raise ValueError(f"check must be 'full' or 'header', got {check!r}")
     if not source.exists():
         raise IntakeError(f"{source} does not exist")
+    if not source.is_dir() and not source.is_file():
+        # A named pipe or a device called "x.csv" would block the first read forever.
+        raise IntakeError(f"{source} is not a regular file: give a folder, a .zip or a .csv manifest")
     if source.is_dir():
         data_root = source.resolve()
         candidates, skipped, ignored = _walk_class_folders(data_root, limits)
@@ -210,15 +213,16 @@ def _walk_class_folders(root: Path, limits: IntakeLimits) -> tuple[Candidates, l
     for rel, entry in _iter_entries(root, found):
         if entry.is_dir(follow_symlinks=False):
             continue
-        top, _, rest = rel.partition("/")
-        if not rest:
-            if _is_image_name(rel):
-                found.root_images.append(rel)
-            else:
-                found.ignored += 1
-            continue
         if not _is_image_name(rel):
             found.ignored += 1
+            continue
+        name_problem = _name_problem(rel)
+        if name_problem is not None:
+            found.skipped.append(Skipped(_shown_path(rel), name_problem))
+            continue
+        top, _, rest = rel.partition("/")
+        if not rest:
+            found.root_images.append(rel)
             continue
         found.candidates.append((rel, top))
         if len(found.candidates) > limits.max_files:
@@ -247,7 +251,7 @@ def _iter_entries(root: Path, found: _Walk) -> Iterator[tuple[str, os.DirEntry]]
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            found.skipped.append(Skipped(rel_folder or ".", f"cannot read folder ({e.strerror or e})"))
+            found.skipped.append(Skipped(_shown_path(rel_folder or "."), f"cannot read folder ({e.strerror or e})"))
             continue
         subfolders = []
         for entry in entries:
@@ -259,7 +263,7 @@ def _iter_entries(root: Path, found: _Walk) -> Iterator[tuple[str, os.DirEntry]]
                 if reason is None:
                     yield rel, entry
                 elif reason != "ignore":
-                    found.skipped.append(Skipped(rel, reason))
+                    found.skipped.append(Skipped(_shown_path(rel), reason))
                 else:
                     found.ignored += 1
             elif entry.is_dir(follow_symlinks=False):
@@ -268,7 +272,7 @@ def _iter_entries(root: Path, found: _Walk) -> Iterator[tuple[str, os.DirEntry]]
             elif entry.is_file(follow_symlinks=False):
                 yield rel, entry
             elif _is_image_name(entry.name):
-                found.skipped.append(Skipped(rel, "not a regular file"))
+                found.skipped.append(Skipped(_shown_path(rel), "not a regular file"))
         stack.extend(reversed(subfolders))
 
 
@@ -283,11 +287,37 @@ def _symlink_problem(root: Path, entry: os.DirEntry) -> str | None:
         return "ignore"
     if not target.is_relative_to(root):
         return "symbolic link pointing outside the data folder (not followed)"
+    if not target.is_file():  # a link to a named pipe would block the decoder forever
+        return "not a regular file"
     return None
 
 
 def _is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_utf8(part: str) -> bool:
+    """False for a name that was not valid UTF-8 on disk (Python keeps its bad bytes as surrogates)."""
+    try:
+        part.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _name_problem(rel: str) -> str | None:
+    """Why a path cannot be used as a sample (ids, reports and labels need text), or None."""
+    *folders, name = rel.split("/")
+    if not _is_utf8(name):
+        return "file name is not valid UTF-8; rename it"
+    if not all(_is_utf8(f) for f in folders):
+        return "folder name is not valid UTF-8; rename it"
+    return None
+
+
+def _shown_path(rel: str) -> str:
+    """A path as printable text: bytes that are not UTF-8 appear as \\xNN, so reports and JSON never fail."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 # ----------------------------------------------------------------------------- zip
@@ -349,7 +379,8 @@ def _reuse_extraction(dest: Path, stamp: dict[str, Any]) -> list[Skipped] | None
 
 def _data_root(dest: Path) -> Path:
     """A zip of `dataset/<class>/...` extracts to one folder holding the class folders: descend into it."""
-    visible = [p for p in dest.iterdir() if not is_hidden(p.name)]
+    # A README or licence beside the top folder is not data: only folders and images count here.
+    visible = [p for p in dest.iterdir() if not is_hidden(p.name) and (p.is_dir() or _is_image_name(p.name))]
     if len(visible) == 1 and visible[0].is_dir() and not visible[0].is_symlink():
         inner = visible[0]
         if any(p.is_dir() and not is_hidden(p.name) for p in inner.iterdir()):

@@ -35,9 +35,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from engine.errors import UserError
 from engine.files import link_or_copy, safe_folder_name
 from engine.intake import DatasetRecord
 from engine.runs import atomic_write_text
+from engine.safezip import is_hidden
 
 KINDS: tuple[str, ...] = ("symmetric", "asymmetric", "pair")
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -194,10 +196,14 @@ def is_cifar10(classes: Sequence[str]) -> bool:
 def load_mapping(path: Path, classes: Sequence[str]) -> dict[int, int]:
     """Read a mapping by class name: CSV with columns source,target, or JSON {"source": "target"}."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a named pipe would block the read forever
+        raise UserError(f"the mapping file {path} is not a regular file: give a CSV or JSON file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ValueError(f"cannot read the mapping file {path} ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"the mapping file {path} is not UTF-8 text: save it as UTF-8") from e
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -234,6 +240,9 @@ def check_output_folder(out: Path, data: Path) -> None:
 def write_noisy_copy(record: DatasetRecord, result: NoiseResult, out: Path) -> Path:
     """Write the images as class folders under their NOISY labels, plus OUT/noise.csv.
 
+    noise.csv's true_label and noisy_label are folder names (see `class_folders`), so they match the
+    labels a later scan of OUT gives (a CSV label `a/b` is the class `a_b` there).
+
     Files are hard links to the originals where the file system allows (no extra space), copies
     otherwise. Each image keeps its path below its class folder; a name taken twice in one class gets
     the image id appended. The tree is built in a temporary folder next to OUT and moved into place,
@@ -246,10 +255,11 @@ def write_noisy_copy(record: DatasetRecord, result: NoiseResult, out: Path) -> P
     check_output_folder(out, record.root)
     if len(result.noisy_labels) != len(record.samples):
         raise ValueError(f"{len(result.noisy_labels)} noisy labels for {len(record.samples)} images")
+    folders = class_folders(record.classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        rows = _link_tree(record, result, tmp)
+        rows = _link_tree(record, result, folders, tmp)
         atomic_write_text(tmp / "noise.csv", _noise_csv(rows))
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -260,21 +270,49 @@ def write_noisy_copy(record: DatasetRecord, result: NoiseResult, out: Path) -> P
     return out
 
 
-def _link_tree(record: DatasetRecord, result: NoiseResult, dest: Path) -> list[tuple[str, str, str]]:
+def class_folders(classes: Sequence[str]) -> dict[str, str]:
+    """The folder of each class in a noisy copy: its label made safe as one folder name.
+
+    A scan of the copy reads these folder names back as the labels, so two classes must never share
+    one folder (`x/y` and `x_y` would silently merge) and none may become a folder a scan skips.
+
+    Raises:
+        UserError: two classes map to the same folder name, or one to a hidden name.
+    """
+    folders: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for label in classes:
+        name = safe_folder_name(label)
+        if name in owner:
+            raise UserError(
+                f"the classes {owner[name]!r} and {label!r} would both be written to the folder {name!r}: "
+                "rename one of them"
+            )
+        if is_hidden(name):
+            raise UserError(f"the class {label!r} would be written to the folder {name!r}, which a scan skips: rename it")
+        owner[name] = label
+        folders[label] = name
+    return folders
+
+
+def _link_tree(
+    record: DatasetRecord, result: NoiseResult, folders: Mapping[str, str], dest: Path
+) -> list[tuple[str, str, str]]:
+    """Link every image into its noisy class folder; rows of noise.csv with labels as a scan of `dest` reads them."""
     taken: set[str] = set()
     rows = []
     for sample, noisy in zip(record.samples, result.noisy_labels.tolist(), strict=True):
         noisy_label = record.classes[noisy]
         parts = PurePosixPath(sample.path).parts
         below = parts[1:] if len(parts) > 1 and parts[0] == sample.label else parts
-        rel = PurePosixPath(safe_folder_name(noisy_label), *below)  # a label is never a path
+        rel = PurePosixPath(folders[noisy_label], *below)  # a label is never a path
         if rel.as_posix().casefold() in taken:
             rel = rel.with_name(f"{rel.stem}_{sample.id[:8]}{rel.suffix}")
         taken.add(rel.as_posix().casefold())
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         link_or_copy(record.root / sample.path, target)
-        rows.append((rel.as_posix(), sample.label, noisy_label))
+        rows.append((rel.as_posix(), folders[sample.label], folders[noisy_label]))
     return sorted(rows)
 
 

@@ -66,6 +66,10 @@ def safe_extract(zip_path: Path, dest: Path, limits: ZipLimits) -> list[RefusedM
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ZipRejected(f"{zip_path} is not a readable zip file ({e})") from e
+    except UnicodeDecodeError as e:  # the zip reader decodes every name on opening and stops at the first bad one
+        raise ZipRejected(
+            f"{zip_path} marks its file names as UTF-8 but holds one that is not: re-create the zip"
+        ) from e
     with archive:
         files = [info for info in archive.infolist() if not info.is_dir()]
         _check_totals(zip_path, files, limits)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from engine.decisions import DecisionStore, load_decisions
+from engine.errors import UserError
 
 PATHS = [f"class_{i % 5}/img_{i:04d}.png" for i in range(60)]
 LABELS = ("cat", "dog", "fox")
@@ -93,3 +96,54 @@ def test_decisions_are_on_disk_when_decide_returns(tmp_path):
     DecisionStore(tmp_path / "d.sqlite").decide(["x.png"], "relabel", "fox", source="t")
     fresh = DecisionStore(tmp_path / "d.sqlite")  # another process or a restarted server
     assert (fresh.get("x.png").action, fresh.get("x.png").label) == ("relabel", "fox")
+
+
+def _foreign_table(db: Path) -> None:
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE decisions (path TEXT, verdict TEXT)")
+    con.execute("INSERT INTO decisions VALUES ('a.png', 'ok')")
+    con.commit()
+    con.close()
+
+
+def _other_tables(db: Path) -> None:
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE notes (body TEXT)")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda db: db.write_bytes(bytes(range(256)) * 8), "not an SQLite database"),
+    (lambda db: db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000), "unreadable: "),
+    (_foreign_table, "its decisions table lacks the columns action, decided_at, label, source"),
+    (_other_tables, "it holds other tables: notes"),
+])
+def test_a_foreign_file_is_refused_by_name_and_never_changed(tmp_path, make, reason):
+    db = tmp_path / "run" / "decisions.sqlite"
+    db.parent.mkdir()
+    make(db)
+    before = db.read_bytes()
+    message = f"{db} is not a CLeaN decision store ({reason}"
+    with pytest.raises(UserError, match=re.escape(message) + r".*\); move it away$"):
+        DecisionStore(db)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_decisions(db)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == ["decisions.sqlite"]  # no -wal/-shm/-journal left
+
+
+def test_a_folder_in_place_of_the_store_is_refused(tmp_path):
+    db = tmp_path / "decisions.sqlite"
+    (db / "inner").mkdir(parents=True)
+    with pytest.raises(UserError, match=re.escape(f"{db} is not a CLeaN decision store (it is a folder); move it away")):
+        load_decisions(db)
+    assert [p.name for p in db.iterdir()] == ["inner"]
+
+
+def test_an_empty_file_and_an_existing_store_open_normally(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    DecisionStore(empty).decide(["a.png"], "keep", "cat")
+    assert load_decisions(empty)["a.png"].label == "cat"
+    assert DecisionStore(empty).count() == 1  # our own store, reopened: accepted

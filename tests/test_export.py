@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,8 @@ def run(tmp_path: Path) -> RunDir:
         (root / path).write_bytes(b"img:" + path.encode())
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "folder"})
+    atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "folder",
+                                   "classes": ["=SUM(A1)", "cat", "dog"]})
     pd.DataFrame(
         [{"path": p, "given_label": g, "suggested_label": s, "flagged": f, "clean_prob": 0.2 if f else 0.9}
          for p, g, s, f in ROWS]
@@ -87,7 +89,7 @@ def test_folder_export_refuses_to_touch_the_source(run: RunDir, tmp_path: Path) 
         export_labels(run.path, tmp_path / "data" / "sorted", "folder")
     with pytest.raises(ExportError, match="not an empty folder"):
         export_labels(run.path, tmp_path / "data", "folder")
-    with pytest.raises(ExportError, match="never overwrites"):
+    with pytest.raises(ExportError, match="is inside the source data .*never writes there"):
         export_labels(run.path, tmp_path / "data" / "cat" / "1.png", "csv")
     assert (tmp_path / "data" / "cat" / "1.png").read_bytes() == b"img:cat/1.png"
 
@@ -120,3 +122,116 @@ def test_numeric_labels_and_paths_stay_exact(tmp_path: Path) -> None:
     e = pd.read_csv(export_labels(run.path, tmp_path / "l.csv", "csv"), dtype=str, keep_default_na=False)
     assert e["path"].tolist() == ["-1/a.png", "+1/b.png", "-x/c.png"]
     assert e["label"].tolist() == ["+1", "+1", "'-x"] and e["original_label"].tolist() == ["-1", "+1", "'-x"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("decisions.sqlite", "csv"), ("samples.csv", "json"),
+                                           ("source.json", "csv"), ("new_labels.csv", "csv"),
+                                           ("checkpoints/x.json", "json")])
+def test_file_export_refuses_the_run_folder_and_writes_nothing(run: RunDir, name: str, fmt: str) -> None:
+    before = _snapshot(run.path)
+    with pytest.raises(ExportError, match=f"is inside the run folder {run.path}; the export never writes there"):
+        export_labels(run.path, run.path / name, fmt)
+    assert _snapshot(run.path) == before  # decisions, samples and source intact; no new file
+    assert DecisionStore(run.decisions).get("dog/4.png").label == "=SUM(A1)"
+
+
+def test_file_export_refuses_the_source_data_and_the_truth_file(run: RunDir, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "truth.csv").write_text("path,label\ncat/1.png,cat\n")
+    truth = tmp_path / "elsewhere" / "truth.csv"
+    truth.parent.mkdir()
+    truth.write_text("path,label\n")
+    atomic_write_json(run.source, {**json.loads(run.source.read_text()), "truth": str(truth)})
+    before = _snapshot(data)
+    for out, fmt in ((data / "truth.csv", "csv"), (data / "labels.json", "json"), (data / "cat" / "new.csv", "csv")):
+        with pytest.raises(ExportError, match=f"is inside the source data {data}; the export never writes there"):
+            export_labels(run.path, out, fmt)
+    with pytest.raises(ExportError, match="is inside the truth file"):
+        export_labels(run.path, truth, "csv")
+    assert _snapshot(data) == before and truth.read_text() == "path,label\n"
+
+
+def test_file_export_overwrites_its_own_earlier_export(run: RunDir, tmp_path: Path) -> None:
+    out = tmp_path / "exports" / "labels.csv"
+    export_labels(run.path, out, "csv")
+    DecisionStore(run.decisions).decide(["cat/2.png"], "discard")
+    export_labels(run.path, out, "csv")  # same file again: allowed, replaced
+    e = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("path")
+    assert e.loc["cat/2.png", ["label", "status"]].tolist() == ["", "discarded"]
+
+
+def test_folder_labels_csv_defuses_formulas_but_keeps_paths_and_numbers(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    for name in ("-1/a.png", "=cmd/b.png", "@x/c.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "folder"})
+    pd.DataFrame([{"path": p, "given_label": p.split("/")[0], "suggested_label": p.split("/")[0], "flagged": 0,
+                   "clean_prob": 0.9} for p in ("-1/a.png", "=cmd/b.png", "@x/c.png")]).to_csv(run.samples, index=False)
+    out = export_labels(run.path, tmp_path / "sorted", "folder")
+    listing = pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False).set_index("source_path")
+    assert listing["label"].to_dict() == {"-1/a.png": "-1", "=cmd/b.png": "'=cmd", "@x/c.png": "'@x"}
+    assert listing.loc["=cmd/b.png", "path"] == "=cmd/b.png" and (out / "=cmd" / "b.png").exists()
+
+
+def test_folder_export_leaves_an_unrelated_partial_folder_alone(run: RunDir, tmp_path: Path) -> None:
+    mine = tmp_path / ".sorted.partial"
+    (mine / "keep").mkdir(parents=True)
+    (mine / "keep" / "notes.txt").write_text("mine")
+    out = export_labels(run.path, tmp_path / "sorted", "folder")
+    assert (mine / "keep" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sorted.partial", "data", "run", "sorted"]
+    assert (out / "labels.csv").exists() and (out.stat().st_mode & 0o777) != 0o700  # normal folder permissions
+
+
+def test_folder_export_with_a_vanished_image_fails_cleanly(run: RunDir, tmp_path: Path) -> None:
+    (tmp_path / "data" / "dog" / "6.png").unlink()
+    with pytest.raises(ExportError, match=r"dog/6\.png is missing: the source images changed since the fit"):
+        export_labels(run.path, tmp_path / "sorted", "folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # no OUT, no partial folder left
+
+
+def test_keep_always_exports_the_given_label(run: RunDir) -> None:
+    store = DecisionStore(run.decisions)
+    store.decide(["cat/2.png"], "keep", "dog")  # a keep row carrying another label
+    store.decide(["dog/3.png"], "keep", "dog")
+    with sqlite3.connect(run.decisions) as con:
+        con.execute("UPDATE decisions SET label = NULL WHERE path = 'dog/3.png'")  # a keep row with no label
+    t = corrected_labels(run.path).set_index("path")
+    assert t.loc["cat/2.png", ["label", "status"]].tolist() == ["cat", "kept"]
+    assert t.loc["dog/3.png", ["label", "status"]].tolist() == ["dog", "kept"]
+
+
+def test_relabel_to_a_class_the_run_lacks_is_refused(run: RunDir, tmp_path: Path) -> None:
+    DecisionStore(run.decisions).decide(["cat/2.png"], "relabel", "wolf")
+    with pytest.raises(ExportError, match=r"review decision for cat/2\.png uses label 'wolf', which is not a class"):
+        export_labels(run.path, tmp_path / "labels.csv", "csv")
+    assert not (tmp_path / "labels.csv").exists()
+    with sqlite3.connect(run.decisions) as con:
+        con.execute("UPDATE decisions SET label = NULL WHERE path = 'cat/2.png'")
+    with pytest.raises(ExportError, match=r"cat/2\.png uses label None"):
+        corrected_labels(run.path)
+
+
+def test_a_corrupt_decision_store_stops_the_export_and_is_left_as_is(run: RunDir, tmp_path: Path) -> None:
+    for p in run.path.glob("decisions.sqlite*"):
+        p.unlink()
+    run.decisions.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ExportError, match=r"decisions\.sqlite is not a CLeaN decision store \(not an SQLite"):
+        export_labels(run.path, tmp_path / "labels.csv", "csv")
+    assert run.decisions.read_bytes() == b"\x00garbage" * 100 and not (tmp_path / "labels.csv").exists()
+
+
+def test_cli_export_into_the_run_folder_is_one_error_line(run: RunDir, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    before = run.decisions.read_bytes()
+    assert main(["export", str(run.path), "--out", str(run.decisions)]) == 2
+    assert "is inside the run folder" in capsys.readouterr().err
+    assert run.decisions.read_bytes() == before

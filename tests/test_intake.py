@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tempfile
+import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,25 @@ from engine.intake import DatasetRecord, IntakeError, IntakeLimits, sample_id, s
 
 def _reasons(record: DatasetRecord) -> dict[str, str]:
     return {s.path: s.reason for s in record.skipped}
+
+
+def _within(seconds: float, call: Callable[[], object]) -> object:
+    """Run `call` in a daemon thread: a regression that blocks (a named pipe) fails instead of hanging the suite."""
+    outcome: list[object] = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as e:  # handed back to the test
+            outcome.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still blocked after {seconds} s"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 # ----------------------------------------------------------------------------- folders
@@ -188,6 +210,47 @@ def test_unicode_and_spaces_in_names(tmp_path):
     assert json.loads(json.dumps(rec.to_report(), ensure_ascii=False))["classes"] == ["chat noir", "日本 語"]
 
 
+def test_names_that_are_not_utf8_are_skipped_not_fatal(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2)
+    src = os.fsencode(root / "a" / "img_000.png")
+    shutil.copy(src, os.fsencode(root / "a") + b"/bad\xff.png")
+    os.mkdir(os.fsencode(root) + b"/caf\xe9")  # a Latin-1 class folder name
+    shutil.copy(src, os.fsencode(root) + b"/caf\xe9/img.png")
+    shutil.copy(src, os.fsencode(root) + b"/stray\xff.png")
+    rec = scan(root)
+    assert rec.classes == ("a", "b") and len(rec.samples) == 4
+    assert _reasons(rec) == {
+        "a/bad\\xff.png": "file name is not valid UTF-8; rename it",
+        "caf\\xe9/img.png": "folder name is not valid UTF-8; rename it",
+        "stray\\xff.png": "file name is not valid UTF-8; rename it",
+    }
+    report = json.dumps(rec.to_report(), ensure_ascii=False).encode("utf-8")  # printable: no surrogates left
+    assert b"caf\\\\xe9/img.png" in report
+
+
+def test_a_class_left_with_only_undecodable_names_is_reported(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", classes=("a",), per_class=2)
+    os.mkdir(os.fsencode(root) + b"/caf\xe9")
+    shutil.copy(os.fsencode(root / "a" / "img_000.png"), os.fsencode(root) + b"/caf\xe9/x.png")
+    with pytest.raises(IntakeError, match=r"only one class .'a'.*\(1 files skipped: 1 folder name is not valid UTF-8"):
+        scan(root)
+
+
+@pytest.mark.parametrize("name", ["ff.csv", "ff.zip"])
+def test_named_pipe_as_data_is_refused_before_opening(tmp_path, name):
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(IntakeError, match=f"{name} is not a regular file: give a folder, a .zip or a .csv"):
+        _within(10, lambda: scan(tmp_path / name, extract_to=tmp_path / "x"))
+
+
+def test_link_to_a_named_pipe_inside_the_data_is_skipped(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    os.mkfifo(root / "pipe")
+    os.symlink(root / "pipe", root / "cat" / "pipe.png")
+    rec = _within(10, lambda: scan(root))
+    assert isinstance(rec, DatasetRecord) and _reasons(rec) == {"cat/pipe.png": "not a regular file"}
+
+
 def test_missing_source_and_unknown_kind(tmp_path):
     with pytest.raises(IntakeError, match="does not exist"):
         scan(tmp_path / "nope")
@@ -216,6 +279,19 @@ def test_zip_with_or_without_a_top_folder(tmp_path, make_image_folder, prefix):
     assert rec.root == (tmp_path / "x" / prefix).resolve()
     assert rec.counts() == {"a": 3, "b": 3} and rec.skipped == ()
     assert [s.path for s in rec.samples] == [s.path for s in scan(folder).samples]
+
+
+def test_zip_top_folder_beside_a_readme_is_still_the_data_root(tmp_path, make_image_folder):
+    folder = make_image_folder(tmp_path / "src", classes=("a", "b"), per_class=2)
+    archive = _zip_folder(folder, tmp_path / "data.zip", "ds/")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("README.txt", "about the data")
+    rec = scan(archive, extract_to=tmp_path / "x")
+    assert rec.root == (tmp_path / "x" / "ds").resolve() and rec.counts() == {"a": 2, "b": 2}
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.write(folder / "a" / "img_000.png", "cover.png")  # an image at the top is data: no descending
+    with pytest.raises(IntakeError, match=r"only one class .'ds'."):
+        scan(archive, extract_to=tmp_path / "y")
 
 
 def test_zip_into_a_fresh_temporary_folder_and_reuse(tmp_path, make_image_folder):
@@ -315,6 +391,18 @@ def test_corrupt_zip(tmp_path):
     (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(IntakeError, match="not a readable zip file"):
         scan(tmp_path / "bad.zip", extract_to=tmp_path / "x")
+
+
+def test_zip_flagged_utf8_with_a_name_that_is_not(tmp_path):
+    buf = tmp_path / "good.zip"
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a/bad\u00e9.png", b"x")  # non-ASCII: written with the UTF-8 flag
+        zf.writestr("b/ok.png", b"x")
+    broken = buf.read_bytes().replace("bad\u00e9".encode(), b"bad\xff\xfe")  # same length, invalid UTF-8
+    (tmp_path / "bad.zip").write_bytes(broken)
+    with pytest.raises(IntakeError, match="marks its file names as UTF-8 but holds one that is not: re-create"):
+        scan(tmp_path / "bad.zip", extract_to=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_zip_with_unicode_names(tmp_path):

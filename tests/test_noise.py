@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from engine.intake import scan
+from engine.errors import UserError
+from engine.intake import DatasetRecord, scan
+from engine.metrics import find_truth, load_truth
 from engine.noise import (
     CIFAR10_CLASSES,
     NoiseResult,
     check_output_folder,
     cifar10_mapping,
     cifar100_mapping,
+    class_folders,
     digits_mapping,
     flip_count,
     inject_noise,
@@ -26,6 +32,17 @@ from engine.noise import (
 
 def _labels(counts: list[int]) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
+
+
+def _manifest_record(data: Path, labels: list[str], per_label: int = 3) -> DatasetRecord:
+    """A CSV-manifest data set: any label text, `per_label` images each."""
+    data.mkdir()
+    rows = ["path,label"]
+    for i in range(len(labels) * per_label):
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(data / f"{i}.png")
+        rows.append(f"{i}.png,{labels[i % len(labels)]}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    return scan(data / "labels.csv")
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.2, 0.4, 0.8])
@@ -130,6 +147,29 @@ def test_bad_arguments(kwargs, message):
         inject_noise(_labels([5, 5, 5]), **args)
 
 
+def test_load_mapping_names_a_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes(b"source,target\ncaf\xe9,dog\n")
+    with pytest.raises(UserError, match=r"the mapping file .*latin1\.csv is not UTF-8 text: save it as UTF-8"):
+        load_mapping(tmp_path / "latin1.csv", ["café", "dog"])
+
+
+def test_load_mapping_refuses_a_named_pipe(tmp_path):
+    os.mkfifo(tmp_path / "pipe.csv")
+    outcome: list[BaseException] = []
+
+    def read() -> None:  # in a daemon thread: a regression blocks there instead of hanging the suite
+        try:
+            load_mapping(tmp_path / "pipe.csv", ["a", "b"])
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert outcome, "load_mapping blocked on a named pipe"
+    assert isinstance(outcome[0], UserError) and "pipe.csv is not a regular file" in str(outcome[0])
+
+
 def test_load_mapping_csv_and_json(tmp_path):
     classes = ["cat", "dog", "eel, the"]
     (tmp_path / "m.csv").write_text('source,target\ncat,dog\n"eel, the",cat\n')
@@ -218,3 +258,40 @@ def test_labels_that_look_like_paths_never_leave_the_output(tmp_path: Path) -> N
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png") if not p.is_relative_to(data)}
     assert written and all(w.startswith("out/noisy/") for w in written)
     assert {p.parent.name for p in out.rglob("*.png")} <= {"___.._evil", "a_b"}
+
+
+@pytest.mark.parametrize(("labels", "clash"), [(["x/y", "x_y"], "'x/y' and 'x_y'"), ([".x", "_x"], "'.x' and '_x'")])
+def test_labels_that_clash_as_folders_are_refused_before_writing(tmp_path, labels, clash):
+    record = _manifest_record(tmp_path / "data", labels)
+    res = inject_noise(record.label_indices(), classes=record.classes, kind="symmetric", rate=0.34, seed=0)
+    folder = labels[1]
+    with pytest.raises(UserError, match=f"the classes {clash} would both be written to the folder '{folder}'"):
+        write_noisy_copy(record, res, tmp_path / "out" / "noisy")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_label_that_becomes_a_hidden_folder_is_refused():
+    with pytest.raises(UserError, match="the class '__MACOSX' would be written to the folder '__MACOSX', which a scan"):
+        class_folders(["__MACOSX", "cat"])
+    assert class_folders([".", "..", "a/b"]) == {".": "_", "..": "__", "a/b": "a_b"}
+
+
+def test_noise_csv_labels_are_the_folders_a_rescan_reads(tmp_path):
+    record = _manifest_record(tmp_path / "data", [".", "..", "a/b"], per_label=4)
+    res = inject_noise(record.label_indices(), classes=record.classes, kind="symmetric", rate=0.5, seed=0)
+    out = write_noisy_copy(record, res, tmp_path / "noisy")
+    with open(out / "noise.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["true_label"] for r in rows} == {"_", "__", "a_b"}
+    assert sum(r["true_label"] != r["noisy_label"] for r in rows) == 6
+    rescan = scan(out)
+    assert rescan.classes == ("_", "__", "a_b")
+    given = {s.path: s.label for s in rescan.samples}
+    assert all(given[r["path"]] == r["noisy_label"] for r in rows)
+    paths = [s.path for s in rescan.samples]
+    truth = load_truth(find_truth(out), paths, rescan.classes)
+    true_by_path = {r["path"]: r["true_label"] for r in rows}
+    assert truth.tolist() == [true_by_path[p] for p in paths]
+    folder_of = {".": "_", "..": "__", "a/b": "a_b"}
+    original = {s.id: folder_of[s.label] for s in record.samples}
+    assert sorted(original.values()) == sorted(true_by_path.values())  # every true label, as a folder name
