@@ -31,8 +31,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from bench.common import cpu_model  # noqa: E402
 from engine.config import RunConfig, to_dict  # noqa: E402
-from engine.decisions import DecisionStore  # noqa: E402
-from engine.runs import RunDir, atomic_write_json, now_iso  # noqa: E402
+from engine.review.decisions import DecisionStore  # noqa: E402
+from engine.runs.atomic import atomic_write_json, now_iso  # noqa: E402
+from engine.runs.rundir import RunDir  # noqa: E402
 
 TARGETS = {"review": 1.0, "inspect": 3.0}
 
@@ -107,7 +108,7 @@ def timed(fn) -> tuple[float, object]:
 def measure(run: RunDir, repeats: int) -> list[dict]:
     from fixtures_runs import open_page
 
-    from engine import jobs
+    from engine.runs import jobs
 
     jobs.detect_devices = lambda *a, **k: {"cuda": False, "devices": [], "default": "cpu"}  # no subprocess here
     rows = []

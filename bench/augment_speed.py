@@ -1,7 +1,7 @@
 """Speed of per-image SimCLR views for a batch, on this machine's CPU.
 
 Compares three ways to give every image of a batch its own random crop, flip, jitter and grayscale:
-    1. ours      engine.augment.BatchAugment (one grid_sample + broadcast per-image colour factors)
+    1. ours      engine.method.augment.BatchAugment (one grid_sample + broadcast per-image colour factors)
     2. kornia    kornia.augmentation.AugmentationSequential with the same ops, same_on_batch=False
     3. tv-loop   torchvision.transforms.v2 applied image by image in a Python loop (torchvision draws one
                  set of parameters per call, so a loop is its only per-image option)
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `engine` lives in the repository root
 
 from bench.common import cpu_model  # noqa: E402
-from engine.augment import BatchAugment  # noqa: E402
 from engine.config import AugmentConfig  # noqa: E402
+from engine.method.augment import BatchAugment  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 Augmenter = Callable[[torch.Tensor], torch.Tensor]
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AugmentConfig()
 
     methods: list[tuple[str, Callable[[], Augmenter], int]] = [
-        ("ours (engine.augment)", lambda: ours(cfg, args.size), args.repeats),
+        ("ours (engine.method.augment)", lambda: ours(cfg, args.size), args.repeats),
         ("kornia 'slice' crop", lambda: kornia_sequential(cfg, args.size, "slice"), args.repeats),
         ("kornia 'resample' crop", lambda: kornia_sequential(cfg, args.size, "resample"), args.repeats),
         ("torchvision v2 per-image loop", lambda: torchvision_loop(cfg, args.size), max(3, args.repeats // 3)),

@@ -6,7 +6,7 @@
                            [--test-out DIR] [--n-test 1000] [--clean]
 
 Writes `n` grey `size` x `size` PNGs balanced over the ten digits, filed under labels noised by
-engine.noise (40 % symmetric by default: exactly 40 % of every digit carries a wrong label), and
+engine.data.noise (40 % symmetric by default: exactly 40 % of every digit carries a wrong label), and
 OUT/truth.csv (path,true_label,given_label). This is the "3,000 grey 28x28 digits with 40 % symmetric
 noise" data set of the quality targets.
 
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `engine` importable
 
-from engine.noise import digits_mapping, inject_noise  # noqa: E402
+from engine.data.noise import digits_mapping, inject_noise  # noqa: E402
 
 CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 TRAIN_SHARE = 2 / 3
@@ -61,7 +61,7 @@ def make_digits(
         out: new or empty folder: OUT/<given label>/img_<k>.png and OUT/truth.csv.
         n: training images, balanced over the ten digits.
         size: side in pixels.
-        kind, rate: engine.noise settings ("asymmetric" uses engine.noise.DIGIT_CONFUSIONS).
+        kind, rate: engine.data.noise settings ("asymmetric" uses engine.data.noise.DIGIT_CONFUSIONS).
         seed: seeds the source split, the jitter and the noise.
         noise: False writes the true labels (given_label == true_label).
         test_out: optional new or empty folder for a clean test set from the held-out source digits.

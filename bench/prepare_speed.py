@@ -5,8 +5,8 @@
 
 Writes 5,000 CIFAR-10 training images (500 per class, 32x32 PNG) once into bench/data/cifar10-5k with
 ../shared/data/to_folder.py, then times, on this machine:
-    scan     engine.intake.scan with check="full" (decodes every image) and check="header"
-    prepare  engine.cache.prepare at 32 px with a thread pool of 1 and 2 workers and a process pool of 2
+    scan     engine.data.intake.scan with check="full" (decodes every image) and check="header"
+    prepare  engine.data.cache.prepare at 32 px with a thread pool of 1 and 2 workers and a process pool of 2
 and, to see where the choice of pool matters, prepare on 300 large JPEGs (1024x768, smooth synthetic
 pictures written by this script into bench/data/large-jpeg; the decode cost is that of any photo).
 Each figure is the best of --repeats runs (the machine is shared, so the best run is the least
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `engine` lives in the repository root
 
 from bench.common import cpu_model, ensure_cifar10, usable_cores  # noqa: E402
-from engine.cache import prepare  # noqa: E402
-from engine.intake import scan  # noqa: E402
+from engine.data.cache import prepare  # noqa: E402
+from engine.data.intake import scan  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "cifar10-5k"
 LARGE = ROOT / "bench" / "data" / "large-jpeg"

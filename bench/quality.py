@@ -161,7 +161,7 @@ def run_method(method: str, case: Case, data: CaseData, s: qm.Settings, *, image
     if method == "cleanlab":
         cfg = qc.resolved_config(qc.fit_argv(data, work / "clean", s, image_size))
         return [qb.run_cleanlab(data, work / "cleanlab", cfg, s, say=say)]
-    from engine.runs import RunDir
+    from engine.runs.rundir import RunDir
 
     own = qc.run_timings(RunDir(work / "clean").read_events())["pretrain"]
     shared = pool.done.get(case.images, (None, 0.0))[1]
@@ -170,9 +170,9 @@ def run_method(method: str, case: Case, data: CaseData, s: qm.Settings, *, image
 
 def case_result(case: Case, data: CaseData, rows: list[qm.Row], s: qm.Settings, *, image_size: int | None,
                 work: Path, command: str) -> dict[str, Any]:
-    from engine.device import resolve_device
-    from engine.intake import scan
-    from engine.models import resolve_stem
+    from engine.data.intake import scan
+    from engine.method.models import resolve_stem
+    from engine.train.device import resolve_device
 
     cfg = qc.resolved_config(qc.fit_argv(data, work / case.name / "clean", s, image_size))
     scored = next((r.metrics for r in rows if r.metrics), {})
@@ -268,7 +268,7 @@ def write_gpu(results_dir: Path, results: list[dict[str, Any]], *, command: str,
               elapsed_s: float) -> list[Path]:
     import json
 
-    from engine.runs import atomic_write_text
+    from engine.runs.atomic import atomic_write_text
 
     md, js = results_dir / "gpu_quality.md", results_dir / "gpu_quality.json"
     atomic_write_text(md, report.gpu_markdown(results, command=command, dry_run=dry_run, elapsed_s=elapsed_s))

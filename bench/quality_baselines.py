@@ -40,12 +40,12 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
     from cleanlab.rank import get_label_quality_scores
     from sklearn.model_selection import StratifiedKFold
 
-    from engine.classify import Normalisation, predict, train_classifier
-    from engine.device import make_runtime, seed_everything
-    from engine.losses import classification_loss
-    from engine.models import build_network
-    from engine.progress import Progress
-    from engine.trainset import TrainSet
+    from engine.method.losses import classification_loss
+    from engine.method.models import build_network
+    from engine.runs.progress import Progress
+    from engine.train.classify import Normalisation, predict, train_classifier
+    from engine.train.device import make_runtime, seed_everything
+    from engine.train.trainset import TrainSet
 
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
@@ -136,12 +136,12 @@ def run_knn(data: CaseData, clean_run: Path, work: Path, s: Settings, *, pretrai
     import torch
     from sklearn.neighbors import NearestNeighbors
 
-    from engine.classify import Normalisation, encode
     from engine.config import load as load_config
-    from engine.device import make_runtime
-    from engine.models import build_network
-    from engine.runs import RunDir
-    from engine.trainset import TrainSet
+    from engine.method.models import build_network
+    from engine.runs.rundir import RunDir
+    from engine.train.classify import Normalisation, encode
+    from engine.train.device import make_runtime
+    from engine.train.trainset import TrainSet
 
     ckpt = RunDir(clean_run).checkpoint("pretrain")
     if not ckpt.exists():

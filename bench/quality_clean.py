@@ -67,8 +67,8 @@ def fit_argv(data: CaseData, run: Path, s: Settings, image_size: int | None) -> 
 
 def resolved_config(argv: list[str]) -> Any:
     """The RunConfig `python -m engine fit <argv>` would run with (same parser, same resolution)."""
-    from engine import cli_run
     from engine.cli import build_parser
+    from engine.cli import run as cli_run
 
     return cli_run.fit_config(build_parser().parse_args(argv))  # the fit command's own resolution
 
@@ -109,7 +109,7 @@ def call_engine(argv: list[str], deadline: Deadline, *, skip_map: bool = False) 
 def run_clean(key: str, data: CaseData, run: Path, s: Settings, *, image_size: int | None, images: str,
               pool: PretrainPool, deadline: Deadline, say: Callable[[str], None] = print) -> list[Row]:
     """One CLeaN variant in a fresh run folder; rows for phase (a) and, for `clean`, phase (b)."""
-    from engine.runs import RunDir
+    from engine.runs.rundir import RunDir
 
     shutil.rmtree(run, ignore_errors=True)  # a finished run would be skipped stage by stage: start afresh
     finetune = key == "clean" and s.finetune

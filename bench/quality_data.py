@@ -4,7 +4,7 @@ A case is one set of images with one set of given labels and a truth file that s
 
     cifar10        CIFAR-10 train images with their true labels (../shared/data/to_folder.py), then synthetic
                    noise from the project's own `python -m engine noise`; clean test split from CIFAR-10 test
-    digits         bench/digits.make_digits: jittered handwritten digits with engine.noise noise, clean test split
+    digits         bench/digits.make_digits: jittered handwritten digits with engine.data.noise noise, clean test split
     sample         the bundled sample_data/ (20 % asymmetric noise, its truth.csv); no test split
     imagenette25   Imagenette train photos under fastai's 25 % / 50 % noisy labels; test = Imagenette val
     imagenette50
@@ -83,7 +83,7 @@ class Case:
                 "imagenette50": "Imagenette 96 px, fastai's 50 % noisy labels",
                 "folder": f"folder {self.data}", "clean-folder": f"folder {self.data} (true labels)"}[self.kind]
         per = f", {self.n_per_class} per class" if self.n_per_class else ""
-        noise = f", {self.noise} noise {self.rate:.0%} (engine.noise)" if self.noise else ""
+        noise = f", {self.noise} noise {self.rate:.0%} (engine.data.noise)" if self.noise else ""
         return f"{what}{per}{noise}"
 
 

@@ -65,7 +65,7 @@ class Row:
 
     method: str  # shown name, e.g. "CLeaN default (ELR), after (a)"
     key: str  # METHODS entry
-    metrics: dict[str, Any] = field(default_factory=dict)  # engine.metrics.detection_metrics
+    metrics: dict[str, Any] = field(default_factory=dict)  # engine.review.metrics.detection_metrics
     test_acc: float | None = None
     seconds: float | None = None  # the method's own time (module docstring)
     wall_seconds: float | None = None  # wall time of the whole call, everything included
@@ -114,9 +114,9 @@ class Prepared:
 
 
 def prepare_case(folder: Path, truth: Path, out: Path, image_size: int) -> Prepared:
-    from engine.cache import prepare
-    from engine.intake import scan
-    from engine.metrics import load_truth
+    from engine.data.cache import prepare
+    from engine.data.intake import scan
+    from engine.review.metrics import load_truth
 
     p = prepare(scan(folder, check="header"), out, image_size=image_size)
     return Prepared(np.asarray(p.images), p.labels, p.classes, load_truth(truth, p.paths))
@@ -127,8 +127,8 @@ def load_test_split(test: Path | None, classes: tuple[str, ...], out: Path,
     """(images, labels as indices into `classes`) of a clean test folder, or None."""
     if test is None:
         return None
-    from engine.cache import prepare
-    from engine.intake import scan
+    from engine.data.cache import prepare
+    from engine.data.intake import scan
 
     p = prepare(scan(test, check="header"), out, image_size=image_size)
     unknown = sorted(set(p.classes) - set(classes))
@@ -140,8 +140,8 @@ def load_test_split(test: Path | None, classes: tuple[str, ...], out: Path,
 
 def score(d: Prepared, flagged: np.ndarray, clean_prob: np.ndarray, predicted: np.ndarray,
           corrected: np.ndarray) -> dict[str, Any]:
-    """engine.metrics.detection_metrics with index labels turned into class names."""
-    from engine.metrics import detection_metrics
+    """engine.review.metrics.detection_metrics with index labels turned into class names."""
+    from engine.review.metrics import detection_metrics
 
     names = np.array(d.classes, dtype=object)
     return detection_metrics(given=names[d.labels], true=d.truth, flagged=flagged, clean_prob=clean_prob,

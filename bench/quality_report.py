@@ -26,12 +26,12 @@ Definitions
   AUROC ranks images by 1 - clean score (CLeaN: GMM clean probability; cleanlab: self-confidence from
   `cleanlab.rank.get_label_quality_scores`; kNN: share of the k neighbours that agree with the given label).
   Corrected acc = accuracy vs truth of the label each method would export (its suggestion for flagged images,
-  the given label otherwise). Scored with `engine.metrics.detection_metrics`.
+  the given label otherwise). Scored with `engine.review.metrics.detection_metrics`.
 - CLeaN rows come from one `python -m engine fit ... --finetune` run per variant: "after (a)" = `metrics_phase_a.json`
   (pre-training + robust classifier + GMM), "after (b)" = `metrics.json` after weighted-SupCon fine-tuning on
   the pseudo-labels (no human review). Test acc = the run's own test accuracy (`--test`).
 - cleanlab: `cleanlab.filter.find_label_issues(labels, pred_probs)` (default filter, prune_by_noise_rate) on
-  out-of-sample probabilities of K-fold stratified cross-validation of the same network (engine.models,
+  out-of-sample probabilities of K-fold stratified cross-validation of the same network (engine.method.models,
   same stem and image size) trained from scratch with cross-entropy by the engine's own training loop
   (same augmentation, optimiser and learning rate as CLeaN's classifier). Budget: the training image passes
   of CLeaN default's phase (a), B = (2 x pretrain epochs + classifier epochs) x N (SimCLR sees two views per
@@ -196,7 +196,7 @@ def write_chart(path: Path, sections: list[tuple[str, list[dict[str, Any]]]]) ->
 
 def write_case(results: Path, result: dict[str, Any]) -> list[Path]:
     """quality_<case>.json/.md/.png, then the aggregate quality.md/.png. Returns the files written."""
-    from engine.runs import atomic_write_text
+    from engine.runs.atomic import atomic_write_text
 
     name = result["case"]["name"]
     base = results / f"quality_{name}"
@@ -214,7 +214,7 @@ FINDINGS = "quality_findings.md"  # hand-written causes of any shortfall; quoted
 
 
 def write_aggregate(results: Path) -> list[Path]:
-    from engine.runs import atomic_write_text
+    from engine.runs.atomic import atomic_write_text
 
     cases = [json.loads(p.read_text()) for p in sorted(results.glob("quality_*.json"))]
     if not cases:

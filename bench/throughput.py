@@ -4,12 +4,12 @@
     .venv/bin/python bench/throughput.py                 # CPU, writes bench/results/throughput_cpu.md
     .venv/bin/python bench/throughput.py --device cuda   # GPU, writes bench/results/throughput_cuda.md
 
-Both loops train the same network (engine.models.build_network with the run's default config), with
+Both loops train the same network (engine.method.models.build_network with the run's default config), with
 the same batch size, optimiser, NT-Xent loss and SimCLR augmentation recipe, on the same 5,000
 CIFAR-10 PNGs (../shared/data, written once into bench/data/cifar10-5k):
 
-    ours       the decoded uint8 cache (engine.cache, decoded once, not timed here) resident on the
-               training device, batched per-image augmentation on that device (engine.augment),
+    ours       the decoded uint8 cache (engine.data.cache, decoded once, not timed here) resident on the
+               training device, batched per-image augmentation on that device (engine.method.augment),
                channels_last, bf16 autocast on CUDA
     reference  torchvision ImageFolder + PIL transforms (RandomResizedCrop, flip, ColorJitter p=0.8,
                RandomGrayscale) in a DataLoader that decodes every PNG every epoch, workers 0 and 2
@@ -36,15 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import DATA, RESULTS, ensure_cifar10, machine_lines  # noqa: E402
-from engine.augment import BatchAugment, two_views  # noqa: E402
-from engine.cache import is_prepared, load_prepared, prepare  # noqa: E402
-from engine.classify import Normalisation  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
-from engine.device import Runtime, autocast, make_runtime  # noqa: E402
-from engine.intake import scan  # noqa: E402
-from engine.losses import nt_xent  # noqa: E402
-from engine.models import build_network, resolve_stem, set_trainable  # noqa: E402
-from engine.trainset import TrainSet, epoch_batches  # noqa: E402
+from engine.data.cache import is_prepared, load_prepared, prepare  # noqa: E402
+from engine.data.intake import scan  # noqa: E402
+from engine.method.augment import BatchAugment, two_views  # noqa: E402
+from engine.method.losses import nt_xent  # noqa: E402
+from engine.method.models import build_network, resolve_stem, set_trainable  # noqa: E402
+from engine.train.classify import Normalisation  # noqa: E402
+from engine.train.device import Runtime, autocast, make_runtime  # noqa: E402
+from engine.train.trainset import TrainSet, epoch_batches  # noqa: E402
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- torch {torch.__version__}; network ResNet-18 ({stem} stem), {cfg.data.image_size} px, batch {batch_size}, "
         f"two views per image; {a.rounds} interleaved rounds of {a.steps} steps",
         "- the reference is a plain fp32 loop; ours runs the engine's default numerics on this device "
-        "(engine.device.make_runtime: bf16 autocast on CUDA and on CPUs with native bf16, else fp32); "
+        "(engine.train.device.make_runtime: bf16 autocast on CUDA and on CPUs with native bf16, else fp32); "
         "the fp32 row isolates what the data path alone gives",
         f"- command: `python bench/throughput.py --device {a.device}`",
         "",

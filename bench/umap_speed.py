@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time of the embedding map (engine.embed.umap_2d) at growing sizes, on this machine.
+"""Time of the embedding map (engine.method.embed.umap_2d) at growing sizes, on this machine.
 
     .venv/bin/python bench/umap_speed.py                  # 5k, 20k, 50k points; bench/results/umap_speed.md
     .venv/bin/python bench/umap_speed.py --sizes 1000,50000
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine_lines  # noqa: E402
 from engine.config import EmbedConfig  # noqa: E402
-from engine.embed import umap_2d  # noqa: E402
+from engine.method.embed import umap_2d  # noqa: E402
 
 
 def clustered_features(n: int, *, dim: int = 512, clusters: int = 10, seed: int = 0) -> np.ndarray:

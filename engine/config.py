@@ -279,7 +279,7 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 def save(cfg: RunConfig, path: Path) -> None:
-    from engine.runs import atomic_write_text  # local: runs imports config for type hints only
+    from engine.runs.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.intake import IntakeError
+from engine.data.intake import IntakeError
 from ui import charts, datasets, page, workspace
 from ui.thumbs import thumbnail
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import jobs
 from engine.config import LOSSES
-from engine.runs import RunDir
+from engine.runs import jobs
+from engine.runs.rundir import RunDir
 from ui import charts, datasets, devices, page, progress, readers, runs_table, train_form, workspace
 
 LOSS_NAMES = {

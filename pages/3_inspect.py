@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
-from engine.runs import RunDir
+from engine.runs.rundir import RunDir
 from ui import charts, page, readers, review
 
 COLOUR_CHOICES = {"given": "given label", "suggested": "suggested label", "clean": "clean probability"}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.decisions import DecisionStore
-from engine.runs import RunDir
+from engine.review.decisions import DecisionStore
+from engine.runs.rundir import RunDir
 from ui import page, readers, review
 from ui.thumbs import thumbnail
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine import jobs
-from engine.runs import ACTIVE_STATES
+from engine.runs import jobs
+from engine.runs.status import ACTIVE_STATES
 from ui import page, progress, readers, workspace
 
 METRIC_ROWS = ("precision", "recall", "f1", "auroc", "corrected_accuracy", "pseudo_label_accuracy")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.export import ExportError
+from engine.review.export import ExportError
 from ui import exporting, page
 
 STATUS_HELP = {

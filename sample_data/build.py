@@ -6,7 +6,7 @@
 
 The 1,797 8x8 digits (grey levels 0..16) are scaled to 0..255 and upscaled smoothly (bicubic) to
 32x32 grey PNGs named by their index in scikit-learn's order (`digit_0042.png`). 20 % of each digit's
-images are then filed under a confusable digit (asymmetric noise, engine.noise.DIGIT_CONFUSIONS,
+images are then filed under a confusable digit (asymmetric noise, engine.data.noise.DIGIT_CONFUSIONS,
 seed 0), and truth.csv records path,true_label,given_label for every image. See README.md.
 
 PNGs are written without metadata (no time stamp), so the output depends only on the inputs and the
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # run as a script from anywhere: make `engine` importable
 
-from engine.noise import digits_mapping, inject_noise  # noqa: E402
+from engine.data.noise import digits_mapping, inject_noise  # noqa: E402
 
 SIZE = 32
 KIND = "asymmetric"

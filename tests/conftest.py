@@ -98,7 +98,7 @@ def app_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def fake_jobs(monkeypatch: pytest.MonkeyPatch):
-    """engine.jobs' start/stop/resume/devices replaced by a recorder: app tests never train."""
+    """engine.runs.jobs' start/stop/resume/devices replaced by a recorder: app tests never train."""
     from fixtures_runs import install_fake_jobs
 
     return install_fake_jobs(monkeypatch)

@@ -17,7 +17,8 @@ import pandas as pd
 from PIL import Image
 
 from engine.config import RunConfig, to_dict
-from engine.runs import RunDir, atomic_write_json, now_iso
+from engine.runs.atomic import atomic_write_json, now_iso
+from engine.runs.rundir import RunDir
 
 CLASSES = ("cat", "dog", "fox")
 FIT_STAGES = ("prepare", "pretrain", "warmup", "train", "predict", "split", "embed")
@@ -178,7 +179,7 @@ def open_page(name: str, *, run_id: str | None = None, data: Path | None = None,
 
 @dataclass
 class FakeJobs:
-    """Stands in for engine.jobs' process control in app tests: records calls, starts nothing."""
+    """Stands in for engine.runs.jobs' process control in app tests: records calls, starts nothing."""
 
     calls: list[tuple[str, tuple, dict]]
     devices: dict
@@ -221,7 +222,7 @@ def _queued(run_dir: Path, phase: str, data: Path | None) -> None:
 
 
 def install_fake_jobs(monkeypatch, devices: dict | None = None) -> FakeJobs:
-    from engine import jobs
+    from engine.runs import jobs
     from ui import devices as ui_devices
 
     fake = FakeJobs(calls=[], devices=devices or {"cuda": False, "devices": [], "default": "cpu"})

@@ -11,8 +11,8 @@ import pytest
 from fixtures_runs import open_page
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from engine.decisions import DecisionStore
-from engine.runs import RunDir
+from engine.review.decisions import DecisionStore
+from engine.runs.rundir import RunDir
 from ui import exporting
 
 

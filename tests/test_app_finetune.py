@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fixtures_runs import open_page, write_phase_b
 
-from engine.decisions import DecisionStore
+from engine.review.decisions import DecisionStore
 
 
 def metrics(at) -> dict[str, str]:

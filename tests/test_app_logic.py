@@ -10,7 +10,7 @@ import pytest
 from fixtures_runs import CLASSES, fake_samples, write_fake_run
 
 from engine.config import RunConfig
-from engine.decisions import DecisionStore
+from engine.review.decisions import DecisionStore
 from ui import charts, datasets, progress, review, runs_table, train_form, workspace
 
 
@@ -179,7 +179,8 @@ def engine_config_of(flags: list[str], monkeypatch: pytest.MonkeyPatch, *, cuda:
     """The RunConfig `python -m engine fit DATA --run-dir R <flags>` starts with on a machine with(out) a GPU."""
     import torch
 
-    from engine import cli, cli_run
+    from engine import cli
+    from engine.cli import run as cli_run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # what the engine asks to pick its profile
     args = cli.build_parser().parse_args(["fit", "data", "--run-dir", "run", *flags])

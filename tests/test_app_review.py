@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fixtures_runs import open_page, write_fake_run
 
-from engine.decisions import DecisionStore
+from engine.review.decisions import DecisionStore
 from ui import review
 
 

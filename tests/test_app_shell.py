@@ -57,7 +57,7 @@ def test_the_ui_process_never_imports_torch(fake_run, tmp_path):
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
         os.environ["CLEAN_WORKSPACE"] = {str(fake_run.run.path.parent.parent)!r}
         from streamlit.testing.v1 import AppTest
-        from engine import jobs
+        from engine.runs import jobs
         jobs.detect_devices = lambda *a, **k: {{"cuda": False, "devices": [], "default": "cpu"}}
         from fixtures_runs import open_page
         errors = []

@@ -7,7 +7,8 @@ import os
 from fixtures_runs import install_fake_jobs, open_page, write_fake_run
 
 from engine.config import RunConfig
-from engine.runs import RunDir, atomic_write_json, now_iso
+from engine.runs.atomic import atomic_write_json, now_iso
+from engine.runs.rundir import RunDir
 from ui import workspace
 
 
@@ -55,7 +56,8 @@ def shown_schedule(at) -> tuple[int, int, int]:
 def test_choosing_cpu_on_a_gpu_machine_shows_and_runs_the_cpu_profile(app_workspace, monkeypatch, tmp_path):
     import torch
 
-    from engine import cli, cli_run
+    from engine import cli
+    from engine.cli import run as cli_run
 
     fake = install_fake_jobs(monkeypatch, devices={"cuda": True, "devices": [{"name": "NVIDIA H100", "memory_gb": 80}],
                                                    "default": "cuda"})

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from engine.augment import BatchAugment, supervised_augment, to_model_input, two_views
 from engine.config import AugmentConfig
+from engine.method.augment import BatchAugment, supervised_augment, to_model_input, two_views
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # no randomness at all: full crop, no flip, no jitter, no grayscale

@@ -18,7 +18,7 @@ from bench import quality_report as report
 from bench.digits import make_digits
 from bench.quality_data import Case, make_cases, parse_grid
 from engine.config import RunConfig, with_overrides
-from engine.noise import CIFAR10_CLASSES
+from engine.data.noise import CIFAR10_CLASSES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One epoch of everything at 16 px: seconds, yet every stage and method runs.

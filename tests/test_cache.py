@@ -1,4 +1,4 @@
-"""engine.cache: decode once into images.npy + manifest.csv + intake.json, atomically; detect a stale cache."""
+"""engine.data.cache: decode once into images.npy + manifest.csv + intake.json, atomically; detect a stale cache."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import class_colour
 
-from engine.cache import MANIFEST_COLUMNS, is_prepared, load_prepared, prepare
-from engine.decode import decode_image
-from engine.intake import IntakeError, scan
+from engine.data.cache import MANIFEST_COLUMNS, is_prepared, load_prepared, prepare
+from engine.data.decode import decode_image
+from engine.data.intake import IntakeError, scan
 
 
 def test_prepare_writes_a_consistent_cache(tmp_path, make_image_folder):

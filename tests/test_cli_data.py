@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cache import load_prepared
 from engine.cli import main
+from engine.data.cache import load_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 

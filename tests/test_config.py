@@ -63,7 +63,7 @@ def test_gpu_profile_trains_longer_with_bigger_batches() -> None:
 
 
 def test_cli_set_values_parse_like_config_json() -> None:
-    from engine.cli_run import _parse_sets
+    from engine.cli.run import _parse_sets
 
     assert _parse_sets(["embed.enabled=false", "pretrain.enabled=True", "pretrain.lr=0.1", "classify.loss=nfl+rce",
                         "augment.crop_scale=(0.3, 1.0)"]) == {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.decisions import DecisionStore, load_decisions
 from engine.errors import UserError
+from engine.review.decisions import DecisionStore, load_decisions
 
 PATHS = [f"class_{i % 5}/img_{i:04d}.png" for i in range(60)]
 LABELS = ("cat", "dog", "fox")
@@ -73,7 +73,7 @@ def test_decide_validates_and_a_failed_batch_writes_nothing(tmp_path):
 
 
 def test_restore_and_clear_keep_the_audit_trail(tmp_path):
-    from engine.decisions import Restore
+    from engine.review.decisions import Restore
 
     store = DecisionStore(tmp_path / "d.sqlite")
     store.decide(["a.png"], "keep", "cat", source="tab1")

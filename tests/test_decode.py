@@ -1,4 +1,4 @@
-"""engine.decode: every colour mode to RGB, EXIF orientation, resize + center crop, human error reasons."""
+"""engine.data.decode: every colour mode to RGB, EXIF orientation, resize + center crop, human error reasons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.decode import DecodeError, check_image, decode_image, open_rgb
+from engine.data.decode import DecodeError, check_image, decode_image, open_rgb
 
 
 def _save(im: Image.Image, path: Path, **kw) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.device import GpuOutOfMemory, make_runtime, oom_guard, resolve_device
+from engine.train.device import GpuOutOfMemory, make_runtime, oom_guard, resolve_device
 
 
 def test_gpu_out_of_memory_becomes_one_actionable_sentence() -> None:
@@ -31,6 +31,6 @@ def test_cuda_asked_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPat
     ("auto", True, torch.bfloat16, None), ("auto", False, None, None),
     ("fp32", True, None, None), ("bf16", False, torch.bfloat16, torch.bfloat16)])
 def test_cpu_precision(monkeypatch: pytest.MonkeyPatch, precision: str, native: bool, contrastive, classifier) -> None:
-    monkeypatch.setattr("engine.device.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("engine.train.device.cpu_has_native_bf16", lambda: native)
     rt = make_runtime("cpu", precision)
     assert (rt.amp_dtype, rt.classifier_amp_dtype) == (contrastive, classifier) and rt.device.type == "cpu"

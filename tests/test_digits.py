@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from engine.intake import scan
+from engine.data.intake import scan
 
 DIGITS = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "digits.py"))
 

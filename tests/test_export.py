@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.decisions import DecisionStore
-from engine.export import ExportError, corrected_labels, export_labels, safe_folder_name
-from engine.runs import RunDir, atomic_write_json
+from engine.review.decisions import DecisionStore
+from engine.review.export import ExportError, corrected_labels, export_labels, safe_folder_name
+from engine.runs.atomic import atomic_write_json
+from engine.runs.rundir import RunDir
 
 ROWS = [  # path, given, suggested, flagged
     ("cat/1.png", "cat", "dog", 1),  # human keeps cat

@@ -1,4 +1,4 @@
-"""engine.intake: folders, zips and CSV manifests; every kind of bad input is named, never a crash."""
+"""engine.data.intake: folders, zips and CSV manifests; every kind of bad input is named, never a crash."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.intake import DatasetRecord, IntakeError, IntakeLimits, sample_id, scan
+from engine.data.intake import DatasetRecord, IntakeError, IntakeLimits, sample_id, scan
 
 
 def _reasons(record: DatasetRecord) -> dict[str, str]:

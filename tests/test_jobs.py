@@ -1,4 +1,4 @@
-"""engine.jobs for real: a fake worker process is started, watched, stopped and killed."""
+"""engine.runs.jobs for real: a fake worker process is started, watched, stopped and killed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import jobs
-from engine.runs import RunDir, pid_alive, read_json
+from engine.runs import jobs
+from engine.runs.atomic import read_json
+from engine.runs.rundir import RunDir
+from engine.runs.status import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     sys.path.insert(0, {repo!r})
-    from engine.runs import RunDir
+    from engine.runs.rundir import RunDir
     args = sys.argv[1:]
     run = RunDir(args[args.index("--run-dir") + 1] if "--run-dir" in args else args[1])
     mode = os.environ.get("FAKE_WORKER_MODE", "finish")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ClassifyConfig
-from engine.losses import (
+from engine.method.losses import (
     CELoss,
     ELRLoss,
     NFLRCELoss,

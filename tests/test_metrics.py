@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.metrics import detection_metrics, find_truth, load_truth
+from engine.review.metrics import detection_metrics, find_truth, load_truth
 
 
 def test_metrics_by_hand() -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models import (
+from engine.method.models import (
     ClassifierHead,
     Encoder,
     Network,

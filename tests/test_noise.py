@@ -1,4 +1,4 @@
-"""engine.noise: exact per-class counts, never the same class, the CIFAR mappings, pair flips, reproducibility."""
+"""engine.data.noise: exact per-class counts, never the same class, the CIFAR mappings, pair flips, reproducibility."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.errors import UserError
-from engine.intake import DatasetRecord, scan
-from engine.metrics import find_truth, load_truth
-from engine.noise import (
+from engine.data.intake import DatasetRecord, scan
+from engine.data.noise import (
     CIFAR10_CLASSES,
     NoiseResult,
     check_output_folder,
@@ -28,6 +26,8 @@ from engine.noise import (
     load_mapping,
     write_noisy_copy,
 )
+from engine.errors import UserError
+from engine.review.metrics import find_truth, load_truth
 
 
 def _labels(counts: list[int]) -> np.ndarray:
@@ -242,8 +242,8 @@ def test_labels_that_look_like_paths_never_leave_the_output(tmp_path: Path) -> N
     """A CSV manifest may carry any label text; as a folder name it must stay one component inside OUT."""
     from PIL import Image
 
-    from engine.intake import scan
-    from engine.noise import inject_noise, write_noisy_copy
+    from engine.data.intake import scan
+    from engine.data.noise import inject_noise, write_noisy_copy
 
     data = tmp_path / "data"
     data.mkdir()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine.cli import main as cli_main
-from engine.decisions import DecisionStore
+from engine.review.decisions import DecisionStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--pretrain-epochs", "2", "--epochs", "3", "--batch-size", "8", "--image-size", "16",
@@ -191,8 +191,8 @@ def test_finetune_needs_a_finished_fit(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_one_worker_per_run(tmp_path: Path) -> None:
-    from engine.cli_run import _lock_run
-    from engine.runs import RunDir
+    from engine.cli.run import _lock_run
+    from engine.runs.rundir import RunDir
 
     run = RunDir(tmp_path)
     first = _lock_run(run)
@@ -240,8 +240,8 @@ def test_finetune_on_a_missing_gpu_is_refused_before_the_run_changes(fitted, mon
 
 def test_flags_left_out_keep_the_runs_settings(fitted) -> None:
     from engine.cli import build_parser
-    from engine.cli_run import _resolve_config
-    from engine.runs import RunDir
+    from engine.cli.run import _resolve_config
+    from engine.runs.rundir import RunDir
 
     data, run, _ = fitted
     args = build_parser().parse_args(["fit", str(data), "--run-dir", str(run), "--finetune"])

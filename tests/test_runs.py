@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.runs import RunDir, atomic_write_json, effective_state, pid_alive, read_json
+from engine.runs.atomic import atomic_write_json, read_json
+from engine.runs.rundir import RunDir
+from engine.runs.status import effective_state, pid_alive
 
 
 def test_status_merges_and_stamps(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.selection import fit_gmm_split, normalise_losses, per_class_summary, suspicion
+from engine.method.selection import fit_gmm_split, normalise_losses, per_class_summary, suspicion
 
 
 def bimodal(n_clean: int = 600, n_noisy: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

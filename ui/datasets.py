@@ -1,7 +1,7 @@
 """Datasets for the Data page: save uploads inside the workspace, run the engine's intake, summarise.
 
 Uploads are written only below `WORKSPACE/uploads/<id>/`: a zip is stored under a sanitised name and
-extracted by `engine.intake.scan` (which refuses zip bombs, absolute names and `..`); a folder upload
+extracted by `engine.data.intake.scan` (which refuses zip bombs, absolute names and `..`); a folder upload
 is rebuilt from each file's relative name, component by component, with unsafe parts dropped and
 letters of every script kept; no upload ever overwrites another.
 No Streamlit here.
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from engine.intake import IMAGE_SUFFIXES, IntakeError, scan
+from engine.data.intake import IMAGE_SUFFIXES, IntakeError, scan
 from ui import workspace
 
 SAMPLE_LABEL = "Use the bundled sample (1,797 handwritten digits, 20 % noisy labels)"
-TRUTH_NAMES = ("truth.csv", "noise.csv")  # what the engine's `fit` picks up by itself (engine.metrics)
+TRUTH_NAMES = ("truth.csv", "noise.csv")  # what the engine's `fit` picks up by itself (engine.review.metrics)
 _UPLOAD_SUFFIXES = IMAGE_SUFFIXES | {".csv"}  # images, and a truth.csv beside them
 
 

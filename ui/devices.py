@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from engine import jobs
+from engine.runs import jobs
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.decisions import load_decisions
-from engine.export import corrected_labels, export_labels
-from engine.runs import RunDir
+from engine.review.decisions import load_decisions
+from engine.review.export import corrected_labels, export_labels
+from engine.runs.rundir import RunDir
 from ui import readers, workspace
 
 

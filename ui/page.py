@@ -14,7 +14,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.runs import RunDir, effective_state, read_json
+from engine.runs.atomic import read_json
+from engine.runs.rundir import RunDir
+from engine.runs.status import effective_state
 from ui import workspace
 
 PAGES = {

@@ -14,8 +14,9 @@ from typing import Any
 
 import streamlit as st
 
-from engine import jobs
-from engine.runs import ACTIVE_STATES, RunDir
+from engine.runs import jobs
+from engine.runs.rundir import RunDir
+from engine.runs.status import ACTIVE_STATES
 from ui import charts
 
 STAGES = {

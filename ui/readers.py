@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine.decisions import load_decisions
-from engine.runs import RunDir, read_json
+from engine.review.decisions import load_decisions
+from engine.runs.atomic import read_json
+from engine.runs.rundir import RunDir
 
 # Text columns of samples.csv: read as str so class names such as "0" or "NA" stay names.
 _TEXT_COLUMNS = ("id", "path", "given_label", "predicted_label", "suggested_label", "top1_label", "top2_label",

@@ -14,8 +14,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from engine.decisions import DecisionStore, Restore
-from engine.runs import RunDir, atomic_write_json, now_iso, read_json
+from engine.review.decisions import DecisionStore, Restore
+from engine.runs.atomic import atomic_write_json, now_iso, read_json
+from engine.runs.rundir import RunDir
 
 ReviewAction = Literal["keep", "accept", "relabel", "discard"]
 Scope = Literal["flagged", "selection", "all"]

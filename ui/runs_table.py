@@ -7,7 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from engine.runs import RunDir, effective_state, read_json
+from engine.runs.atomic import read_json
+from engine.runs.rundir import RunDir
+from engine.runs.status import effective_state
 
 HEADLINE_METRICS = ("precision", "recall", "f1", "auroc", "corrected_accuracy", "pseudo_label_accuracy")
 

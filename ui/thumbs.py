@@ -8,7 +8,7 @@ import os
 import streamlit as st
 from PIL import Image, ImageOps
 
-from engine.decode import DecodeError, open_image, to_rgb
+from engine.data.decode import DecodeError, open_image, to_rgb
 
 PLACEHOLDER_COLOUR = (230, 230, 230)
 

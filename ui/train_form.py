@@ -1,7 +1,7 @@
 """The Train page's settings and the `fit` flags they turn into (no Streamlit here).
 
 The form shows the profile the engine will start from for the chosen device: `RunConfig()` on a CPU,
-`gpu_profile(RunConfig())` on a GPU ("auto" is the detected device, as `engine.cli_run` resolves it).
+`gpu_profile(RunConfig())` on a GPU ("auto" is the detected device, as `engine.cli.run` resolves it).
 The schedule the form shows (loss, epochs, image size, seed) is always passed as flags, so the run
 trains for exactly what the person saw whatever profile the worker starts from; the batch size is
 passed only when changed, because `--batch-size` also sets the SimCLR and fine-tuning batches, which
@@ -36,7 +36,7 @@ def engine_device(device: str, detected_default: str) -> str:
 
 
 def default_config(device: str) -> RunConfig:
-    """The profile `fit` starts from on `device` ("cpu" or "cuda"; see engine.cli_run._base_config)."""
+    """The profile `fit` starts from on `device` ("cpu" or "cuda"; see engine.cli.run._base_config)."""
     cfg = RunConfig()
     return gpu_profile(cfg) if device == "cuda" else cfg
 

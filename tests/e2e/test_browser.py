@@ -93,7 +93,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield url, workspace
     finally:
         sys.path.insert(0, str(REPO))
-        from engine import jobs
+        from engine.runs import jobs
 
         busy = jobs.active_run(workspace) if workspace.exists() else None
         if busy is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.errors import UserError
-from engine.runs import now_iso
+from engine.runs.atomic import now_iso
 
 Action = Literal["keep", "relabel", "discard"]
 ACTIONS: tuple[str, ...] = ("keep", "relabel", "discard")

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engine.runs import RunDir
+from engine.runs.rundir import RunDir
 
 _STATUS_EVERY_S = 1.0
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.decisions import ACTIONS, Decision, load_decisions
+from engine.data.files import link_or_copy, safe_folder_name
 from engine.errors import UserError
-from engine.files import link_or_copy, safe_folder_name
-from engine.runs import RunDir, atomic_write_text, read_json
+from engine.review.decisions import ACTIONS, Decision, load_decisions
+from engine.runs.atomic import atomic_write_text, read_json
+from engine.runs.rundir import RunDir
 
 EXPORT_COLUMNS = ("path", "label", "original_label", "status", "suggested_label", "clean_prob", "flagged", "decided_at")
 FORMATS = ("csv", "json", "folder")

@@ -14,19 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.augment import BatchAugment, two_views
-from engine.classify import per_sample_ce
 from engine.config import FinetuneConfig, SplitConfig
-from engine.decisions import Decision
-from engine.device import Runtime, autocast, oom_guard
 from engine.errors import UserError
-from engine.loop import EpochRecord, Rng, run_epochs
-from engine.losses import weighted_supcon
-from engine.models import Network, set_trainable
-from engine.progress import Progress
-from engine.schedule import cosine_lr, scaled_lr, set_lr, sgd
-from engine.selection import fit_gmm_split, normalise_losses
-from engine.trainset import TrainSet, steps_per_epoch
+from engine.method.augment import BatchAugment, two_views
+from engine.method.losses import weighted_supcon
+from engine.method.models import Network, set_trainable
+from engine.method.selection import fit_gmm_split, normalise_losses
+from engine.review.decisions import Decision
+from engine.runs.progress import Progress
+from engine.train.classify import per_sample_ce
+from engine.train.device import Runtime, autocast, oom_guard
+from engine.train.loop import EpochRecord, Rng, run_epochs
+from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
+from engine.train.trainset import TrainSet, steps_per_epoch
 
 
 @dataclass(frozen=True)

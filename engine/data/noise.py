@@ -35,11 +35,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from engine.data.files import link_or_copy, safe_folder_name
+from engine.data.intake import DatasetRecord
+from engine.data.safezip import is_hidden
 from engine.errors import UserError
-from engine.files import link_or_copy, safe_folder_name
-from engine.intake import DatasetRecord
-from engine.runs import atomic_write_text
-from engine.safezip import is_hidden
+from engine.runs.atomic import atomic_write_text
 
 KINDS: tuple[str, ...] = ("symmetric", "asymmetric", "pair")
 CIFAR10_CLASSES: tuple[str, ...] = (

@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.decode import DEFAULT_MAX_PIXELS, DecodeError, check_image
+from engine.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_image
+from engine.data.safezip import ZipLimits, ZipRejected, is_hidden, safe_extract
 from engine.errors import UserError
-from engine.safezip import ZipLimits, ZipRejected, is_hidden, safe_extract
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import torch
 
-from engine.augment import BatchAugment, two_views
 from engine.config import PretrainConfig
-from engine.device import Runtime, autocast, oom_guard
-from engine.loop import EpochRecord, Rng, run_epochs
-from engine.losses import nt_xent
-from engine.models import Network, set_trainable
-from engine.progress import Progress
-from engine.schedule import cosine_lr, scaled_lr, set_lr, sgd
-from engine.trainset import TrainSet, steps_per_epoch
+from engine.method.augment import BatchAugment, two_views
+from engine.method.losses import nt_xent
+from engine.method.models import Network, set_trainable
+from engine.runs.progress import Progress
+from engine.train.device import Runtime, autocast, oom_guard
+from engine.train.loop import EpochRecord, Rng, run_epochs
+from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
+from engine.train.trainset import TrainSet, steps_per_epoch
 
 
 def pretrain_simclr(

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.augment import supervised_augment, to_model_input
 from engine.config import ClassifyConfig
-from engine.device import Runtime, autocast, oom_guard
 from engine.errors import UserError
-from engine.loop import EpochRecord, Rng, run_epochs
-from engine.models import Network, set_trainable
-from engine.progress import Progress
-from engine.schedule import cosine_lr, scaled_lr, set_lr, sgd
-from engine.trainset import TrainSet, ordered_batches, steps_per_epoch
+from engine.method.augment import supervised_augment, to_model_input
+from engine.method.models import Network, set_trainable
+from engine.runs.progress import Progress
+from engine.train.device import Runtime, autocast, oom_guard
+from engine.train.loop import EpochRecord, Rng, run_epochs
+from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
+from engine.train.trainset import TrainSet, ordered_batches, steps_per_epoch
 
 EVAL_BATCH = 512
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.intake import DatasetRecord, IntakeError, scan
+from engine.data.intake import DatasetRecord, IntakeError, scan
 
 USAGE_ERROR = 2
 
@@ -55,7 +55,7 @@ def _cache_target_problem(out: Path, data: Path) -> str | None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.cache import is_prepared, prepare
+    from engine.data.cache import is_prepared, prepare
 
     out: Path = args.out
     if args.image_size < 1:
@@ -93,7 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    from engine import noise
+    from engine.data import noise
 
     try:
         noise.check_output_folder(args.out, args.data)
@@ -130,7 +130,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def _noise_mapping(kind: str, mapping: str | None, classes: tuple[str, ...]) -> dict[int, int] | None:
-    from engine import noise
+    from engine.data import noise
 
     if kind != "asymmetric":
         return None

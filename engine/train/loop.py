@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.progress import Progress
-from engine.trainset import epoch_batches, steps_per_epoch
+from engine.runs.progress import Progress
+from engine.train.checkpoint import load_checkpoint, save_checkpoint
+from engine.train.trainset import epoch_batches, steps_per_epoch
 
 
 class Stateful(Protocol):

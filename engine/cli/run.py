@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from engine import config as config_mod
 from engine.config import RunConfig
 from engine.errors import UserError
-from engine.runs import RunDir, effective_state, now_iso, read_json
+from engine.runs.atomic import now_iso, read_json
+from engine.runs.rundir import RunDir
+from engine.runs.status import effective_state
 
 if TYPE_CHECKING:
-    from engine.progress import Progress
+    from engine.runs.progress import Progress
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -116,8 +118,8 @@ def fit_config(args: Namespace) -> RunConfig:
 
 
 def _concrete(cfg: RunConfig) -> RunConfig:
-    from engine.device import resolve_device
-    from engine.models import resolve_stem
+    from engine.method.models import resolve_stem
+    from engine.train.device import resolve_device
 
     stem = resolve_stem(cfg.model.stem, cfg.data.image_size, resolve_device(cfg.device).type)
     return replace(cfg, model=replace(cfg.model, stem=stem))
@@ -178,9 +180,9 @@ def _run_data_overlap(run_path: Path, args: Namespace) -> str | None:
 
 
 def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: Progress) -> dict:
-    from engine import pipeline
-    from engine.intake import scan
-    from engine.metrics import find_truth
+    from engine.data.intake import scan
+    from engine.review.metrics import find_truth
+    from engine.train import pipeline
 
     run.path.mkdir(parents=True, exist_ok=True)
     record = scan(Path(args.data), root=args.root, extract_to=run.path / "source", check="header")
@@ -226,7 +228,7 @@ def cmd_finetune(args: Namespace) -> int:
         cfg = config_mod.with_overrides(cfg, overrides)
         if cfg.model != config_mod.load(run.config).model:
             raise UserError("the network of a fitted run cannot change in fine-tuning (model.* settings)")
-        from engine.device import resolve_device
+        from engine.train.device import resolve_device
 
         resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
     except ValueError as e:
@@ -235,8 +237,8 @@ def cmd_finetune(args: Namespace) -> int:
 
 
 def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) -> dict:
-    from engine import pipeline
-    from engine.intake import scan
+    from engine.data.intake import scan
+    from engine.train import pipeline
 
     source = read_json(run.source, {})
     record = scan(Path(source["root"]) if source["kind"] != "csv" else Path(source["data"]),
@@ -256,8 +258,8 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
     and failures reported as one sentence (bad input) or with a traceback (a bug)."""
     import torch
 
-    from engine.device import GpuOutOfMemory
-    from engine.progress import Cancelled, Progress
+    from engine.runs.progress import Cancelled, Progress
+    from engine.train.device import GpuOutOfMemory
 
     run.path.mkdir(parents=True, exist_ok=True)
     lock = _lock_run(run)
@@ -341,7 +343,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_export(args: Namespace) -> int:
-    from engine.export import ExportError, export_labels
+    from engine.review.export import ExportError, export_labels
 
     try:
         out = export_labels(args.run_dir, args.out, args.format)
@@ -366,7 +368,7 @@ def cmd_status(args: Namespace) -> int:
 
 
 def cmd_devices(args: Namespace) -> int:
-    from engine.device import describe_devices
+    from engine.train.device import describe_devices
 
     info = describe_devices()
     if args.json:

@@ -13,7 +13,7 @@ Commands (flags are a contract; add to them, never rename):
     status RUN [--json]
     devices [--json]
 
-Handlers live next to the concepts they drive (engine.cli_data, engine.cli_run) and are imported
+Handlers live next to the concepts they drive (engine.cli.data, engine.cli.run) and are imported
 lazily, so `--help` and `scan` never import torch.
 """
 
@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("scan", "prepare", "noise"):
-        from engine import cli_data as handlers
+        from engine.cli import data as handlers
     else:
-        from engine import cli_run as handlers
+        from engine.cli import run as handlers
     handler = getattr(handlers, "cmd_" + args.command)
     try:
         return int(handler(args) or 0)

@@ -1,7 +1,7 @@
 """Prepare: decode every image of a dataset record exactly once into a uint8 cache.
 
 Training reads pixels many times per epoch; decoding PNG/JPEG files each time would cost more than
-the model on a CPU. `prepare` decodes each image once to the working size (engine.decode's policy:
+the model on a CPU. `prepare` decodes each image once to the working size (engine.data.decode's policy:
 shorter side resized, center crop) and writes
 
     OUT/images.npy      (N, S, S, 3) uint8 in NumPy's .npy format: `np.load(..., mmap_mode="r")`
@@ -39,9 +39,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from engine.intake import DatasetRecord, IntakeError, Skipped
-from engine.runs import atomic_write_json, atomic_write_text, now_iso
+from engine.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from engine.data.intake import DatasetRecord, IntakeError, Skipped
+from engine.runs.atomic import atomic_write_json, atomic_write_text, now_iso
 
 CACHE_FORMAT = 1
 MANIFEST_COLUMNS = ("index", "id", "path", "label")
@@ -93,7 +93,7 @@ def prepare(
     """Decode every image of `record` once to `image_size` and write the cache to `out_dir`.
 
     Args:
-        record: from engine.intake.scan.
+        record: from engine.data.intake.scan.
         out_dir: cache folder (created); an older cache there is replaced.
         image_size: working size S.
         workers: decoding workers (default: the CPUs this process may use).

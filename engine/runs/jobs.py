@@ -26,11 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.runs import ACTIVE_STATES, RunDir, atomic_write_json, now_iso, pid_alive, read_json
+from engine.runs.status import ACTIVE_STATES, pid_alive
+from engine.runs.rundir import RunDir
+from engine.runs.atomic import atomic_write_json, now_iso, read_json
 
 LOCK_NAME = "active_run.json"
 LAUNCH_NAME = "launch.json"  # the exact command the app ran, for the record and for resume
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # A queued run whose worker never reported a pid (the launcher died between the two writes) is given
 # this long before it reads as failed, so a crashed launch cannot hold the lock forever.
 QUEUED_TIMEOUT_S = 60.0

@@ -22,10 +22,30 @@ import pandas as pd
 import torch
 
 from engine import config as config_mod
-from engine.augment import BatchAugment
-from engine.cache import PreparedData, is_prepared, load_prepared, prepare
-from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.classify import (
+from engine.config import RunConfig
+from engine.data.cache import PreparedData, is_prepared, load_prepared, prepare
+from engine.data.intake import DatasetRecord, IntakeError, IntakeLimits, scan
+from engine.errors import UserError
+from engine.method.augment import BatchAugment
+from engine.method.embed import umap_2d
+from engine.method.losses import classification_loss
+from engine.method.models import Network, build_network
+from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
+from engine.review.decisions import Decision, load_decisions
+from engine.review.export import corrected_labels
+from engine.review.metrics import detection_metrics, load_truth
+from engine.runs.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_npz,
+    atomic_write_text,
+    read_json,
+)
+from engine.runs.progress import Progress
+from engine.runs.rundir import RunDir
+from engine.train.checkpoint import load_checkpoint, save_checkpoint
+from engine.train.classify import (
     Normalisation,
     Predictions,
     accuracy,
@@ -35,30 +55,10 @@ from engine.classify import (
     train_classifier,
     warmup_head,
 )
-from engine.config import RunConfig
-from engine.contrastive import pretrain_simclr
-from engine.decisions import Decision, load_decisions
-from engine.device import Runtime, make_runtime, seed_everything
-from engine.embed import umap_2d
-from engine.errors import UserError
-from engine.export import corrected_labels
-from engine.finetune import finetune_supcon, finetune_targets
-from engine.intake import DatasetRecord, IntakeError, IntakeLimits, scan
-from engine.losses import classification_loss
-from engine.metrics import detection_metrics, load_truth
-from engine.models import Network, build_network
-from engine.progress import Progress
-from engine.runs import (
-    RunDir,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_npy,
-    atomic_write_npz,
-    atomic_write_text,
-    read_json,
-)
-from engine.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
-from engine.trainset import TrainSet
+from engine.train.device import Runtime, make_runtime, seed_everything
+from engine.train.finetune import finetune_supcon, finetune_targets
+from engine.train.pretrain import pretrain_simclr
+from engine.train.trainset import TrainSet
 
 FINETUNE_STAGES = ("supcon", "head", "refresh")
 

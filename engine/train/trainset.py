@@ -1,7 +1,7 @@
 """The decoded training images as one tensor, resident on the training device when it fits.
 
-Why not a DataLoader: the images are already decoded (engine.cache), so a batch is one index_select
-on a uint8 tensor; augmentation then runs batched on the same device (engine.augment). On a GPU this
+Why not a DataLoader: the images are already decoded (engine.data.cache), so a batch is one index_select
+on a uint8 tensor; augmentation then runs batched on the same device (engine.method.augment). On a GPU this
 removes every per-epoch host->device copy (airbench style); on a CPU it removes the per-image Python
 and PIL work that dominates a DataLoader pipeline at small image sizes.
 """
