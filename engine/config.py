@@ -145,6 +145,17 @@ class RunConfig:
     finetune_after_fit: bool = False  # `fit --finetune`: run phase (b) right after (a)
 
 
+def profile_for(device: str) -> RunConfig:
+    """The defaults a new run starts from on `device` ("cpu" or "cuda"; resolve "auto" first).
+
+    The one place that decides CPU or GPU defaults: the CLI and the app's Train page both call it.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"profile_for takes a resolved device, cpu or cuda, got {device!r}")
+    cfg = RunConfig()
+    return gpu_profile(cfg) if device == "cuda" else cfg
+
+
 def gpu_profile(cfg: RunConfig) -> RunConfig:
     """Longer schedules and bigger batches for a GPU, where an epoch costs seconds."""
     return replace(
