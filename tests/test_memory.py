@@ -153,3 +153,14 @@ def test_without_a_memory_nothing_is_seeded_and_nothing_created(workspace, tmp_p
     store = open_run_store(run.path, remember=False)
     store.decide(["cat/1.png"], "keep", "cat")
     assert not workspace.exists()  # a run that opted out writes only its own store
+
+
+def test_seeding_from_a_foreign_memory_file_is_a_clear_error_that_changes_nothing(workspace, tmp_path):
+    from engine.errors import UserError
+
+    workspace.mkdir()
+    (workspace / "memory.sqlite").write_bytes(b"not a database at all")
+    run = make_run(tmp_path, IMAGES)
+    with pytest.raises(UserError, match=r"memory\.sqlite is not a CLeaN decision memory \(not an SQLite database\)"):
+        seed_run_store(run.path, ["cat/1.png"], [sha("k1")], ["cat"])
+    assert (workspace / "memory.sqlite").read_bytes() == b"not a database at all" and not run.decisions.exists()

@@ -226,6 +226,10 @@ def seed_run_store(
         memory: default: the workspace's.
 
     Images that already have a decision in the run keep it. Returns how many decisions were written.
+
+    Raises:
+        UserError: the memory file is not a CLeaN memory (it is left unchanged); a caller that must not stop
+            for it reports the message and goes on without the memory.
     """
     if len(sha256s) != len(paths) or (given is not None and len(given) != len(paths)):
         raise ValueError("paths, sha256s and given must be aligned (one entry per image)")
