@@ -236,3 +236,16 @@ def test_cli_export_into_the_run_folder_is_one_error_line(run: RunDir, capsys: p
     assert main(["export", str(run.path), "--out", str(run.decisions)]) == 2
     assert "is inside the run folder" in capsys.readouterr().err
     assert run.decisions.read_bytes() == before
+
+
+def test_a_skipped_image_exports_like_an_unreviewed_one(run: RunDir, tmp_path: Path) -> None:
+    store = DecisionStore(run.decisions)
+    store.decide(["cat/2.png", "dog/3.png", "cat/1.png"], "skip", source="t")  # flagged, unflagged, was kept
+    t = corrected_labels(run.path).set_index("path")
+    assert t.loc["cat/2.png", ["label", "status", "decided_at"]].tolist() == ["dog", "auto-relabeled", ""]
+    assert t.loc["dog/3.png", ["label", "status", "decided_at"]].tolist() == ["dog", "unchanged", ""]
+    assert t.loc["cat/1.png", ["label", "status", "decided_at"]].tolist() == ["dog", "auto-relabeled", ""]
+    export_labels(run.path, tmp_path / "labels.json", "json")
+    records = {r["path"]: r for r in json.loads((tmp_path / "labels.json").read_text())}
+    assert (records["cat/2.png"]["status"], records["cat/2.png"]["decided_at"]) == ("auto-relabeled", "")
+    assert store.get("cat/2.png").action == "skip"  # the answer itself is kept

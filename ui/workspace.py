@@ -3,6 +3,7 @@
     WORKSPACE/runs/<run_id>/      one folder per run (engine.runs)
     WORKSPACE/uploads/<id>/       datasets people uploaded (zip, folder)
     WORKSPACE/exports/<run_id>/   files generated for the Export page's downloads
+    WORKSPACE/memory.sqlite       review decisions remembered across runs (engine.review.memory)
 
 Every name that comes from a person (upload file names, run ids in a URL) is checked here, so
 nothing can point outside the workspace.
@@ -10,12 +11,13 @@ nothing can point outside the workspace.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import unicodedata
 from datetime import datetime
 from pathlib import Path
+
+from engine.review import memory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "sample_data"
@@ -27,7 +29,7 @@ _MAX_NAME_BYTES = 240  # file systems allow 255 bytes per name; UTF-8 letters ta
 
 
 def workspace_root() -> Path:
-    return Path(os.environ.get("CLEAN_WORKSPACE") or REPO_ROOT / "workspace").expanduser().resolve()
+    return memory.workspace_root()  # the engine resolves it: CLI runs share the workspace's decision memory
 
 
 def runs_root() -> Path:

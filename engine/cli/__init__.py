@@ -7,9 +7,11 @@ Commands (flags are a contract; add to them, never rename):
     noise DATA --out OUT --kind K --rate R --seed S [--mapping cifar10|cifar100|FILE]
     fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
-        [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...]
+        [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory]
     finetune RUN [--truth CSV] [--device ...] [--epochs N]
     export RUN --out PATH --format csv|json|folder
+    decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
+    decisions import RUN CSV [--no-memory]           ... and back in
     status RUN [--json]
     devices [--json]
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from engine.cli import review
 
 
 def _add_scan(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +74,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="a config.json to start from")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-memory", action="store_true",
+                   help="start without the decisions the workspace remembers for these images")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -103,7 +109,8 @@ def _add_devices(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="CLeaN: find and fix mislabeled images.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_scan, _add_prepare, _add_noise, _add_fit, _add_finetune, _add_export, _add_status, _add_devices):
+    for add in (_add_scan, _add_prepare, _add_noise, _add_fit, _add_finetune, _add_export, _add_status, _add_devices,
+                review.add_parser):
         add(sub)
     return parser
 
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("scan", "prepare", "noise"):
         from engine.cli import data as handlers
+    elif args.command == "decisions":
+        handlers = review
     else:
         from engine.cli import run as handlers
     handler = getattr(handlers, "cmd_" + args.command)

@@ -1,7 +1,8 @@
 """Export the corrected labels of a run: CSV, JSON, or a re-sorted copy of the image folder.
 
 The corrected label of an image is, in this order: the human decision (keep / relabel; discarded
-images get no label), else the suggested label when the image is flagged, else the given label.
+images get no label; a skip, "unsure", is no decision), else the suggested label when the image is
+flagged, else the given label.
 `status` says which rule applied: kept, relabeled, discarded, auto-relabeled or unchanged.
 A `keep` always exports the given label; a relabel to a class the run does not have is refused.
 CSV/JSON files are never written inside the run folder or over the run's source data.
@@ -43,7 +44,7 @@ def corrected_labels(run_dir: Path) -> pd.DataFrame:
         raise ExportError(f"{run.path} has no samples.csv yet: run `python -m engine fit` first")
     s = pd.read_csv(run.samples, dtype={"path": str, "given_label": str, "suggested_label": str}, keep_default_na=False)
     try:
-        decisions = load_decisions(run.decisions)
+        decisions = load_decisions(run.decisions)  # without skips: a skipped image exports as an unreviewed one
     except UserError as e:  # a foreign or corrupt store: reported like every other export problem
         raise ExportError(str(e)) from e
     flagged = s["flagged"].astype(int).astype(bool) if "flagged" in s else pd.Series(False, index=s.index)

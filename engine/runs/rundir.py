@@ -8,7 +8,7 @@ sees half a file):
     status.json        state, stage, step/total, message, updated_at, pid, completed_stages
     events.jsonl       one JSON object per epoch / stage event
     worker.log         stdout+stderr of a run started by the app
-    data/              manifest.csv, images.npy (decoded uint8 cache), intake.json
+    data/              manifest.csv, images.npy (decoded uint8 cache), intake.json, sha256.csv (image hashes)
     checkpoints/       <stage>.pt (finished stage) and <stage>.last.pt (resume point), weights_only
     predictions.npz    phase (a)/(b) outputs per image (probs, loss history, features)
     samples.csv        one row per image (see README "Run folder")
@@ -63,6 +63,11 @@ class RunDir:
     @property
     def data(self) -> Path:
         return self.path / "data"
+
+    @property
+    def hashes(self) -> Path:
+        """sha256 of every image file (engine.review.hashes): the content key of review decisions."""
+        return self.data / "sha256.csv"
 
     @property
     def checkpoints(self) -> Path:
