@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from engine.data.intake import DatasetRecord, IntakeError, scan
+from engine.errors import UserError
 
 USAGE_ERROR = 2
 
@@ -98,10 +99,10 @@ def cmd_noise(args: argparse.Namespace) -> int:
     try:
         noise.check_output_folder(args.out, args.data)
         if args.kind != "asymmetric" and args.mapping is not None:
-            raise ValueError(f"--mapping applies to --kind asymmetric only, not {args.kind}")
+            raise UserError(f"--mapping applies to --kind asymmetric only, not {args.kind}")
         if not 0.0 <= args.rate < 1.0:
-            raise ValueError(f"--rate must be in [0, 1), got {args.rate}")
-    except ValueError as e:
+            raise UserError(f"--rate must be in [0, 1), got {args.rate}")
+    except UserError as e:
         return _fail(str(e))
     with tempfile.TemporaryDirectory(prefix="clean-noise-") as tmp:
         try:
@@ -116,7 +117,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
                 mapping=mapping,
             )
             noise.write_noisy_copy(record, result, args.out)
-        except (IntakeError, ValueError) as e:
+        except UserError as e:  # IntakeError too
             return _fail(str(e))
     counts = record.counts()
     print(f"{args.kind} noise, rate {args.rate}, seed {args.seed}: {int(result.flipped.sum())} of "
@@ -137,7 +138,7 @@ def _noise_mapping(kind: str, mapping: str | None, classes: tuple[str, ...]) -> 
     if mapping is None:
         if noise.is_cifar10(classes):
             return noise.cifar10_mapping(classes)
-        raise ValueError(
+        raise UserError(
             "asymmetric noise needs --mapping: cifar10, cifar100, or a CSV (source,target) / JSON "
             "{\"source\": \"target\"} file of class names; the classes are not CIFAR-10's, so none is implied"
         )
@@ -147,7 +148,7 @@ def _noise_mapping(kind: str, mapping: str | None, classes: tuple[str, ...]) -> 
         return noise.cifar100_mapping(len(classes))
     path = Path(mapping)
     if not path.is_file():
-        raise ValueError(f"--mapping {mapping!r} is neither cifar10, cifar100 nor an existing file")
+        raise UserError(f"--mapping {mapping!r} is neither cifar10, cifar100 nor an existing file")
     return noise.load_mapping(path, classes)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import config as config_mod
 from engine.config import RunConfig
-from engine.errors import UserError
+from engine.errors import UserError, bug_message
 from engine.runs.atomic import now_iso, read_json
 from engine.runs.rundir import RunDir
 from engine.runs.status import effective_state
@@ -38,7 +38,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         if raw.strip().lower() in ("true", "false"):  # JSON spelling, as in config.json
             value: Any = raw.strip().lower() == "true"
@@ -153,7 +153,7 @@ def cmd_fit(args: Namespace) -> int:
     run = RunDir(args.run_dir)
     try:
         cfg = _resolve_config(args, run)
-    except ValueError as e:  # UserError, or a config value rejected by validate()
+    except UserError as e:  # ConfigError too: a setting no stage can run with
         return _fail(str(e))
     source = read_json(run.source, {}) or {}
     if source and Path(source.get("data", "")) != Path(args.data).resolve():
@@ -231,7 +231,7 @@ def cmd_finetune(args: Namespace) -> int:
         from engine.train.device import resolve_device
 
         resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
-    except ValueError as e:
+    except UserError as e:
         return _fail(str(e))
     return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet)
 
@@ -282,9 +282,9 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
         return _end(run, progress, "failed", str(e), 3)
     except UserError as e:
         return _end(run, progress, "failed", str(e), 2)
-    except Exception as e:
+    except Exception as e:  # a bug, not bad input (a plain ValueError included)
         traceback.print_exc()
-        return _end(run, progress, "failed", f"{type(e).__name__}: {e} (see worker.log)", 1)
+        return _end(run, progress, "failed", bug_message(e, where=f"in {run.log.name} or on stderr"), 1)
     finally:
         lock.close()
     run.write_status(state="done", stage="done", message=f"{phase} finished", eta_s=0)

@@ -41,6 +41,7 @@ import numpy as np
 
 from engine.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from engine.data.intake import DatasetRecord, IntakeError, Skipped
+from engine.errors import UserError
 from engine.runs.atomic import atomic_write_json, atomic_write_text, now_iso
 
 CACHE_FORMAT = 1
@@ -109,7 +110,7 @@ def prepare(
         IntakeError: fewer than two classes still have images after decoding.
     """
     if image_size < 1:
-        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
     if pool not in ("thread", "process"):
         raise ValueError(f"pool must be 'thread' or 'process', got {pool!r}")
     out_dir = Path(out_dir)

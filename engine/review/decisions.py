@@ -109,9 +109,9 @@ class DecisionStore:
     def decide(self, paths: Iterable[str], action: Action, label: str | None = None, source: str | None = None) -> int:
         """Record one decision for each path (batch = one transaction). Returns how many were written."""
         if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+            raise UserError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
         if action in ("keep", "relabel") and not label:
-            raise ValueError(f"action {action!r} needs a label")
+            raise UserError(f"action {action!r} needs a label")
         if action == "discard":
             label = None
         return self._write([(p, action, label) for p in paths], source)
