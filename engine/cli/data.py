@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.data.cache import CACHE_FILES, INTAKE_FILE
 from engine.data.intake import DatasetRecord, IntakeError, scan
 from engine.errors import UserError
 
@@ -33,7 +34,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-CACHE_ENTRIES = frozenset({"images.npy", "manifest.csv", "intake.json", "extracted"})
+EXTRACTED = "extracted"  # a zipped DATA's images, extracted beside the cache so its paths stay real files
+CACHE_ENTRIES = frozenset({*CACHE_FILES, EXTRACTED})
 
 
 def _cache_target_problem(out: Path, data: Path) -> str | None:
@@ -67,7 +69,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     try:
         # A zip is extracted next to the cache, so the cache's paths keep pointing at real files.
         # The header check is enough here: prepare decodes every image anyway and drops those that fail.
-        record = scan(args.data, root=args.root, extract_to=out / "extracted", check="header")
+        record = scan(args.data, root=args.root, extract_to=out / EXTRACTED, check="header")
     except IntakeError as e:
         return _fail(str(e))
     if is_prepared(out, record, args.image_size):
@@ -89,7 +91,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"in {seconds:.1f} s ({len(data) / max(seconds, 1e-9):.0f} images/s) -> {out}"
     )
     if data.skipped:
-        print(f"skipped {len(data.skipped)} files (listed in {out / 'intake.json'})")
+        print(f"skipped {len(data.skipped)} files (listed in {out / INTAKE_FILE})")
     return 0
 
 
