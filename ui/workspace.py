@@ -17,6 +17,8 @@ import unicodedata
 from datetime import datetime
 from pathlib import Path
 
+from engine.runs import jobs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "sample_data"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -31,7 +33,7 @@ def workspace_root() -> Path:
 
 
 def runs_root() -> Path:
-    return workspace_root() / "runs"
+    return jobs.runs_root(workspace_root())
 
 
 def uploads_root() -> Path:
