@@ -45,6 +45,7 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
     from engine.runs.progress import Progress
     from engine.train.classify import Normalisation, predict, train_classifier
     from engine.train.device import make_runtime, seed_everything
+    from engine.train.loop import Rng
     from engine.train.trainset import TrainSet
 
     shutil.rmtree(work, ignore_errors=True)
@@ -75,7 +76,8 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
         keep[fit_rows] = True
         part = train.subset(keep)
         loss_fn = classification_loss(ce, num_samples=len(part), num_classes=c).to(rt.device)
-        train_classifier(net, part, part.labels, loss_fn, ce, norm, rt, epochs=epochs, seed=cfg.seed + 2 + f,
+        train_classifier(net, part, part.labels, loss_fn, ce, norm, rt, epochs=epochs,
+                         rng=Rng.for_stream(cfg.seed, f"cleanlab/fold{f + 1}", rt.device),
                          last_ckpt=work / f"fold{f + 1}.last.pt", progress=Progress(None, show=not s.quiet),
                          stage=f"cv {f + 1}/{s.folds}")
         probs[np.flatnonzero(~keep)] = predict(net, train.subset(~keep), norm, rt, with_features=False).probs

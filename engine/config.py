@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.errors import UserError
+
 LossName = Literal["ce", "nfl+rce", "elr"]
 Stem = Literal["auto", "small", "standard"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -26,6 +28,10 @@ Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
+
+
+class ConfigError(UserError):
+    """Settings no stage can run with (a flag, --set, a config file): bad input, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ def gpu_profile(cfg: RunConfig) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Raise ValueError with a specific message for settings no stage can run with."""
+    """Raise ConfigError with a specific message for settings no stage can run with."""
     checks: list[tuple[bool, str]] = [
         (8 <= cfg.data.image_size <= 512, f"image_size must be between 8 and 512, got {cfg.data.image_size}"),
         (cfg.classify.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {cfg.classify.loss!r}"),
@@ -209,7 +215,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
     return cfg
 
 
@@ -227,12 +233,12 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     if not isinstance(d, dict):
-        raise ValueError(f"config section {prefix or 'root'!r} must be an object")
+        raise ConfigError(f"config section {prefix or 'root'!r} must be an object")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
         hint = hints[name]
@@ -247,28 +253,28 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
-            raise ValueError(f"{key} must be one of {typing.get_args(hint)}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {typing.get_args(hint)}, got {value!r}")
         return value
     if origin is tuple:
         # Tuples here are fixed-length (crop_scale lo/hi, jitter's four strengths): a wrong length would
         # only fail deep inside a training step, after the run folder was written.
         length = len(typing.get_args(hint))
         if not isinstance(value, (list, tuple)) or len(value) != length:
-            raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
+            raise ConfigError(f"{key} must be a list of {length} numbers, got {value!r}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
+            raise ConfigError(f"{key} must be a list of {length} numbers, got {value!r}")
         return tuple(float(v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
     return value
 
@@ -281,10 +287,10 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         *parents, leaf = key.split(".")
         for p in parents:
             if p not in node or not isinstance(node[p], dict):
-                raise ValueError(f"unknown config key: {key}")
+                raise ConfigError(f"unknown config key: {key}")
             node = node[p]
         if leaf not in node:
-            raise ValueError(f"unknown config key: {key}")
+            raise ConfigError(f"unknown config key: {key}")
         node[leaf] = value
     return validate(from_dict(d))
 
@@ -296,17 +302,17 @@ def save(cfg: RunConfig, path: Path) -> None:
 
 
 def load(path: Path) -> RunConfig:
-    """Read and validate a config file; every problem is a ValueError that names the file."""
+    """Read and validate a config file; every problem is a ConfigError that names the file."""
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
-        raise ValueError(f"config file {path} is a folder, not a JSON file") from None
+        raise ConfigError(f"config file {path} is a folder, not a JSON file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"config file {path} is not readable JSON ({e})") from None
+        raise ConfigError(f"config file {path} is not readable JSON ({e})") from None
     try:
         return validate(from_dict(d))
-    except ValueError as e:
-        raise ValueError(f"config file {path}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None

@@ -60,7 +60,7 @@ if before is not None and after is not None:
     cols[0].metric("Flagged before", f"{n_before:,}")
     cols[1].metric("Flagged after", f"{n_after:,}", f"{n_after - n_before:+,}", delta_color="inverse")
     cols[2].metric("Suggestions changed", f"{changed:,}")
-    metrics_before = readers.json_file(run.path / "metrics_phase_a.json") or {}
+    metrics_before = readers.json_file(run.metrics_before) or {}
     metrics_after = readers.json_file(run.metrics) or {}
     if metrics_before or metrics_after:
         st.markdown("**Against the truth file**")

@@ -9,7 +9,7 @@ their suspicion order, their suggested labels.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from engine.config import RunConfig, to_dict
+from engine.runs import worker_lock
 from engine.runs.atomic import atomic_write_json, now_iso
 from engine.runs.rundir import RunDir
 
@@ -177,21 +178,30 @@ def open_page(name: str, *, run_id: str | None = None, data: Path | None = None,
     return at.run()
 
 
+def hold_worker(run: RunDir) -> worker_lock.WorkerLock:
+    """Hold the run's worker lock, as its live worker would (released when the returned lock is closed or
+    garbage-collected): the run then reads as active."""
+    lock = worker_lock.acquire(run)
+    assert lock is not None, f"{run.path} has a worker already"
+    return lock
+
+
 @dataclass
 class FakeJobs:
     """Stands in for engine.runs.jobs' process control in app tests: records calls, starts nothing."""
 
     calls: list[tuple[str, tuple, dict]]
     devices: dict
+    workers: dict[Path, worker_lock.WorkerLock] = field(default_factory=dict)  # runs this test "started"
 
     def start(self, data: Path, run_dir: Path, flags=(), **kwargs) -> int:
         self.calls.append(("start", (Path(data), Path(run_dir), list(flags)), kwargs))
-        _queued(Path(run_dir), "fit", data)
+        self.workers[Path(run_dir)] = _queued(Path(run_dir), "fit", data)
         return 4242
 
     def start_finetune(self, run_dir: Path, flags=(), **kwargs) -> int:
         self.calls.append(("start_finetune", (Path(run_dir), list(flags)), kwargs))
-        _queued(Path(run_dir), "finetune", None)
+        self.workers[Path(run_dir)] = _queued(Path(run_dir), "finetune", None)
         return 4243
 
     def resume(self, run_dir: Path, **kwargs) -> int:
@@ -200,7 +210,11 @@ class FakeJobs:
 
     def stop(self, run_dir: Path, **kwargs) -> dict:
         self.calls.append(("stop", (Path(run_dir),), kwargs))
-        return RunDir(run_dir).write_status(state="cancelled")
+        status = RunDir(run_dir).write_status(state="cancelled")
+        worker = self.workers.pop(Path(run_dir), None)
+        if worker is not None:
+            worker.close()
+        return status
 
     def detect_devices(self, *args, **kwargs) -> dict:
         return dict(self.devices)
@@ -209,16 +223,17 @@ class FakeJobs:
         return [c[0] for c in self.calls]
 
 
-def _queued(run_dir: Path, phase: str, data: Path | None) -> None:
+def _queued(run_dir: Path, phase: str, data: Path | None) -> worker_lock.WorkerLock:
     import os
 
     run = RunDir(run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    # this test process stands in for the worker: its pid is alive, so the run reads as active
+    # this test process stands in for the worker: it holds the run's lock, so the run reads as active
+    lock = hold_worker(run)
     run.write_status(state="queued", phase=phase, stage="prepare" if phase == "fit" else "supcon", step=0, total=0,
                      pid=os.getpid(), started_at=now_iso(), message="starting")
     if data is not None and not run.source.exists():
-        atomic_write_json(run.path / "launch.json", {"data": str(data), "phase": phase})
+        atomic_write_json(run.launch, {"data": str(data), "phase": phase})
+    return lock
 
 
 def install_fake_jobs(monkeypatch, devices: dict | None = None) -> FakeJobs:

@@ -6,7 +6,7 @@ import base64
 import json
 
 import numpy as np
-from fixtures_runs import open_page
+from fixtures_runs import hold_worker, open_page
 
 from ui import review
 
@@ -90,5 +90,7 @@ def test_confusion_cell_opens_its_images_in_review(fake_run):
 def test_a_run_still_training_has_no_evidence_yet(fake_run):
     fake_run.run.samples.unlink()
     fake_run.run.write_status(state="running", pid=__import__("os").getpid())
+    worker = hold_worker(fake_run.run)
     at = open_page("inspect", run_id=fake_run.run_id)
     assert any("still training" in i.value for i in at.info)
+    worker.close()

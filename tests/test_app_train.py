@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from fixtures_runs import install_fake_jobs, open_page, write_fake_run
+from fixtures_runs import hold_worker, install_fake_jobs, open_page, write_fake_run
 
 from engine.config import RunConfig
-from engine.runs.atomic import atomic_write_json, now_iso
+from engine.runs.atomic import now_iso
 from engine.runs.rundir import RunDir
 from ui import workspace
 
@@ -124,17 +124,19 @@ def test_bad_truth_file_and_missing_gpu_are_refused(app_workspace, fake_jobs, tm
 
 def test_refuses_to_start_while_another_run_is_active(fake_run, fake_jobs):
     fake_run.run.write_status(state="running", pid=os.getpid(), stage="train", step=3, total=10)
-    atomic_write_json(fake_run.run.path.parent.parent / "active_run.json", {"run_dir": str(fake_run.run.path)})
+    worker = hold_worker(fake_run.run)  # its worker is alive
     at = open_page("train")
     submit(at)
     assert at.error and "still active" in at.error[0].value
     assert fake_jobs.calls == []
+    worker.close()
 
 
 def test_live_progress_of_a_running_run_and_stop(fake_run, fake_jobs):
     fake_run.run.write_status(state="running", pid=os.getpid(), stage="train", step=30, total=120,
                               images_per_s=512.0, eta_s=75, completed_stages=["prepare", "pretrain", "warmup"],
                               message="epoch 2/12")
+    worker = hold_worker(fake_run.run)
     at = open_page("train", run_id=fake_run.run_id)
     texts = [p.proto.text for p in at.get("progress")]
     assert "Training (noise-robust loss) · 30/120 · 512 images/s · ETA 1 min 15 s" in texts
@@ -144,6 +146,7 @@ def test_live_progress_of_a_running_run_and_stop(fake_run, fake_jobs):
     at.button(key="train_progress_stop").click().run()
     assert fake_jobs.names() == ["stop"]
     assert fake_jobs.calls[0][1][0] == fake_run.run.path
+    worker.close()
 
 
 def test_a_failed_run_shows_its_log_and_can_resume(fake_run, fake_jobs):
@@ -156,11 +159,13 @@ def test_a_failed_run_shows_its_log_and_can_resume(fake_run, fake_jobs):
     assert fake_jobs.names() == ["resume"]
 
 
-def test_a_dead_worker_reads_as_failed(fake_run, fake_jobs):
+def test_a_dead_worker_reads_as_interrupted_and_can_resume(fake_run, fake_jobs):
     fake_run.run.write_status(state="running", pid=2**22 + 12345, stage="pretrain", updated_at=now_iso())
-    at = open_page("train", run_id=fake_run.run_id)
-    assert any("exited without finishing" in e.value for e in at.error)
-    assert RunDir(fake_run.run.path).read_status()["state"] == "failed"
+    at = open_page("train", run_id=fake_run.run_id)  # no process holds the run's lock: its worker is gone
+    assert any("was interrupted" in w.value for w in at.warning)
+    assert RunDir(fake_run.run.path).read_status()["state"] == "running"  # readers never write status.json
+    at.button(key="train_progress_resume").click().run()
+    assert fake_jobs.names() == ["resume"]
 
 
 def test_past_runs_table_and_comparison(fake_run, fake_jobs):

@@ -11,12 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs import jobs
+from engine.runs import jobs, worker_lock
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
-from engine.runs.status import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (the tests' own check; the engine watches run locks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 # The worker stands in for `python -m engine`: it gets the same argv (fit DATA --run-dir RUN ... or
 # finetune RUN), writes status.json like the engine does, and behaves as FAKE_WORKER_MODE says.
@@ -28,6 +39,9 @@ WORKER = textwrap.dedent("""
     run = RunDir(args[args.index("--run-dir") + 1] if "--run-dir" in args else args[1])
     mode = os.environ.get("FAKE_WORKER_MODE", "finish")
     print("worker args:", " ".join(args), flush=True)
+    if mode.startswith("late-"):  # a slow start-up (imports): nothing written for a while
+        time.sleep(1.0)
+        mode = mode[len("late-"):]
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
@@ -82,17 +96,18 @@ def test_start_runs_the_fit_command_until_done(ws, worker, monkeypatch):
     run_dir = ws / "runs" / jobs.new_run_id()
     pid = jobs.start(Path("/data/digits"), run_dir, ["--loss", "ce"], command_prefix=worker)
     status = RunDir(run_dir).read_status()
-    assert status["pid"] == pid and status["phase"] == "fit"
-    assert status["state"] in ("queued", "running")
+    assert status["phase"] == "fit" and status["state"] in ("queued", "running")
+    assert read_json(RunDir(run_dir).launch)["pid"] == pid  # the launcher's record; status.json is the worker's
     assert jobs.active_run(ws) == run_dir
+    wait_for(lambda: RunDir(run_dir).read_status().get("pid") == pid)  # the worker wrote its own pid
     wait_for(lambda: state(run_dir) == "done")
     wait_for(lambda: not pid_alive(pid), timeout=5)  # it writes "done", then exits
     log = RunDir(run_dir).log.read_text()
     assert f"worker args: fit /data/digits --run-dir {run_dir} --loss ce --quiet" in log
-    launch = read_json(run_dir / jobs.LAUNCH_NAME)
+    launch = read_json(RunDir(run_dir).launch)
     assert launch["command"][-7:] == ["fit", "/data/digits", "--run-dir", str(run_dir), "--loss", "ce", "--quiet"]
     assert launch["data"] == "/data/digits"
-    assert jobs.active_run(ws) is None and not (ws / jobs.LOCK_NAME).exists()  # the lock went with the run
+    assert jobs.active_run(ws) is None and not worker_lock.is_held(RunDir(run_dir))  # the lock went with the worker
 
 
 @pytest.mark.slow
@@ -139,35 +154,32 @@ def test_stop_kills_a_worker_that_ignores_sigterm_and_its_children(ws, worker, m
 
 
 @pytest.mark.slow
-def test_a_crashed_worker_reads_as_failed_with_its_log(ws, worker, monkeypatch):
+def test_a_crashed_worker_reads_as_interrupted_with_its_log(ws, worker, monkeypatch):
     monkeypatch.setenv("FAKE_WORKER_MODE", "crash")
     run_dir = ws / "runs" / jobs.new_run_id()
     jobs.start(Path("/d"), run_dir, command_prefix=worker)
-    wait_for(lambda: state(run_dir) == "failed")
-    status = RunDir(run_dir).read_status()
-    assert "exited without finishing" in status["error"]
+    wait_for(lambda: state(run_dir) == "interrupted")
+    assert RunDir(run_dir).read_status()["state"] == "running"  # what it last wrote; readers write nothing
     assert jobs.log_tail(run_dir, lines=1) == "RuntimeError: boom"
     assert jobs.active_run(ws) is None
 
 
-def test_stale_pid_reads_as_failed_and_frees_the_lock(ws):
+def test_a_running_status_without_a_live_worker_reads_as_interrupted(ws):
     run_dir = ws / "runs" / "2026-01-01T00-00-00_dead"
-    RunDir(run_dir).write_status(state="running", phase="fit", pid=2**22 + 4321)
-    (ws / jobs.LOCK_NAME).write_text(json.dumps({"run_dir": str(run_dir)}))
+    RunDir(run_dir).write_status(state="running", phase="fit", pid=os.getpid())  # a live pid, but no lock held
+    assert state(run_dir) == "interrupted"
     assert jobs.active_run(ws) is None
-    assert not (ws / jobs.LOCK_NAME).exists()
-    assert RunDir(run_dir).read_status()["state"] == "failed"
-    assert jobs.stop(run_dir)["state"] == "failed"  # nothing to stop
+    assert jobs.stop(run_dir)["state"] == "interrupted"  # nothing to stop
+    assert RunDir(run_dir).read_status()["state"] == "running"
 
 
-def test_a_launch_that_never_reported_a_pid_times_out(ws):
-    run_dir = ws / "runs" / "2026-01-01T00-00-00_nopd"
-    RunDir(run_dir).write_status(state="queued", phase="fit", pid=None)
-    assert state(run_dir) == "queued"
-    status = json.loads(RunDir(run_dir).status_file.read_text())
-    status["updated_at"] = "2000-01-01T00:00:00.000+00:00"
-    RunDir(run_dir).status_file.write_text(json.dumps(status))
-    assert state(run_dir) == "failed"
+def test_a_queued_run_whose_launcher_died_reads_as_interrupted_at_once(ws):
+    run = RunDir(ws / "runs" / "2026-01-01T00-00-00_nopd")
+    run.write_status(state="queued", phase="fit", pid=None)
+    assert state(run.path) == "interrupted"
+    with worker_lock.acquire(run):  # while the launcher (or the worker it started) holds the lock
+        assert state(run.path) == "queued" and jobs.active_run(ws) == run.path
+    assert state(run.path) == "interrupted"
 
 
 def test_a_missing_executable_fails_cleanly(ws):
@@ -175,7 +187,7 @@ def test_a_missing_executable_fails_cleanly(ws):
     with pytest.raises(jobs.JobError, match="could not start the worker"):
         jobs.start(Path("/d"), run_dir, command_prefix=["/nonexistent/python"])
     assert RunDir(run_dir).read_status()["state"] == "failed"
-    assert not (ws / jobs.LOCK_NAME).exists()
+    assert not worker_lock.is_held(RunDir(run_dir)) and jobs.active_run(ws) is None
 
 
 @pytest.mark.slow
@@ -239,3 +251,54 @@ def test_signals_are_only_sent_to_live_workers(ws, monkeypatch):
     RunDir(run_dir).write_status(state="done", pid=os.getpid())
     assert jobs.stop(run_dir)["state"] == "done"
     assert sent == []
+
+
+@pytest.mark.slow
+def test_the_run_lock_is_held_from_queued_to_the_workers_exit(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "late-finish")
+    run_dir = ws / "runs" / jobs.new_run_id()
+    jobs.start(Path("/d"), run_dir, command_prefix=worker)
+    # The child has written nothing yet, and the launcher has let go of its copy: the child's holds the lock.
+    assert RunDir(run_dir).read_status()["state"] == "queued"
+    assert state(run_dir) == "queued" and jobs.active_run(ws) == run_dir
+    with pytest.raises(jobs.JobError, match="is still active"):
+        jobs.start(Path("/d"), ws / "runs" / jobs.new_run_id(), command_prefix=worker)
+    wait_for(lambda: state(run_dir) == "done")
+    wait_for(lambda: not worker_lock.is_held(RunDir(run_dir)), timeout=5)  # it writes "done", then exits
+
+
+def test_a_run_started_from_a_shell_keeps_the_app_from_starting_another(ws, worker):
+    busy = RunDir(ws / "runs" / "2026-01-01T00-00-00_cli0")
+    with worker_lock.acquire(busy):  # `python -m engine fit ... --run-dir WORKSPACE/runs/...` holds it
+        with pytest.raises(jobs.JobError, match="2026-01-01T00-00-00_cli0 is still active"):
+            jobs.start(Path("/d"), ws / "runs" / "2026-01-01T00-00-01_new0", command_prefix=worker)
+    assert not (ws / "runs" / "2026-01-01T00-00-01_new0").exists()
+
+
+def test_a_run_that_has_a_worker_cannot_be_launched_again(ws, worker):
+    run = RunDir(ws / "runs" / "2026-01-01T00-00-00_twic")
+    run.write_status(state="cancelled", phase="fit")
+    other = worker_lock.acquire(run)
+    assert other is not None
+    with pytest.raises(jobs.JobError, match="is still active"):
+        jobs.launch(run.path, ["fit", "/d", "--run-dir", str(run.path)], phase="fit", workspace=ws / "elsewhere",
+                    command_prefix=worker)
+    other.close()
+    assert run.read_status()["state"] == "cancelled"  # the refused launch wrote nothing
+
+
+@pytest.mark.slow
+def test_the_engine_adopts_the_lock_and_records_why_it_refused(ws, tmp_path):
+    """A real `python -m engine fit` launched by the app: it owns the run from its first act, so a
+    refusal (other settings than the run's) is written to status.json for the app to show."""
+    from engine.config import RunConfig, save
+
+    run = RunDir(ws / "runs" / jobs.new_run_id())
+    run.path.mkdir()
+    save(RunConfig(), run.config)  # 12 classifier epochs
+    pid = jobs.start(tmp_path / "data", run.path, ["--epochs", "5"])
+    wait_for(lambda: state(run.path) == "failed", timeout=120)
+    status = run.read_status()
+    assert status["pid"] == pid  # written by the worker itself
+    assert "already holds a run with other settings" in status["error"]
+    assert not worker_lock.is_held(run)

@@ -52,3 +52,20 @@ def test_empty_or_foreign_truth_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="none of its true labels is a class of this dataset"):
         load_truth(tmp_path / "other.csv", ["x.png"], ("cat", "dog"))
     assert list(load_truth(tmp_path / "other.csv", ["x.png"], ("7", "8"))) == ["7"]
+
+
+def test_flag_scores_match_the_definitions_on_edge_cases() -> None:
+    """No flag, no mislabeled image, everything flagged: precision/recall/F1 are 0 where undefined."""
+
+    def scores(given, true, flagged):
+        n = len(given)
+        m = detection_metrics(given=np.array(given, dtype=object), true=np.array(true, dtype=object),
+                              flagged=np.array(flagged), clean_prob=np.linspace(1, 0, n),
+                              predicted=np.array(true, dtype=object), corrected=np.array(true, dtype=object))
+        return m["precision"], m["recall"], m["f1"]
+
+    assert scores(["a", "a"], ["a", "a"], [0, 0]) == (0.0, 0.0, 0.0)  # nothing wrong, nothing flagged
+    assert scores(["a", "b"], ["a", "a"], [0, 0]) == (0.0, 0.0, 0.0)  # one wrong, none flagged
+    assert scores(["a", "a"], ["a", "a"], [1, 1]) == (0.0, 0.0, 0.0)  # flags, but nothing is wrong
+    assert scores(["a", "b", "b", "a"], ["a", "a", "b", "b"], [1, 1, 0, 1]) == (
+        pytest.approx(2 / 3, abs=1e-4), 1.0, pytest.approx(0.8, abs=1e-4))

@@ -60,7 +60,7 @@ def test_fit_writes_the_run_folder(fitted) -> None:
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done"
     assert json.loads((run / "config.json").read_text())["model"]["stem"] == "standard"  # resolved, not "auto"
-    assert status["completed_stages"][:3] == ["pretrain", "warmup", "train"]
+    assert status["completed_stages"][:4] == ["prepare", "pretrain", "warmup", "train"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 36 and metrics["n_mislabeled"] == 9 and metrics["phase"] == "fit"
     assert "accuracy vs truth: predicted labels" in r.stdout  # truth.csv in the data folder is found
@@ -191,8 +191,8 @@ def test_finetune_needs_a_finished_fit(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_one_worker_per_run(tmp_path: Path) -> None:
-    from engine.cli.run import _lock_run
     from engine.runs.rundir import RunDir
+    from engine.runs.worker_lock import acquire as _lock_run
 
     run = RunDir(tmp_path)
     first = _lock_run(run)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.data.intake import IMAGE_SUFFIXES, IntakeError, scan
+from engine.review.metrics import TRUTH_NAMES
 from ui import workspace
 
 SAMPLE_LABEL = "Use the bundled sample (1,797 handwritten digits, 20 % noisy labels)"
-TRUTH_NAMES = ("truth.csv", "noise.csv")  # what the engine's `fit` picks up by itself (engine.review.metrics)
 _UPLOAD_SUFFIXES = IMAGE_SUFFIXES | {".csv"}  # images, and a truth.csv beside them
 
 

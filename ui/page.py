@@ -16,7 +16,7 @@ import streamlit as st
 
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
-from engine.runs.status import effective_state
+from engine.runs.status import ACTIVE_STATES, RESUMABLE_STATES, effective_state
 from ui import workspace
 
 PAGES = {
@@ -118,7 +118,7 @@ def _remember_run(run_id: str | None) -> None:
 def run_label(run_id: str) -> str:
     """'2026-11-27T14-05-12_ab12 · digits' for pickers (no state: it changes while the picker is shown)."""
     run = RunDir(workspace.runs_root() / run_id)
-    source = read_json(run.source, default={}) or read_json(run.path / "launch.json", default={}) or {}
+    source = read_json(run.source, default={}) or read_json(run.launch, default={}) or {}
     data = Path(source.get("data") or "").name
     return " · ".join(p for p in (run_id, data) if p)
 
@@ -201,10 +201,10 @@ def require_results(run: RunDir, what: str) -> None:
     """Stop with a clear message while the run has no samples.csv yet (still training, failed, ...)."""
     if run.samples.exists():
         return
-    state = effective_state(run.read_status())
-    if state in ("queued", "running"):
+    state = effective_state(run)
+    if state in ACTIVE_STATES:
         message = f"Run {run.path.name} is still training — {what} appears when it finishes."
-    elif state in ("failed", "cancelled"):
+    elif state in RESUMABLE_STATES:
         message = f"Run {run.path.name} is {state} and has no results; resume it or start a new one on Train."
     else:
         message = f"Run {run.path.name} has no results yet."

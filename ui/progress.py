@@ -15,14 +15,12 @@ from typing import Any
 import streamlit as st
 
 from engine.runs import jobs
+from engine.runs import stages as run_stages
 from engine.runs.rundir import RunDir
-from engine.runs.status import ACTIVE_STATES
+from engine.runs.status import ACTIVE_STATES, INTERRUPTED, RESUMABLE_STATES
 from ui import charts
 
-STAGES = {
-    "fit": ("prepare", "pretrain", "warmup", "train", "predict", "split", "embed"),
-    "finetune": ("supcon", "head", "refresh"),
-}
+STAGES = {phase: run_stages.phase_stage_names(phase) for phase in run_stages.PHASES}
 STAGE_TITLES = {
     "prepare": "Prepare images", "pretrain": "Pre-training (SimCLR)", "warmup": "Warm-up (classifier head)",
     "train": "Training (noise-robust loss)", "predict": "Scoring every image", "split": "Clean/noisy split (GMM)",
@@ -30,7 +28,8 @@ STAGE_TITLES = {
     "refresh": "Refreshing suggestions",
 }
 STATE_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/directions_run:",
-               "done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
+               "done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
+               INTERRUPTED: ":material/report:"}
 
 
 @dataclass(frozen=True)
@@ -125,11 +124,11 @@ def render_status(run: RunDir, status: dict[str, Any], *, key: str) -> None:
         st.caption(status["message"])
     events = run.read_events()
     rows = stage_rows(status, events)
-    if state in ACTIVE_STATES or state in ("failed", "cancelled"):
+    if state in ACTIVE_STATES or state in RESUMABLE_STATES:
         for row in rows:
             st.progress(row.fraction, text=row.text)
     else:  # finished: the stages fold away, the curves and results matter now
-        with st.expander(f"{sum(r.state == 'done' for r in rows)} of {len(rows)} stages done"):
+        with st.expander(f"{sum(r.state in ('done', 'skipped') for r in rows)} of {len(rows)} stages done"):
             for row in rows:
                 st.progress(row.fraction, text=row.text)
     if any(e.get("kind") == "epoch" for e in events):
@@ -139,7 +138,10 @@ def render_status(run: RunDir, status: dict[str, Any], *, key: str) -> None:
             with st.spinner("Stopping…"):
                 jobs.stop(run.path)
             st.rerun()
-    elif state in ("cancelled", "failed"):
+    elif state in RESUMABLE_STATES:
+        if state == INTERRUPTED:
+            st.warning("The run was interrupted: its worker stopped without finishing (killed, or the server "
+                       "went down). Resume continues from its last finished epoch.")
         if state == "failed":
             st.error(f"The run failed: {status.get('error') or 'see the log below'}")
             tail = jobs.log_tail(run.path)

@@ -198,9 +198,6 @@ def top3_text(row: pd.Series) -> str:
 
 # ----------------------------------------------------------------------------- a selection sent from Inspect
 
-SELECTION_NAME = "review_selection.json"
-
-
 @dataclass(frozen=True)
 class Selection:
     paths: tuple[str, ...]
@@ -209,15 +206,15 @@ class Selection:
 
 def save_selection(run: RunDir, paths: Sequence[str], label: str) -> None:
     """Remember images picked on Inspect for the Review page (in the run folder: survives a refresh)."""
-    atomic_write_json(run.path / SELECTION_NAME, {"paths": list(paths), "label": label, "at": now_iso()})
+    atomic_write_json(run.review_selection, {"paths": list(paths), "label": label, "at": now_iso()})
 
 
 def load_selection(run: RunDir) -> Selection | None:
-    data = read_json(run.path / SELECTION_NAME, default=None)
+    data = read_json(run.review_selection, default=None)
     if not isinstance(data, dict) or not data.get("paths"):
         return None
     return Selection(tuple(str(p) for p in data["paths"]), str(data.get("label") or "selection"))
 
 
 def clear_selection(run: RunDir) -> None:
-    (run.path / SELECTION_NAME).unlink(missing_ok=True)
+    run.review_selection.unlink(missing_ok=True)

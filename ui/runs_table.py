@@ -29,12 +29,12 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     metrics = _json(run.metrics)
     pretrain = config.get("pretrain", {})
     classify = config.get("classify", {})
-    launch = _json(run.path / "launch.json")
+    launch = _json(run.launch)
     data = source.get("data") or launch.get("data") or ""
     return {
         "run": run.path.name,
         "date": (status.get("started_at") or "")[:16].replace("T", " "),
-        "state": effective_state(status) if status else "new",
+        "state": effective_state(run, status),
         "phase": status.get("phase", ""),
         "dataset": Path(data).name if data else "",
         "loss": classify.get("loss", ""),

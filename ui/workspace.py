@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from engine.review import memory
+from engine.runs import jobs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "sample_data"
@@ -33,7 +34,7 @@ def workspace_root() -> Path:
 
 
 def runs_root() -> Path:
-    return workspace_root() / "runs"
+    return jobs.runs_root(workspace_root())
 
 
 def uploads_root() -> Path:

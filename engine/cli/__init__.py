@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from engine.cli import review
+from engine.errors import UserError, bug_message
 
 
 def _add_scan(sub: argparse._SubParsersAction) -> None:
@@ -135,3 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    except UserError as e:  # a handler that let one through: still the user's to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a plain ValueError included: not bad input but a bug
+        traceback.print_exc()
+        print(f"error: {bug_message(e)}", file=sys.stderr)
+        return 1

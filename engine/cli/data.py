@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.data.cache import CACHE_FILES, INTAKE_FILE
 from engine.data.intake import DatasetRecord, IntakeError, scan
+from engine.errors import UserError
 
 USAGE_ERROR = 2
 
@@ -32,7 +34,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-CACHE_ENTRIES = frozenset({"images.npy", "manifest.csv", "intake.json", "extracted"})
+EXTRACTED = "extracted"  # a zipped DATA's images, extracted beside the cache so its paths stay real files
+CACHE_ENTRIES = frozenset({*CACHE_FILES, EXTRACTED})
 
 
 def _cache_target_problem(out: Path, data: Path) -> str | None:
@@ -66,7 +69,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     try:
         # A zip is extracted next to the cache, so the cache's paths keep pointing at real files.
         # The header check is enough here: prepare decodes every image anyway and drops those that fail.
-        record = scan(args.data, root=args.root, extract_to=out / "extracted", check="header")
+        record = scan(args.data, root=args.root, extract_to=out / EXTRACTED, check="header")
     except IntakeError as e:
         return _fail(str(e))
     if is_prepared(out, record, args.image_size):
@@ -88,7 +91,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"in {seconds:.1f} s ({len(data) / max(seconds, 1e-9):.0f} images/s) -> {out}"
     )
     if data.skipped:
-        print(f"skipped {len(data.skipped)} files (listed in {out / 'intake.json'})")
+        print(f"skipped {len(data.skipped)} files (listed in {out / INTAKE_FILE})")
     return 0
 
 
@@ -98,10 +101,10 @@ def cmd_noise(args: argparse.Namespace) -> int:
     try:
         noise.check_output_folder(args.out, args.data)
         if args.kind != "asymmetric" and args.mapping is not None:
-            raise ValueError(f"--mapping applies to --kind asymmetric only, not {args.kind}")
+            raise UserError(f"--mapping applies to --kind asymmetric only, not {args.kind}")
         if not 0.0 <= args.rate < 1.0:
-            raise ValueError(f"--rate must be in [0, 1), got {args.rate}")
-    except ValueError as e:
+            raise UserError(f"--rate must be in [0, 1), got {args.rate}")
+    except UserError as e:
         return _fail(str(e))
     with tempfile.TemporaryDirectory(prefix="clean-noise-") as tmp:
         try:
@@ -116,7 +119,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
                 mapping=mapping,
             )
             noise.write_noisy_copy(record, result, args.out)
-        except (IntakeError, ValueError) as e:
+        except UserError as e:  # IntakeError too
             return _fail(str(e))
     counts = record.counts()
     print(f"{args.kind} noise, rate {args.rate}, seed {args.seed}: {int(result.flipped.sum())} of "
@@ -137,7 +140,7 @@ def _noise_mapping(kind: str, mapping: str | None, classes: tuple[str, ...]) -> 
     if mapping is None:
         if noise.is_cifar10(classes):
             return noise.cifar10_mapping(classes)
-        raise ValueError(
+        raise UserError(
             "asymmetric noise needs --mapping: cifar10, cifar100, or a CSV (source,target) / JSON "
             "{\"source\": \"target\"} file of class names; the classes are not CIFAR-10's, so none is implied"
         )
@@ -147,7 +150,7 @@ def _noise_mapping(kind: str, mapping: str | None, classes: tuple[str, ...]) -> 
         return noise.cifar100_mapping(len(classes))
     path = Path(mapping)
     if not path.is_file():
-        raise ValueError(f"--mapping {mapping!r} is neither cifar10, cifar100 nor an existing file")
+        raise UserError(f"--mapping {mapping!r} is neither cifar10, cifar100 nor an existing file")
     return noise.load_mapping(path, classes)
 
 

@@ -1,4 +1,4 @@
-"""Handlers of `fit`, `finetune`, `export`, `status` and `devices` (see engine/cli.py for the flags).
+"""Handlers of `fit`, `finetune`, `export`, `status` and `devices` (see engine/cli/__init__.py for the flags).
 
 Exit codes: 0 done, 1 unexpected error (traceback in the log), 2 bad input or settings (one clear
 sentence on stderr), 3 GPU out of memory, 130 stopped by request (resumable with --resume).
@@ -7,7 +7,6 @@ sentence on stderr), 3 GPU out of memory, 130 stopped by request (resumable with
 from __future__ import annotations
 
 import ast
-import fcntl
 import json
 import os
 import sys
@@ -20,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from engine import config as config_mod
 from engine.config import RunConfig
-from engine.errors import UserError
+from engine.errors import UserError, bug_message
+from engine.runs import worker_lock
 from engine.runs.atomic import now_iso, read_json
 from engine.runs.rundir import RunDir
-from engine.runs.status import effective_state
+from engine.runs.status import CANCELLED, DONE, FAILED, RUNNING, effective_state
+from engine.runs.worker_lock import WorkerLock
 
 if TYPE_CHECKING:
     from engine.runs.progress import Progress
@@ -38,7 +39,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         if raw.strip().lower() in ("true", "false"):  # JSON spelling, as in config.json
             value: Any = raw.strip().lower() == "true"
@@ -151,18 +152,37 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
 
 def cmd_fit(args: Namespace) -> int:
     run = RunDir(args.run_dir)
+    launched = _launched_worker(run)
     try:
         cfg = _resolve_config(args, run)
-    except ValueError as e:  # UserError, or a config value rejected by validate()
-        return _fail(str(e))
-    source = read_json(run.source, {}) or {}
-    if source and Path(source.get("data", "")) != Path(args.data).resolve():
-        return _fail(f"{run.path} holds a run on {source['data']}, not {Path(args.data).resolve()}; "
-                     "use a new --run-dir for other data")
-    overlap = _run_data_overlap(run.path, args)
-    if overlap:
-        return _fail(overlap)
-    return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet)
+        source = read_json(run.source, {}) or {}
+        if source and Path(source.get("data", "")) != Path(args.data).resolve():
+            raise UserError(f"{run.path} holds a run on {source['data']}, not {Path(args.data).resolve()}; "
+                            "use a new --run-dir for other data")
+        overlap = _run_data_overlap(run.path, args)
+        if overlap:
+            raise UserError(overlap)
+    except UserError as e:  # ConfigError too: a setting no stage can run with
+        return _refused(run, launched, str(e))
+    return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet,
+                       lock=launched)
+
+
+def _launched_worker(run: RunDir) -> WorkerLock | None:
+    """The first act of a worker the app launched: it holds the run's lock already, and says "running"."""
+    lock = worker_lock.inherited(run)
+    if lock is not None:
+        run.write_status(state=RUNNING, pid=os.getpid(), message="starting", error=None)
+    return lock
+
+
+def _refused(run: RunDir, launched: WorkerLock | None, message: str) -> int:
+    """Bad input found before the work starts. Typed in a shell, the command changes nothing; a worker the
+    app launched records why its run stopped (the app shows it)."""
+    if launched is not None:
+        with launched:
+            run.write_status(state=FAILED, error=message, message=message)
+    return _fail(message)
 
 
 def _run_data_overlap(run_path: Path, args: Namespace) -> str | None:
@@ -185,7 +205,7 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     from engine.train import pipeline
 
     run.path.mkdir(parents=True, exist_ok=True)
-    record = scan(Path(args.data), root=args.root, extract_to=run.path / "source", check="header")
+    record = scan(Path(args.data), root=args.root, extract_to=run.source_dir, check="header")
     # Written once the data is known to be usable, so that a refused first attempt leaves no settings behind.
     if not run.config.exists():
         config_mod.save(replace(cfg, finetune_after_fit=False), run.config)
@@ -195,6 +215,7 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     auto_truth = truth is None
     truth = truth or find_truth(Path(record.root))
     test = args.test or kept_test
+    pipeline.truth_changed(run, truth, kept_truth)
     # New truth/test files join source.json only after they loaded: a rejected one must not stick to the run.
     pipeline.write_source(run, record, data=args.data, truth=kept_truth, test=kept_test)
     ctx = pipeline.open_context(run, cfg, record, truth=truth, test=test, progress=progress,
@@ -216,8 +237,10 @@ def _path(value: str | None) -> Path | None:
 
 def cmd_finetune(args: Namespace) -> int:
     run = RunDir(args.run_dir)
+    launched = _launched_worker(run)
     if not run.config.exists() or not run.source.exists():
-        return _fail(f"{run.path} is not a fitted run (no config.json/source.json); run `python -m engine fit` first")
+        return _refused(run, launched, f"{run.path} is not a fitted run (no {run.config.name}/{run.source.name}); "
+                                       "run `python -m engine fit` first")
     try:
         cfg = config_mod.load(run.config)
         overrides = _parse_sets(args.set)
@@ -231,13 +254,15 @@ def cmd_finetune(args: Namespace) -> int:
         from engine.train.device import resolve_device
 
         resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
-    except ValueError as e:
-        return _fail(str(e))
-    return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet)
+    except UserError as e:
+        return _refused(run, launched, str(e))
+    return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet,
+                       lock=launched)
 
 
 def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) -> dict:
     from engine.data.intake import scan
+    from engine.runs.stages import FINETUNE
     from engine.train import pipeline
 
     source = read_json(run.source, {})
@@ -245,72 +270,64 @@ def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) 
                   root=Path(source["root"]) if source["kind"] == "csv" else None, check="header")
     truth = args.truth or _path(source.get("truth"))
     if cfg != config_mod.load(run.config):
-        config_mod.save(cfg, run.path / "config_finetune.json")
-    ctx = pipeline.open_context(run, cfg, record, truth=truth, test=_path(source.get("test")), progress=progress)
+        config_mod.save(cfg, run.config_finetune)
+    ctx = pipeline.open_context(run, cfg, record, truth=truth, test=_path(source.get("test")), progress=progress,
+                                phase=FINETUNE)
     return pipeline.run_finetune(ctx)
 
 
 # ================================================================================================ shared worker
 
 
-def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, quiet: bool) -> int:
-    """Run one phase as the run's worker: one worker per run, status.json bookkeeping, cancellation,
-    and failures reported as one sentence (bad input) or with a traceback (a bug)."""
+def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, quiet: bool,
+                lock: WorkerLock | None = None) -> int:
+    """Run one phase as the run's worker: one worker per run (its lock, held to the end), status.json
+    bookkeeping, cancellation, and failures reported as one sentence (bad input) or with a traceback (a bug).
+
+    lock: the run's lock when the launcher passed it on; a worker started from a shell takes it here.
+    """
     import torch
 
     from engine.runs.progress import Cancelled, Progress
     from engine.train.device import GpuOutOfMemory
 
-    run.path.mkdir(parents=True, exist_ok=True)
-    lock = _lock_run(run)
+    lock = lock or worker_lock.acquire(run, wait_s=2.0)  # a reader probing the lock holds it for microseconds
     if lock is None:
         other = run.read_status().get("pid")
         return _fail(f"another worker{f' (pid {other})' if other else ''} is already running on {run.path}")
-    _remove_stale_temp_files(run)
-    progress = Progress(run, show=not quiet)
-    progress.install_signal_handlers()
-    run.write_status(state="running", phase=phase, pid=os.getpid(), started_at=now_iso(), error=None,
-                     message=f"{phase} started")
-    try:
-        summary = body(progress)
-    except (Cancelled, KeyboardInterrupt):
-        return _end(run, progress, "cancelled", "stopped; continue with --resume", 130)
-    except torch.cuda.OutOfMemoryError as e:  # outside the training steps' own guard
-        return _end(run, progress, "failed", str(GpuOutOfMemory(f"GPU out of memory ({e}); try a smaller "
-                                                                 "--batch-size or --image-size")), 3)
-    except GpuOutOfMemory as e:
-        return _end(run, progress, "failed", str(e), 3)
-    except UserError as e:
-        return _end(run, progress, "failed", str(e), 2)
-    except Exception as e:
-        traceback.print_exc()
-        return _end(run, progress, "failed", f"{type(e).__name__}: {e} (see worker.log)", 1)
-    finally:
-        lock.close()
-    run.write_status(state="done", stage="done", message=f"{phase} finished", eta_s=0)
+    with lock:  # released after the last status write: a reader never sees "running" without a worker
+        _remove_stale_temp_files(run)
+        progress = Progress(run, show=not quiet)
+        progress.install_signal_handlers()
+        run.write_status(state=RUNNING, phase=phase, pid=os.getpid(), started_at=now_iso(), error=None,
+                         message=f"{phase} started")
+        try:
+            summary = body(progress)
+        except (Cancelled, KeyboardInterrupt):
+            return _end(run, progress, CANCELLED, "stopped; continue with --resume", 130)
+        except torch.cuda.OutOfMemoryError as e:  # outside the training steps' own guard
+            return _end(run, progress, FAILED, str(GpuOutOfMemory(f"GPU out of memory ({e}); try a smaller "
+                                                                  "--batch-size or --image-size")), 3)
+        except GpuOutOfMemory as e:
+            return _end(run, progress, FAILED, str(e), 3)
+        except UserError as e:
+            return _end(run, progress, FAILED, str(e), 2)
+        except Exception as e:  # a bug, not bad input (a plain ValueError included)
+            traceback.print_exc()
+            return _end(run, progress, FAILED, bug_message(e, where=f"in {run.log.name} or on stderr"), 1)
+        run.write_status(state=DONE, stage="done", message=f"{phase} finished", eta_s=0, run_eta_s=0)
     _print_summary(summary)
     return 0
 
 
 def _end(run: RunDir, progress: Progress, state: str, message: str, code: int) -> int:
     progress.stage_end(state)
-    run.write_status(state=state, error=None if state == "cancelled" else message, message=message)
-    if state == "cancelled":
+    run.write_status(state=state, error=None if state == CANCELLED else message, message=message,
+                     eta_s=None, run_eta_s=None)
+    if state == CANCELLED:
         print("stopped; the run continues from its last finished epoch with --resume", file=sys.stderr)
         return code
     return _fail(message, code)
-
-
-def _lock_run(run: RunDir):
-    """An exclusive lock on RUN/.worker.lock for this process's lifetime (None when taken).
-    Two workers on one run would interleave checkpoints and status; the OS frees the lock on kill -9."""
-    f = open(run.path / ".worker.lock", "a+")  # noqa: SIM115 - held open for the whole run
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        return None
-    return f
 
 
 def _remove_stale_temp_files(run: RunDir) -> None:
@@ -358,7 +375,7 @@ def cmd_status(args: Namespace) -> int:
     status = run.read_status()
     if not status:
         return _fail(f"{run.path} holds no run")
-    status["effective_state"] = effective_state(status)
+    status["effective_state"] = effective_state(run, status)
     if args.json:
         print(json.dumps({"status": status, "events": run.read_events()[-10:]}, indent=2))
         return 0

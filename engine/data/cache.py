@@ -41,9 +41,15 @@ import numpy as np
 
 from engine.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from engine.data.intake import DatasetRecord, IntakeError, Skipped
+from engine.errors import UserError
 from engine.runs.atomic import atomic_write_json, atomic_write_text, now_iso
 
 CACHE_FORMAT = 1
+# The cache's own files, named here only (a cache lives in RUN/data/ or wherever `prepare --out` puts it).
+IMAGES_FILE = "images.npy"
+MANIFEST_FILE = "manifest.csv"
+INTAKE_FILE = "intake.json"  # removed first and written last: it marks a complete cache
+CACHE_FILES = (IMAGES_FILE, MANIFEST_FILE, INTAKE_FILE)
 MANIFEST_COLUMNS = ("index", "id", "path", "label")
 Progress = Callable[[int, int], None]
 PoolKind = Literal["thread", "process"]
@@ -109,12 +115,12 @@ def prepare(
         IntakeError: fewer than two classes still have images after decoding.
     """
     if image_size < 1:
-        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
     if pool not in ("thread", "process"):
         raise ValueError(f"pool must be 'thread' or 'process', got {pool!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "intake.json").unlink(missing_ok=True)  # the completeness marker goes first
+    (out_dir / INTAKE_FILE).unlink(missing_ok=True)  # the completeness marker goes first
     n = len(record.samples)
     if n == 0:
         raise IntakeError(f"no images to prepare in {record.source}")
@@ -126,17 +132,17 @@ def prepare(
         _require_two_classes(record, keep)
         if len(keep) < n:
             _copy_rows(raw, packed, keep)
-            os.replace(packed, out_dir / "images.npy")
+            os.replace(packed, out_dir / IMAGES_FILE)
             raw.unlink()
         else:
-            os.replace(raw, out_dir / "images.npy")
+            os.replace(raw, out_dir / IMAGES_FILE)
     finally:
         raw.unlink(missing_ok=True)
         packed.unlink(missing_ok=True)
     decode_skips = [Skipped(record.samples[i].path, reason) for i, reason in failures.items()]
     kept = [record.samples[i] for i in keep]
-    atomic_write_text(out_dir / "manifest.csv", _manifest_text(kept))
-    atomic_write_json(out_dir / "intake.json", _intake_json(record, kept, decode_skips, image_size))
+    atomic_write_text(out_dir / MANIFEST_FILE, _manifest_text(kept))
+    atomic_write_json(out_dir / INTAKE_FILE, _intake_json(record, kept, decode_skips, image_size))
     return load_prepared(out_dir)
 
 
@@ -148,13 +154,13 @@ def load_prepared(out_dir: Path) -> PreparedData:
         IntakeError: the files disagree with each other (edited or damaged).
     """
     out_dir = Path(out_dir)
-    meta_path = out_dir / "intake.json"
+    meta_path = out_dir / INTAKE_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"no prepared data in {out_dir} (intake.json missing): run prepare first")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        images = np.load(out_dir / "images.npy", mmap_mode="r")
-        with open(out_dir / "manifest.csv", encoding="utf-8", newline="") as f:
+        images = np.load(out_dir / IMAGES_FILE, mmap_mode="r")
+        with open(out_dir / MANIFEST_FILE, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise
@@ -181,13 +187,13 @@ def is_prepared(out_dir: Path, record: DatasetRecord, image_size: int) -> bool:
     """True when `out_dir` holds a complete cache of exactly this record at this size."""
     out_dir = Path(out_dir)
     try:
-        meta = json.loads((out_dir / "intake.json").read_text(encoding="utf-8"))
+        meta = json.loads((out_dir / INTAKE_FILE).read_text(encoding="utf-8"))
         if meta.get("format") != CACHE_FORMAT or meta.get("image_size") != image_size:
             return False
         if meta.get("fingerprint") != fingerprint(record, image_size):
             return False
-        shape = np.load(out_dir / "images.npy", mmap_mode="r").shape
-        return shape == (meta["n_images"], image_size, image_size, 3) and (out_dir / "manifest.csv").exists()
+        shape = np.load(out_dir / IMAGES_FILE, mmap_mode="r").shape
+        return shape == (meta["n_images"], image_size, image_size, 3) and (out_dir / MANIFEST_FILE).exists()
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -129,23 +129,23 @@ def _choose(rng: np.random.Generator, labels: np.ndarray, c: int, rate: float) -
 
 def _validate(labels: np.ndarray, num_classes: int, kind: str, rate: float, mapping: Mapping[int, int] | None) -> None:
     if kind not in KINDS:
-        raise ValueError(f"noise kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise UserError(f"noise kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not (0.0 <= rate < 1.0) or math.isnan(rate):
-        raise ValueError(f"noise rate must be in [0, 1), got {rate}")
+        raise UserError(f"noise rate must be in [0, 1), got {rate}")
     if num_classes < 2:
-        raise ValueError("label noise needs at least two classes")
+        raise UserError("label noise needs at least two classes")
     if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
         raise ValueError(f"labels must be a 1-D array of class indices in [0, {num_classes})")
     if kind == "asymmetric":
         if not mapping:
-            raise ValueError("asymmetric noise needs a mapping source class -> target class")
+            raise UserError("asymmetric noise needs a mapping source class -> target class")
         for s, t in mapping.items():
             if not (0 <= s < num_classes and 0 <= t < num_classes):
-                raise ValueError(f"mapping {s}->{t} refers to a class outside 0..{num_classes - 1}")
+                raise UserError(f"mapping {s}->{t} refers to a class outside 0..{num_classes - 1}")
             if s == t:
-                raise ValueError(f"mapping sends class {s} to itself")
+                raise UserError(f"mapping sends class {s} to itself")
     elif mapping is not None:
-        raise ValueError(f"a mapping applies to asymmetric noise only, not {kind}")
+        raise UserError(f"a mapping applies to asymmetric noise only, not {kind}")
 
 
 # ----------------------------------------------------------------------------- mappings
@@ -157,13 +157,13 @@ def mapping_by_name(pairs: Sequence[tuple[str, str]] | Mapping[str, str], classe
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({n for pair in items for n in pair if n not in index})
     if unknown:
-        raise ValueError(f"the mapping names classes this data set lacks: {', '.join(map(repr, unknown))}")
+        raise UserError(f"the mapping names classes this data set lacks: {', '.join(map(repr, unknown))}")
     out: dict[int, int] = {}
     for source, target in items:
         if source == target:
-            raise ValueError(f"the mapping sends class {source!r} to itself")
+            raise UserError(f"the mapping sends class {source!r} to itself")
         if index[source] in out:
-            raise ValueError(f"the mapping lists class {source!r} as a source twice")
+            raise UserError(f"the mapping lists class {source!r} as a source twice")
         out[index[source]] = index[target]
     return out
 
@@ -185,7 +185,7 @@ def cifar100_mapping(num_classes: int) -> dict[int, int]:
     the literature uses index blocks, and so do we for comparability.
     """
     if num_classes < 5 or num_classes % 5:
-        raise ValueError(f"the CIFAR-100 mapping needs a multiple of 5 classes, got {num_classes}")
+        raise UserError(f"the CIFAR-100 mapping needs a multiple of 5 classes, got {num_classes}")
     return {i: (i // 5) * 5 + (i % 5 + 1) % 5 for i in range(num_classes)}
 
 
@@ -201,26 +201,26 @@ def load_mapping(path: Path, classes: Sequence[str]) -> dict[int, int]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
-        raise ValueError(f"cannot read the mapping file {path} ({e.strerror or e})") from e
+        raise UserError(f"cannot read the mapping file {path} ({e.strerror or e})") from e
     except UnicodeDecodeError as e:
         raise UserError(f"the mapping file {path} is not UTF-8 text: save it as UTF-8") from e
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from e
+            raise UserError(f"{path} is not valid JSON ({e})") from e
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            raise ValueError(f'{path} must hold one JSON object of class names, e.g. {{"cat": "dog"}}')
+            raise UserError(f'{path} must hold one JSON object of class names, e.g. {{"cat": "dog"}}')
         pairs: list[tuple[str, str]] = list(data.items())
     else:
         rows = list(csv.reader(io.StringIO(text)))
         header = [h.strip().lower() for h in rows[0]] if rows else []
         if "source" not in header or "target" not in header:
-            raise ValueError(f"{path} must be a CSV whose first row names the columns source,target")
+            raise UserError(f"{path} must be a CSV whose first row names the columns source,target")
         i_s, i_t = header.index("source"), header.index("target")
         pairs = [(r[i_s].strip(), r[i_t].strip()) for r in rows[1:] if len(r) > max(i_s, i_t) and any(r)]
     if not pairs:
-        raise ValueError(f"{path} maps no class")
+        raise UserError(f"{path} maps no class")
     return mapping_by_name(pairs, classes)
 
 
@@ -231,10 +231,10 @@ def check_output_folder(out: Path, data: Path) -> None:
     """OUT must be new or empty and must not lie inside the data: the source is never modified."""
     out, data = Path(out), Path(data)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not empty: choose a new output folder")
+        raise UserError(f"{out} already exists and is not empty: choose a new output folder")
     data_folder = data.resolve() if data.is_dir() else data.resolve().parent if data.suffix.lower() == ".csv" else None
     if data_folder is not None and out.resolve().is_relative_to(data_folder):
-        raise ValueError(f"{out} is inside the data folder {data_folder}: write the noisy copy somewhere else")
+        raise UserError(f"{out} is inside the data folder {data_folder}: write the noisy copy somewhere else")
 
 
 def write_noisy_copy(record: DatasetRecord, result: NoiseResult, out: Path) -> Path:

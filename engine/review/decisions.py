@@ -250,13 +250,13 @@ class DecisionStore:
 
 
 def _checked(action: str, label: str | None) -> str | None:
-    """The label to store for `action`, or ValueError for an action or label that cannot be stored."""
+    """The label to store for `action`, or UserError for an action or label that cannot be stored."""
     if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        raise UserError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
     if action in UNLABELLED_ACTIONS:
         return None
     if not label:
-        raise ValueError(f"action {action!r} needs a label")
+        raise UserError(f"action {action!r} needs a label")
     return label
 
 

@@ -2,6 +2,9 @@
 
 The truth formats accepted are the ones the project writes: `sample_data/truth.csv`
 (`path,true_label,given_label`) and `engine noise`'s `noise.csv` (`path,true_label,noisy_label`).
+
+scikit-learn computes the scores; it is imported inside `detection_metrics` only, so the app (which
+reads TRUTH_NAMES from here) never loads it.
 """
 
 from __future__ import annotations
@@ -10,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from engine.errors import UserError
 
-TRUTH_NAMES = ("truth.csv", "noise.csv")
+TRUTH_NAMES = ("truth.csv", "noise.csv")  # found in the data folder by `fit` (and shown by the app) by themselves
 
 
 def find_truth(data_root: Path) -> Path | None:
@@ -65,13 +67,14 @@ def detection_metrics(
     All label arrays hold class names; images without a truth row (true is None) are left out.
     `corrected` is the exported label (None for discarded images, which are left out of its accuracy).
     """
-    known = np.array([t is not None for t in true])
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    known = np.array([t is not None for t in true], dtype=bool)
     g, t, f = given[known], true[known], flagged[known].astype(bool)
-    wrong = g != t
-    tp = int((f & wrong).sum())
-    precision = tp / max(int(f.sum()), 1)
-    recall = tp / max(int(wrong.sum()), 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    wrong = np.asarray(g != t, dtype=bool)
+    # A flag is a positive prediction of "mislabeled"; no flag (or no mislabeled image) scores 0, not NaN.
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        wrong, f, average="binary", zero_division=0) if len(wrong) else (0.0, 0.0, 0.0, None)
     auroc = float(roc_auc_score(wrong, 1.0 - clean_prob[known])) if 0 < wrong.sum() < len(wrong) else float("nan")
     c = corrected[known]
     kept = np.array([v is not None and v == v for v in c])  # None/NaN = discarded
@@ -79,9 +82,9 @@ def detection_metrics(
         "n": int(known.sum()),
         "n_mislabeled": int(wrong.sum()),
         "n_flagged": int(f.sum()),
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(f1, 4),
+        "precision": round(float(precision), 4),
+        "recall": round(float(recall), 4),
+        "f1": round(float(f1), 4),
         "auroc": round(auroc, 4),
         "corrected_accuracy": round(float((c[kept] == t[kept]).mean()) if kept.any() else float("nan"), 4),
         "pseudo_label_accuracy": round(float((predicted[known] == t).mean()), 4),

@@ -5,8 +5,15 @@ The app never trains in its own process: `start` launches the same command a use
 `RUN/worker.log`. Everything a page shows is then read back from the run folder, so a browser
 refresh, a second tab or a restarted server simply re-attach to the run.
 
-One run at a time per workspace (one GPU, two CPU cores): a lock file `WORKSPACE/active_run.json`
-names the run that holds it. A lock whose run is no longer active is stale and is taken over.
+One run at a time per workspace (one GPU, two CPU cores), decided by the runs' own worker locks
+(engine.runs.worker_lock): a workspace is busy while one of its runs' locks is held. There is no
+second, workspace-wide lock file to go stale: a lock the kernel frees when its worker dies cannot
+outlive the run, and a pointer file would only repeat what the locks already say (and could lie). Two
+launches racing each take their own run's lock first and then look at the others', so at worst both
+refuse, never both start.
+
+The launcher writes status.json once, "queued" (or "failed" when the child cannot start), while it
+holds the run's lock and before the worker exists; from then on the worker is its only writer.
 
 This module imports neither torch nor streamlit.
 """
@@ -26,16 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.runs.status import ACTIVE_STATES, pid_alive
-from engine.runs.rundir import RunDir
+from engine.runs import worker_lock
 from engine.runs.atomic import atomic_write_json, now_iso, read_json
+from engine.runs.rundir import RunDir
+from engine.runs.status import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, effective_state
 
-LOCK_NAME = "active_run.json"
-LAUNCH_NAME = "launch.json"  # the exact command the app ran, for the record and for resume
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# A queued run whose worker never reported a pid (the launcher died between the two writes) is given
-# this long before it reads as failed, so a crashed launch cannot hold the lock forever.
-QUEUED_TIMEOUT_S = 60.0
+RUNS_FOLDER = "runs"  # WORKSPACE/runs/<run id>/: the runs of a workspace
 STOP_GRACE_S = 10.0
 
 
@@ -84,8 +88,8 @@ def start(
         data: dataset folder (or .zip / CSV) as the CLI takes it.
         run_dir: the new run folder (created).
         flags: extra `fit` flags, e.g. ["--loss", "ce", "--epochs", "3"].
-        workspace: folder holding the active-run lock; default: the folder above `run_dir`'s parent
-            (`WORKSPACE/runs/<id>` -> `WORKSPACE`).
+        workspace: the workspace whose runs may not run at the same time; default: the folder above
+            `run_dir`'s parent (`WORKSPACE/runs/<id>` -> `WORKSPACE`).
         command_prefix: replaces `python -m engine` (tests run a fake worker this way).
 
     Returns:
@@ -134,7 +138,7 @@ def run_data_path(run_dir: Path) -> Path | None:
     source = read_json(RunDir(run_dir).source, default=None) or {}
     if source.get("data"):
         return Path(source["data"])
-    launch_record = read_json(Path(run_dir) / LAUNCH_NAME, default=None) or {}
+    launch_record = read_json(RunDir(run_dir).launch, default=None) or {}
     return Path(launch_record["data"]) if launch_record.get("data") else None
 
 
@@ -146,30 +150,31 @@ def launch(
     workspace: Path | None = None,
     command_prefix: Sequence[str] | None = None,
 ) -> int:
-    """The one way a worker starts: take the lock, write status "queued", Popen, record the pid."""
+    """The one way a worker starts: take the run's lock, write "queued", start the child holding the lock."""
     run_dir = Path(run_dir).resolve()
     workspace = Path(workspace).resolve() if workspace else run_dir.parent.parent
-    # Early, friendly refusal before anything is created; the O_EXCL lock below settles races.
+    # Early, friendly refusal before anything is created; the run's own lock below settles races.
     busy = active_run(workspace)
     if busy is not None:
         raise JobError(_busy_message(busy))
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        _acquire_lock(workspace, run_dir, phase)
-    except JobError:
+    rd = RunDir(run_dir)
+    lock = worker_lock.acquire(rd)
+    other = active_run(workspace, besides=run_dir) if lock is not None else run_dir
+    if lock is None or other is not None:
+        if lock is not None:
+            lock.close()
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-    rd = RunDir(run_dir)
+        raise JobError(_busy_message(other or run_dir))
     command = [*(command_prefix or engine_command()), *args]
     data = args[1] if phase == "fit" and len(args) > 1 else None
-    # Merge-write only the launcher's fields: completed_stages stays, it is what --resume continues from.
-    rd.write_status(state="queued", phase=phase, step=0, total=0, message="starting", pid=None, error=None,
-                    images_per_s=None, eta_s=None, started_at=now_iso())
-    atomic_write_json(run_dir / LAUNCH_NAME, {"command": command, "phase": phase, "data": data, "at": now_iso()})
     try:
+        # Merge-write: completed_stages stays, it is what --resume continues from. The worker writes its
+        # own pid and "running" as its first act; no other field of status.json is the launcher's.
+        rd.write_status(state=QUEUED, phase=phase, step=0, total=0, message="starting", pid=None, error=None,
+                        images_per_s=None, eta_s=None, run_eta_s=None, started_at=now_iso())
+        atomic_write_json(rd.launch, {"command": command, "phase": phase, "data": data, "at": now_iso()})
         with open(rd.log, "ab") as log:
             log.write(f"# {now_iso()} {' '.join(command)}\n".encode())
             log.flush()
@@ -180,15 +185,16 @@ def launch(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: Stop signals the worker and its loaders
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                pass_fds=(lock.fileno(),),  # the child holds the run's lock from its first instruction
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **lock.child_environment()},
             )
     except OSError as e:
-        rd.write_status(state="failed", error=f"could not start the worker: {e}")
-        _release_lock(workspace, run_dir)
+        rd.write_status(state=FAILED, error=f"could not start the worker: {e}")
         raise JobError(f"could not start the worker: {e}") from e
-    # The child needs >50 ms of interpreter start-up before it can write status.json itself, so this
-    # merge-write of the pid cannot overwrite a status the worker already wrote.
-    rd.write_status(pid=proc.pid)
+    finally:
+        lock.close()  # the child's copy keeps it held
+    # The pid goes to the launch record, not status.json: Stop can signal a worker that is still starting.
+    atomic_write_json(rd.launch, {**(read_json(rd.launch, default={}) or {}), "pid": proc.pid})
     return proc.pid
 
 
@@ -196,49 +202,33 @@ def launch(
 
 
 def poll(run_dir: Path) -> dict[str, Any]:
-    """status.json with the state a reader should show; a dead worker's run is marked failed on disk."""
+    """status.json with `state` as a reader should show it (engine.runs.status.effective_state); writes nothing."""
     rd = RunDir(run_dir)
     status = rd.read_status()
-    if status.get("state") not in ACTIVE_STATES:
-        return status
-    pid = status.get("pid")
+    pid = _worker_pid(rd, status)
     if pid:
-        _reap(int(pid))
-        if pid_alive(int(pid)):
-            return status
-        # Re-read: the worker writes its final state and then exits, so the first read may predate it.
-        status = rd.read_status()
-        if status.get("state") in ACTIVE_STATES:
-            status = rd.write_status(
-                state="failed",
-                error=status.get("error") or f"the worker (pid {pid}) exited without finishing; see worker.log",
-            )
-        return status
-    if _age_s(status) > QUEUED_TIMEOUT_S:
-        status = rd.write_status(state="failed", error="the worker never started; see worker.log")
-    return status
+        _reap(pid)
+    return {**status, "state": effective_state(rd, status)} if status else status
 
 
 def is_active(run_dir: Path) -> bool:
     return poll(run_dir).get("state") in ACTIVE_STATES
 
 
-def active_run(workspace: Path) -> Path | None:
-    """The run folder holding the workspace lock while its worker is active; clears a stale lock."""
-    lock = Path(workspace) / LOCK_NAME
-    record = read_json(lock, default=None)
-    if record is None:
-        if lock.exists() and _file_age_s(lock) > 5.0:  # unreadable and not being written: stale
-            lock.unlink(missing_ok=True)
+def runs_root(workspace: Path) -> Path:
+    return Path(workspace) / RUNS_FOLDER
+
+
+def active_run(workspace: Path, *, besides: Path | None = None) -> Path | None:
+    """The workspace's run whose worker lock is held (its worker is alive), if any; `besides` is left out."""
+    root = runs_root(workspace)
+    if not root.is_dir():
         return None
-    run_dir = Path(record.get("run_dir", ""))
-    status = poll(run_dir) if run_dir.is_dir() else {}
-    state = status.get("state")
-    if state in ACTIVE_STATES:
-        return run_dir
-    if state is None and _file_age_s(lock) < QUEUED_TIMEOUT_S:
-        return run_dir  # lock taken a moment ago, status.json not written yet
-    lock.unlink(missing_ok=True)
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if besides is not None and run_dir == Path(besides):
+            continue
+        if worker_lock.is_held(RunDir(run_dir)):
+            return run_dir
     return None
 
 
@@ -261,24 +251,26 @@ def log_tail(run_dir: Path, lines: int = 40) -> str:
 def stop(run_dir: Path, *, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
     """SIGTERM the worker's process group (it checkpoints and writes "cancelled"); SIGKILL after `grace_s`.
 
-    Returns the final status. A run that was not active is returned unchanged.
+    Returns the status as a reader sees it. A run that was not active is returned unchanged.
     """
     run_dir = Path(run_dir).resolve()
     rd = RunDir(run_dir)
     status = poll(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return status
-    pid = status.get("pid")
-    if pid and pid_alive(int(pid)):
-        _signal_group(int(pid), signal.SIGTERM)
-        if not _wait_dead(int(pid), grace_s):
-            _signal_group(int(pid), signal.SIGKILL)
-            _wait_dead(int(pid), 5.0)
-    status = rd.read_status()
-    if status.get("state") in ACTIVE_STATES:  # killed before it could record the cancellation itself
-        status = rd.write_status(state="cancelled", message="stopped by the user", eta_s=None)
-    _release_lock(run_dir.parent.parent, run_dir)
-    return status
+    pid = _worker_pid(rd, status)
+    if pid:
+        _signal_group(pid, signal.SIGTERM)
+        if not _wait_released(rd, pid, grace_s):
+            _signal_group(pid, signal.SIGKILL)
+            _wait_released(rd, pid, 5.0)
+    # Killed before it could record the cancellation itself: the lock is free now, and its holder writes.
+    lock = worker_lock.acquire(rd, wait_s=1.0)
+    if lock is not None:
+        with lock:
+            if rd.read_status().get("state") in ACTIVE_STATES:
+                rd.write_status(state=CANCELLED, message="stopped by the user", eta_s=None, run_eta_s=None)
+    return poll(run_dir)
 
 
 # ----------------------------------------------------------------------------- devices
@@ -312,29 +304,10 @@ def _busy_message(run_dir: Path) -> str:
             "(one run at a time)")
 
 
-def _acquire_lock(workspace: Path, run_dir: Path, phase: str) -> None:
-    workspace.mkdir(parents=True, exist_ok=True)
-    lock = workspace / LOCK_NAME
-    body = json.dumps({"run_dir": str(run_dir), "phase": phase, "at": now_iso()}).encode()
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = active_run(workspace)  # clears the lock if its run is over
-            if holder is not None:
-                raise JobError(_busy_message(holder)) from None
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        return
-    raise JobError("could not take the workspace's run lock; try again")
-
-
-def _release_lock(workspace: Path, run_dir: Path) -> None:
-    lock = Path(workspace) / LOCK_NAME
-    record = read_json(lock, default=None) or {}
-    if Path(record.get("run_dir", "")) == Path(run_dir):
-        lock.unlink(missing_ok=True)
+def _worker_pid(run: RunDir, status: dict[str, Any]) -> int | None:
+    """The worker's pid: its own record in status.json, else (still starting) the launcher's launch.json."""
+    pid = status.get("pid") or (read_json(run.launch, default={}) or {}).get("pid")
+    return int(pid) if pid else None
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -349,11 +322,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         raise JobError(f"not allowed to stop process {pid}: {e}") from e
 
 
-def _wait_dead(pid: int, timeout_s: float) -> bool:
+def _wait_released(run: RunDir, pid: int, timeout_s: float) -> bool:
+    """Wait until the run's worker lock is free (its worker is gone)."""
     deadline = time.monotonic() + timeout_s
     while True:
         _reap(pid)
-        if not pid_alive(pid):
+        if not worker_lock.is_held(run):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -366,23 +340,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass  # not our child (another server process started it): nothing to collect
-
-
-def _age_s(status: dict[str, Any]) -> float:
-    stamp = status.get("updated_at") or status.get("started_at")
-    if not stamp:
-        return 0.0
-    try:
-        return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
-    except ValueError:
-        return 0.0
-
-
-def _file_age_s(path: Path) -> float:
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def _short_error(e: BaseException) -> str:

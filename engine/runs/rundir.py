@@ -5,7 +5,9 @@ sees half a file):
 
     config.json        the full RunConfig, written once
     source.json        where the data came from (data path, kind, truth/test files)
-    status.json        state, stage, step/total, message, updated_at, pid, completed_stages
+    status.json        state, stage, step/total, message, ETAs, stages, updated_at, pid, completed_stages
+    .worker.lock       flock()ed by the run's worker while it lives (engine.runs.worker_lock)
+    launch.json        the command the app ran and the worker's pid
     events.jsonl       one JSON object per epoch / stage event
     worker.log         stdout+stderr of a run started by the app
     data/              manifest.csv, images.npy (decoded uint8 cache), intake.json, sha256.csv (image hashes)
@@ -165,7 +167,8 @@ class RunDir:
         return read_json(self.status_file, default={}) or {}
 
     def write_status(self, **fields: Any) -> dict[str, Any]:
-        """Merge fields into status.json (single writer: the worker, or the launcher before it starts)."""
+        """Merge fields into status.json. One writer at a time: the holder of the run's worker lock (the
+        launcher before the worker exists, then the worker); readers never write it."""
         status = self.read_status()
         status.update(fields)
         status["updated_at"] = now_iso()
@@ -173,6 +176,7 @@ class RunDir:
         return status
 
     def completed_stages(self) -> list[str]:
+        """The stages recorded as done (engine.runs.stages decides what "done" means)."""
         return list(self.read_status().get("completed_stages", []))
 
     def mark_stage_done(self, stage: str) -> None:

@@ -19,7 +19,7 @@ from engine.config import ClassifyConfig
 from engine.errors import UserError
 from engine.method.augment import supervised_augment, to_model_input
 from engine.method.models import Network, set_trainable
-from engine.runs.progress import Progress
+from engine.runs.progress import WHOLE, Progress, Span
 from engine.train.device import Runtime, autocast, oom_guard
 from engine.train.loop import EpochRecord, Rng, run_epochs
 from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
@@ -115,11 +115,12 @@ def warmup_head(
     rt: Runtime,
     *,
     epochs: int,
-    seed: int,
+    rng: Rng,
     last_ckpt: Path,
     progress: Progress,
     stage: str = "warmup",
     lr: float | None = None,
+    span: Span = WHOLE,
 ) -> list[EpochRecord]:
     """Train only the classifier head on precomputed features of the frozen encoder."""
     set_trainable(net, encoder=False, projector=False, classifier=True)
@@ -128,7 +129,6 @@ def warmup_head(
     base_lr = scaled_lr(lr if lr is not None else cfg.warmup_lr, batch_size)
     opt = sgd(net.classifier.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
     total = max(epochs * steps_per_epoch(len(labels), batch_size, drop_last=True), 1)
-    rng = Rng.seeded(seed, rt.device)
 
     def lr_at(step: int) -> float:
         return cosine_lr(base_lr, step, total)
@@ -145,7 +145,7 @@ def warmup_head(
 
     return run_epochs(stage=stage, epochs=epochs, n=len(labels), batch_size=batch_size, rng=rng, step=step,
                       modules={"head": net.classifier, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt,
-                      progress=progress, lr_at=lr_at, device=rt.device)
+                      progress=progress, lr_at=lr_at, device=rt.device, span=span)
 
 
 def train_classifier(
@@ -158,11 +158,12 @@ def train_classifier(
     rt: Runtime,
     *,
     epochs: int,
-    seed: int,
+    rng: Rng,
     last_ckpt: Path,
     progress: Progress,
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
     stage: str = "train",
+    span: Span = WHOLE,
 ) -> list[EpochRecord]:
     """Encoder + classifier trained end to end (projection head frozen), SGD + cosine schedule."""
     set_trainable(net, encoder=True, projector=False, classifier=True)
@@ -171,7 +172,6 @@ def train_classifier(
     params = list(net.encoder.parameters()) + list(net.classifier.parameters())
     opt = sgd(params, lr=base_lr, weight_decay=cfg.weight_decay)
     total = max(epochs * steps_per_epoch(len(data), batch_size, drop_last=True), 1)
-    rng = Rng.seeded(seed, rt.device)
 
     def lr_at(step: int) -> float:
         return cosine_lr(base_lr, step, total, warmup_steps=min(total // 20, 20))
@@ -198,7 +198,7 @@ def train_classifier(
 
     return run_epochs(stage=stage, epochs=epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
                       modules={"net": net, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt, progress=progress,
-                      lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device)
+                      lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device, span=span)
 
 
 @torch.no_grad()

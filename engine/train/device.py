@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.errors import UserError
+
 
 class GpuOutOfMemory(RuntimeError):
     """Raised instead of a CUDA OOM traceback, with a message the user can act on."""
@@ -32,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is visible to PyTorch; use --device cpu")
+        raise UserError("--device cuda was asked for, but no CUDA GPU is visible to PyTorch; use --device cpu")
     return torch.device(name)
 
 
@@ -57,7 +59,7 @@ def make_runtime(name: str, precision: str = "auto") -> Runtime:
     """
     device = resolve_device(name)
     if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

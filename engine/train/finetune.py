@@ -81,7 +81,7 @@ def finetune_supcon(
     aug: BatchAugment,
     rt: Runtime,
     *,
-    seed: int,
+    rng: Rng,
     last_ckpt: Path,
     progress: Progress,
 ) -> list[EpochRecord]:
@@ -99,7 +99,6 @@ def finetune_supcon(
     opt = sgd(list(net.encoder.parameters()) + list(net.projector.parameters()), lr=base_lr,
               weight_decay=cfg.weight_decay)
     total = max(cfg.epochs * steps_per_epoch(len(sub), batch_size, drop_last=True), 1)
-    rng = Rng.seeded(seed + 7, rt.device)
 
     def lr_at(step: int) -> float:
         return cosine_lr(base_lr, step, total, warmup_steps=min(total // 10, 20))

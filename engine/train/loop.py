@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.runs.progress import Progress
+from engine.runs.progress import WHOLE, Progress, Span
+from engine.runs.seeds import stream_seed
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.train.trainset import epoch_batches, steps_per_epoch
 
@@ -43,9 +44,10 @@ class Rng:
     augment: torch.Generator
 
     @classmethod
-    def seeded(cls, seed: int, device: torch.device) -> Rng:
-        order = torch.Generator().manual_seed(seed)
-        augment = torch.Generator(device=device).manual_seed(seed + 1)
+    def for_stream(cls, run_seed: int, stream: str, device: torch.device | str) -> Rng:
+        """The generators of the named stream: `<stream>/order` and `<stream>/augment` (engine.runs.seeds)."""
+        order = torch.Generator().manual_seed(stream_seed(run_seed, f"{stream}/order"))
+        augment = torch.Generator(device=device).manual_seed(stream_seed(run_seed, f"{stream}/augment"))
         return cls(order, augment)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -72,6 +74,7 @@ def run_epochs(
     drop_last: bool = True,
     views: int = 1,
     device: torch.device | str = "cpu",
+    span: Span = WHOLE,
 ) -> list[EpochRecord]:
     """Run `epochs` epochs of `step`, resuming from `last_ckpt` when it exists.
 
@@ -81,10 +84,13 @@ def run_epochs(
         modules: name -> object with state_dict/load_state_dict (networks, optimiser, loss buffers).
         end_of_epoch: optional evaluation after each epoch; its metrics go to events.jsonl.
         views: images the network sees per dataset image (2 for contrastive stages), for images/s.
+        span: steps of the stage before and after this loop, for a stage trained in parts (one count).
     """
     per_epoch = steps_per_epoch(n, batch_size, drop_last=drop_last)
     history, start = _resume(last_ckpt, modules, rng, device)
-    progress.stage_start(stage, total=per_epoch * max(epochs - start, 0))
+    # A resumed stage continues its count where the killed run left it (33/48), not from 0 of what is left.
+    progress.stage_start(stage, total=span.before + per_epoch * epochs + span.after,
+                         done=span.before + per_epoch * min(start, epochs))
     for epoch in range(start, epochs):
         t0, seen, total_loss, count = time.perf_counter(), 0, 0.0, 0
         for i, index in enumerate(epoch_batches(n, batch_size, rng.order, drop_last=drop_last)):
@@ -99,7 +105,8 @@ def run_epochs(
         lr = lr_at((epoch + 1) * per_epoch - 1) if lr_at else None
         progress.epoch(stage, record.epoch, epochs, loss=record.loss, images_per_s=round(record.images_per_s, 1),
                        seconds=round(seconds, 2), **({"lr": lr} if lr is not None else {}), **extra)
-    progress.stage_end()
+    if span.after == 0:  # else the stage's next part continues the count
+        progress.stage_end()
     return history
 
 

@@ -1,12 +1,14 @@
-"""The stage graph of a run, with resume.
+"""The stages of a run, with resume; the table of stages (what each reads, writes, when it is done, its
+seed streams) is engine.runs.stages.
 
     fit       = prepare -> pretrain -> warmup -> train -> predict -> split -> embed      (phase a + b1)
     finetune  = supcon -> head -> refresh                                               (phase b2, b3)
 
-The training stages end by writing their checkpoint atomically and are skipped when it exists; an
-interrupted one resumes from its `<stage>.last.pt` epoch checkpoint. So `fit --resume` after a
-kill -9, and re-running a finished run with the same config, redo no training. The cheap stages
-after it (split, embed) are recomputed from the saved predictions.
+Every stage follows the table's one rule: a stage that is done (recorded in completed_stages, its files
+present) or off in these settings is skipped; any other runs — an interrupted one continuing from its
+epoch checkpoints — and records itself once its files are written. So `fit --resume` after a kill -9,
+and a rerun with the same config, redo nothing that finished. Every random generator is seeded from
+the run seed and the stream the table names (engine.runs.seeds).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from engine import config as config_mod
 from engine.config import RunConfig
-from engine.data.cache import PreparedData, is_prepared, load_prepared, prepare
+from engine.data.cache import IMAGES_FILE, PreparedData, is_prepared, load_prepared, prepare
 from engine.data.intake import DatasetRecord, IntakeError, IntakeLimits, scan
 from engine.errors import UserError
 from engine.method.augment import BatchAugment
@@ -34,6 +36,7 @@ from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses
 from engine.review.decisions import Decision, load_decisions
 from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
+from engine.runs import stages
 from engine.runs.atomic import (
     atomic_write_bytes,
     atomic_write_json,
@@ -42,8 +45,10 @@ from engine.runs.atomic import (
     atomic_write_text,
     read_json,
 )
-from engine.runs.progress import Progress
+from engine.runs.progress import SCORE_PASSES, TRAIN_PASSES, Planned, Progress, Span
 from engine.runs.rundir import RunDir
+from engine.runs.seeds import stream_seed
+from engine.runs.stages import FINETUNE, FIT
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.train.classify import (
     Normalisation,
@@ -56,11 +61,12 @@ from engine.train.classify import (
     warmup_head,
 )
 from engine.train.device import Runtime, make_runtime, seed_everything
-from engine.train.finetune import finetune_supcon, finetune_targets
+from engine.train.finetune import FinetuneTargets, finetune_supcon, finetune_targets
+from engine.train.loop import Rng
 from engine.train.pretrain import pretrain_simclr
-from engine.train.trainset import TrainSet
+from engine.train.trainset import TrainSet, steps_per_epoch
 
-FINETUNE_STAGES = ("supcon", "head", "refresh")
+FINETUNE_STAGES = stages.phase_stage_names(FINETUNE)
 
 
 @dataclass
@@ -78,6 +84,13 @@ class Context:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.prepared.classes
+
+    def seed(self, stream: str) -> int:
+        """The seed of one of the run's named streams (engine.runs.stages declares them)."""
+        return stream_seed(self.cfg.seed, stream)
+
+    def rng(self, stream: str) -> Rng:
+        return Rng.for_stream(self.cfg.seed, stream, self.rt.device)
 
     def new_network(self) -> Network:
         net = build_network(self.cfg.model, image_size=self.cfg.data.image_size, num_classes=len(self.classes),
@@ -103,20 +116,26 @@ def write_source(run: RunDir, record: DatasetRecord, *, data: Path, truth: Path 
 
 def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress: Progress) -> PreparedData:
     size = cfg.data.image_size
-    if is_prepared(run.data, record, size):
-        progress.stage_skipped("prepare", "decoded cache is up to date")
-        return load_prepared(run.data)
-    if (run.data / "images.npy").exists() and run.checkpoints.exists():
+    current = is_prepared(run.data, record, size)
+    if not current and (run.data / IMAGES_FILE).exists() and run.checkpoints.exists():
         raise IntakeError(f"the images in {record.source} changed since this run started; start a new --run-dir")
+    if current and stages.is_done(run, "prepare"):
+        progress.stage_skipped("prepare", "decoded cache is up to date", done=True)
+        return load_prepared(run.data)
     progress.stage_start("prepare", total=len(record.samples), unit="img")
-    done = [0]
+    if current:  # a complete cache of exactly this data, from before stages were recorded: nothing to decode
+        prepared = load_prepared(run.data)
+        progress.advance(len(record.samples), images=len(record.samples))
+    else:
+        done = [0]
 
-    def tick(n: int, total: int) -> None:
-        progress.advance(n - done[0], images=n - done[0])
-        done[0] = n
+        def tick(n: int, total: int) -> None:
+            progress.advance(n - done[0], images=n - done[0])
+            done[0] = n
 
-    prepared = prepare(record, run.data, image_size=size, progress=tick)  # refuses < 2 classes itself
+        prepared = prepare(record, run.data, image_size=size, progress=tick)  # refuses < 2 classes itself
     progress.stage_end()
+    stages.mark_done(run, "prepare")
     return prepared
 
 
@@ -125,11 +144,11 @@ def _test_set(run: RunDir, test: Path | None, classes: tuple[str, ...], cfg: Run
         return None
     # One class is a fine test set; a zipped one is extracted inside the run (a temp folder would be left
     # behind by every invocation, and the cache below keeps pointing at its files).
-    record = scan(Path(test), check="header", limits=IntakeLimits(min_classes=1), extract_to=run.path / "test_source")
+    record = scan(Path(test), check="header", limits=IntakeLimits(min_classes=1), extract_to=run.test_source)
     unknown = sorted(set(record.classes) - set(classes))
     if unknown:
         raise IntakeError(f"the test folder has classes the training data lacks: {', '.join(unknown)}")
-    out = run.path / "test_data"
+    out = run.test_data
     prepared = load_prepared(out) if is_prepared(out, record, cfg.data.image_size) else prepare(
         record, out, image_size=cfg.data.image_size)
     index = {c: i for i, c in enumerate(classes)}
@@ -138,14 +157,18 @@ def _test_set(run: RunDir, test: Path | None, classes: tuple[str, ...], cfg: Run
 
 
 def open_context(run: RunDir, cfg: RunConfig, record: DatasetRecord, *, truth: Path | None, test: Path | None,
-                 progress: Progress, rt: Runtime | None = None, truth_optional: bool = False) -> Context:
+                 progress: Progress, rt: Runtime | None = None, truth_optional: bool = False,
+                 phase: str = FIT) -> Context:
     """Prepare (or reuse) the decoded cache and load everything the stages share.
 
     truth_optional: the truth file was found in the data folder, not asked for; an unusable one is
     then reported and ignored instead of failing the run.
+    phase: FIT begins phase (a) here, before its first stage (prepare) runs.
     """
     rt = rt or make_runtime(cfg.device, cfg.precision)
-    seed_everything(cfg.seed)
+    seed_everything(stream_seed(cfg.seed, stages.PHASE_SEEDS[FIT]))  # the network's initial weights
+    if phase == FIT:
+        _begin_phase(run, cfg, progress, FIT, n=len(record.samples))
     prepared = _prepare_stage(run, record, cfg, progress)
     data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device)
     return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(prepared.images),
@@ -166,7 +189,56 @@ def _truth(path: Path | None, paths: tuple[str, ...], classes: tuple[str, ...], 
         return None
 
 
-# ============================================================================================ phase a
+# ============================================================================================ stages
+
+
+def _begin_phase(run: RunDir, cfg: RunConfig, progress: Progress, phase: str, *, n: int) -> None:
+    """Show every stage of `phase` with its state, and plan the work left (for the run's ETA)."""
+    names = list(stages.phase_stage_names(phase))
+    if phase == FIT and cfg.finetune_after_fit:
+        names += stages.phase_stage_names(FINETUNE)  # `fit --finetune`: the run goes on into phase (b)
+    states = {name: stages.state_of(run, cfg, name) for name in stages.phase_stage_names(phase)}
+    plan = [planned_work(cfg, name, n) for name in names
+            if states.get(name, stages.state_of(run, cfg, name)) == "waiting"]
+    progress.begin_phase(phase, states, plan)
+
+
+def planned_work(cfg: RunConfig, name: str, n: int) -> Planned:
+    """The work of one stage in image passes (engine.runs.progress explains the count)."""
+
+    def training(epochs: int, batch_size: int, views: int = 1) -> float:
+        if n < 2 or epochs == 0:
+            return 0.0
+        b = min(batch_size, n)
+        return float(epochs * steps_per_epoch(n, b, drop_last=True) * b * views) * TRAIN_PASSES
+
+    p, c, f = cfg.pretrain, cfg.classify, cfg.finetune
+    work = {
+        "prepare": (0.0, None),  # decoding, not a network pass
+        "pretrain": (training(p.epochs, p.batch_size, views=2), TRAIN_PASSES),
+        "warmup": (n * SCORE_PASSES, None),  # one pass for the features; the head's steps cost next to nothing
+        "train": (training(c.epochs, c.batch_size) + min(cfg.split.average_last, c.epochs) * n * SCORE_PASSES,
+                  TRAIN_PASSES),
+        "predict": (n * SCORE_PASSES, SCORE_PASSES),
+        "split": (0.0, None),
+        "embed": (0.0, None),
+        "supcon": (training(f.epochs, f.batch_size, views=2), TRAIN_PASSES),
+        "head": (n * SCORE_PASSES + training(f.full_epochs, c.batch_size), None),
+        "refresh": (n * SCORE_PASSES, SCORE_PASSES),
+    }[name]
+    return Planned(name, *work)
+
+
+def _runs(ctx: Context, name: str) -> bool:
+    """False (after saying why) when the stage does not run: off in these settings, or done (the table's rule)."""
+    off = stages.stage(name).off(ctx.cfg)
+    if off:
+        ctx.progress.stage_skipped(name, off)
+        return False
+    if stages.is_done(ctx.run, name):
+        ctx.progress.stage_skipped(name, "already done", done=True)
+        return False
+    return True
 
 
 def _augment(ctx: Context) -> BatchAugment:
@@ -174,10 +246,13 @@ def _augment(ctx: Context) -> BatchAugment:
 
 
 def _final_ckpt(ctx: Context, stage: str, net: Network, **extra: object) -> None:
+    """Write the stage's checkpoint, record the stage done, then drop its resume points (in this order: a
+    kill between any two steps leaves either a stage to finish from its last epoch, or a done stage)."""
     save_checkpoint(ctx.run.checkpoint(stage), {"net": net.state_dict(), "stage": stage,
                                                 "config": config_mod.to_dict(ctx.cfg), **extra})
-    ctx.run.checkpoint(stage, last=True).unlink(missing_ok=True)
-    ctx.run.mark_stage_done(stage)
+    stages.mark_done(ctx.run, stage)
+    for p in stages.stage(stage).resume(ctx.run):
+        p.unlink(missing_ok=True)
 
 
 def _load_net(ctx: Context, net: Network, stage: str) -> Network:
@@ -185,49 +260,40 @@ def _load_net(ctx: Context, net: Network, stage: str) -> Network:
     return net
 
 
+# ============================================================================================ phase a
+
+
 def stage_pretrain(ctx: Context, net: Network) -> None:
-    p = ctx.cfg.pretrain
-    if not p.enabled or p.epochs == 0:
-        ctx.progress.stage_skipped("pretrain", "pre-training is off (--no-pretrain)")
+    if not _runs(ctx, "pretrain"):
+        if stages.is_done(ctx.run, "pretrain"):
+            _load_net(ctx, net, "pretrain")
         return
-    if ctx.run.checkpoint("pretrain").exists():
-        ctx.progress.stage_skipped("pretrain", "already done")
-        _load_net(ctx, net, "pretrain")
-        return
-    pretrain_simclr(net, ctx.data, p, _augment(ctx), ctx.rt, seed=ctx.cfg.seed,
+    pretrain_simclr(net, ctx.data, ctx.cfg.pretrain, _augment(ctx), ctx.rt, rng=ctx.rng("pretrain"),
                     last_ckpt=ctx.run.checkpoint("pretrain", last=True), progress=ctx.progress)
     _final_ckpt(ctx, "pretrain", net)
 
 
 def stage_warmup(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     c = ctx.cfg.classify
-    if not ctx.cfg.pretrain.enabled or ctx.cfg.pretrain.epochs == 0 or c.warmup_epochs == 0:
-        ctx.progress.stage_skipped("warmup", "no pre-trained encoder to warm up on")
-        return
-    if ctx.run.checkpoint("warmup").exists():
-        ctx.progress.stage_skipped("warmup", "already done")
-        state = load_checkpoint(ctx.run.checkpoint("warmup"), ctx.rt.device)
-        net.load_state_dict(state["net"])
-        loss_fn.load_state_dict(state["loss"])
+    if not _runs(ctx, "warmup"):
+        if stages.is_done(ctx.run, "warmup") and not stages.stage("warmup").off(ctx.cfg):
+            state = load_checkpoint(ctx.run.checkpoint("warmup"), ctx.rt.device)
+            net.load_state_dict(state["net"])
+            loss_fn.load_state_dict(state["loss"])
         return
     features = encode(net, ctx.data, ctx.norm, ctx.rt)
-    warmup_head(net, features, ctx.data.labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, seed=ctx.cfg.seed + 1,
+    warmup_head(net, features, ctx.data.labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
                 last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress)
     _final_ckpt(ctx, "warmup", net, loss=loss_fn.state_dict())
 
 
-def _loss_history_path(ctx: Context) -> Path:
-    return ctx.run.checkpoints / "train_losses.npz"
-
-
 def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     c = ctx.cfg.classify
-    if ctx.run.checkpoint("train").exists():
-        ctx.progress.stage_skipped("train", "already done")
+    if not _runs(ctx, "train"):
         _load_net(ctx, net, "train")
         return
     k = ctx.cfg.split.average_last
-    hist_path = _loss_history_path(ctx)
+    hist_path = ctx.run.loss_history
 
     def end_of_epoch(epoch: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -242,7 +308,7 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
         return out
 
     train_classifier(net, ctx.data, ctx.data.labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
-                     seed=ctx.cfg.seed + 2, last_ckpt=ctx.run.checkpoint("train", last=True), progress=ctx.progress,
+                     rng=ctx.rng("train"), last_ckpt=ctx.run.checkpoint("train", last=True), progress=ctx.progress,
                      end_of_epoch=end_of_epoch)
     _final_ckpt(ctx, "train", net)
 
@@ -255,29 +321,40 @@ def _read_history(path: Path, before_epoch: int) -> list[np.ndarray]:
     return list(keep)
 
 
-def stage_predict(ctx: Context, net: Network) -> Predictions:
-    path = ctx.run.predictions
-    if path.exists() and "predict" in ctx.run.completed_stages():
-        z = np.load(path)
-        ctx.progress.stage_skipped("predict", "already done")
-        return Predictions(z["probs"], z["features"])
+def stage_predict(ctx: Context, net: Network) -> None:
+    if not _runs(ctx, "predict"):
+        return
     ctx.progress.stage_start("predict", total=1, unit="pass")
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
-    hist = _loss_history_path(ctx)
+    hist = ctx.run.loss_history
     history = np.load(hist)["losses"] if hist.exists() else losses[None]
-    atomic_write_npz(path, probs=preds.probs, features=preds.features, losses=history)
+    atomic_write_npz(ctx.run.predictions, probs=preds.probs, features=preds.features, losses=history)
     ctx.progress.advance(1, images=len(ctx.data))
     ctx.progress.stage_end()
-    ctx.run.mark_stage_done("predict")
-    return preds
+    stages.mark_done(ctx.run, "predict")
 
 
-def stage_split(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: str) -> SplitResult:
-    """Fit the mixture, write samples.csv, split.json and (with a truth file) metrics.json."""
+def _saved_predictions(ctx: Context) -> tuple[Predictions, np.ndarray]:
+    z = np.load(ctx.run.predictions)
+    return Predictions(z["probs"], z["features"]), z["losses"]
+
+
+def stage_split(ctx: Context) -> None:
+    if not _runs(ctx, "split"):
+        return
+    preds, losses = _saved_predictions(ctx)
     ctx.progress.stage_start("split", total=1, unit="fit")
+    split_and_write(ctx, preds, losses, phase=FIT, seed=ctx.seed("split/mixture"))
+    ctx.progress.advance(1)
+    ctx.progress.stage_end()
+    stages.mark_done(ctx.run, "split")
+
+
+def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: str, seed: int) -> SplitResult:
+    """Fit the mixture, write samples.csv, split.json and (with a truth file) metrics.json."""
     s = ctx.cfg.split
-    result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=ctx.cfg.seed, max_iter=s.max_iter,
+    result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
                            tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
     write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result)
     atomic_write_json(ctx.run.split, {
@@ -287,9 +364,6 @@ def stage_split(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: 
         "per_class": per_class_summary(result.flagged, ctx.prepared.labels, ctx.classes), "phase": phase,
     })
     write_metrics(ctx, phase)
-    ctx.progress.advance(1)
-    ctx.progress.stage_end()
-    ctx.run.mark_stage_done("split")
     return result
 
 
@@ -338,41 +412,45 @@ def write_metrics(ctx: Context, phase: str) -> dict | None:
     return m
 
 
-def stage_embed(ctx: Context, features: np.ndarray) -> None:
-    if not ctx.cfg.embed.enabled:
+def stage_embed(ctx: Context) -> None:
+    if stages.stage("embed").off(ctx.cfg):
         ctx.run.umap.unlink(missing_ok=True)  # a stale map from an earlier phase would mislead
-        ctx.progress.stage_skipped("embed", "embedding map turned off (embed.enabled=false)")
+    if not _runs(ctx, "embed"):
         return
     ctx.progress.stage_start("embed", total=1, unit="map")
+    made = embed_map(ctx, _saved_predictions(ctx)[0].features, seed=ctx.seed("embed/umap"))
+    ctx.progress.advance(1, images=ctx.prepared.images.shape[0])
+    ctx.progress.stage_end()
+    if made:  # a map that failed leaves the stage to a rerun
+        stages.mark_done(ctx.run, "embed")
+
+
+def embed_map(ctx: Context, features: np.ndarray, *, seed: int) -> bool:
+    """Write umap.npy; False (with a note) when UMAP fails: the map is evidence, not a result."""
     try:
-        coords = umap_2d(features, ctx.cfg.embed, seed=ctx.cfg.seed)
+        coords = umap_2d(features, ctx.cfg.embed, seed=seed)
         atomic_write_npy(ctx.run.umap, coords.astype(np.float32))
-    except Exception as e:  # the map is evidence, not a result: a failure must not fail the run
+        return True
+    except Exception as e:  # a failure must not fail the run ...
         ctx.run.umap.unlink(missing_ok=True)  # ... nor leave an older phase's map looking current
         ctx.progress.note(f"embedding map skipped: {type(e).__name__}: {e}")
-    ctx.progress.advance(1, images=len(features))
-    ctx.progress.stage_end()
-    ctx.run.mark_stage_done("embed")
+        return False
 
 
 def run_fit(ctx: Context) -> dict:
-    """Phase (a) and the split: every stage, skipping those already done."""
+    """Phase (a) and the split: every stage, skipping those done."""
     t0 = time.perf_counter()
-    if "refresh" in ctx.run.completed_stages():
-        # Phase (b) has replaced the predictions; phase (a) is finished and must not be re-derived from them.
-        ctx.progress.stage_skipped("fit", "phase (a) is finished and the run is fine-tuned")
-        return _summary_from_disk(ctx, "finetune", time.perf_counter() - t0)
     net = ctx.new_network()
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
     stage_pretrain(ctx, net)
     stage_warmup(ctx, net, loss_fn)
     stage_train(ctx, net, loss_fn)
-    preds = stage_predict(ctx, net)
-    losses = np.load(ctx.run.predictions)["losses"]
-    stage_split(ctx, preds, losses, phase="fit")
-    stage_embed(ctx, preds.features)
-    return _summary_from_disk(ctx, "fit", time.perf_counter() - t0)
+    stage_predict(ctx, net)
+    stage_split(ctx)
+    stage_embed(ctx)
+    fine_tuned = stages.is_done(ctx.run, "refresh")  # then samples.csv & co. are phase (b)'s
+    return _summary_from_disk(ctx, FINETUNE if fine_tuned else FIT, time.perf_counter() - t0)
 
 
 def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
@@ -386,7 +464,7 @@ def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
         out.update({k: metrics.get(k) for k in ("precision", "recall", "f1", "auroc", "corrected_accuracy",
                                                    "pseudo_label_accuracy", "given_label_accuracy")})
     if ctx.test is not None:
-        net = _load_net(ctx, ctx.new_network(), "head" if phase == "finetune" else "train")
+        net = _load_net(ctx, ctx.new_network(), "head" if phase == FINETUNE else "train")
         out["test_acc"] = round(accuracy(net, ctx.test, ctx.norm, ctx.rt), 4)
     ctx.run.append_event(**out)
     return out
@@ -404,8 +482,8 @@ def finetune_fingerprint(decisions: dict[str, Decision], cfg: RunConfig) -> str:
 
 def snapshot_phase_a(run: RunDir) -> None:
     """Keep phase (a)'s outputs the first time phase (b) runs, for before/after and re-runs."""
-    pairs = [(run.samples, run.samples_before), (run.predictions, run.path / "predictions_phase_a.npz"),
-             (run.metrics, run.path / "metrics_phase_a.json")]
+    pairs = [(run.samples, run.samples_before), (run.predictions, run.predictions_before),
+             (run.metrics, run.metrics_before)]
     for src, dst in pairs:
         if src.exists() and not dst.exists():
             atomic_write_bytes(dst, src.read_bytes())  # a kill mid-copy must not leave half a snapshot
@@ -414,66 +492,76 @@ def snapshot_phase_a(run: RunDir) -> None:
 def reset_finetune(run: RunDir, fingerprint: str) -> bool:
     """Decide how phase (b) starts. Returns True when it is already done with exactly these decisions
     and settings (nothing to do). Otherwise it resumes an interrupted phase (b) with the same
-    fingerprint, or clears its checkpoints and starts afresh from phase (a)."""
-    meta = read_json(run.checkpoints / "finetune.json", {}) or {}
+    fingerprint, or makes all of phase (b) not done (its inputs changed) and starts it afresh."""
+    meta = read_json(run.finetune_meta, {}) or {}
     if meta.get("fingerprint") == fingerprint:
-        return "refresh" in run.completed_stages()
-    for stage in (*FINETUNE_STAGES, "head_full"):
-        run.checkpoint(stage).unlink(missing_ok=True)
-        run.checkpoint(stage, last=True).unlink(missing_ok=True)
-    run.unmark_stages(list(FINETUNE_STAGES))
-    atomic_write_json(run.checkpoints / "finetune.json", {"fingerprint": fingerprint})
+        return stages.is_done(run, "refresh")
+    stages.invalidate(run, FINETUNE_STAGES)
+    atomic_write_json(run.finetune_meta, {"fingerprint": fingerprint})
     return False
+
+
+def phase_a_finished(run: RunDir, cfg: RunConfig) -> bool:
+    """Every stage phase (b) builds on is done (or off); the map is not one of them."""
+    return all(stages.is_done(run, name) or stages.stage(name).off(cfg)
+               for name in ("pretrain", "warmup", "train", "predict", "split"))
+
+
+def truth_changed(run: RunDir, truth: Path | None, kept: Path | None) -> None:
+    """Another truth file than the run knew: phase (a)'s split (which writes the metrics) must run again —
+    unless phase (b) has started replacing phase (a)'s outputs (then `finetune` writes the metrics)."""
+    if truth != kept and not run.predictions_before.exists():
+        stages.invalidate(run, ["split"])
 
 
 def run_finetune(ctx: Context) -> dict:
     """Phase (b): weighted SupCon on pseudo-labels and decisions, a fresh head, refreshed flags."""
     t0 = time.perf_counter()
     run, cfg = ctx.run, ctx.cfg
-    if not run.checkpoint("train").exists() or "split" not in run.completed_stages():
+    if not phase_a_finished(run, cfg):
         raise UserError(f"{run.path} has no finished phase (a); run (or resume) `python -m engine fit` first")
     snapshot_phase_a(run)
     decisions = load_decisions(run.decisions)
-    phase_a = np.load(run.path / "predictions_phase_a.npz")
+    phase_a = np.load(run.predictions_before)
     # Targets first: a decision the run cannot use fails here, before any phase (b) state is touched.
     targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, decisions, cfg.split,
-                               min_weight=cfg.finetune.min_weight, seed=cfg.seed)
-    if reset_finetune(run, finetune_fingerprint(decisions, cfg)):
-        ctx.progress.stage_skipped("finetune", "already fine-tuned with these decisions and settings")
-        return _summary_from_disk(ctx, "finetune", time.perf_counter() - t0)
+                               min_weight=cfg.finetune.min_weight, seed=ctx.seed("supcon/weights"))
+    done = reset_finetune(run, finetune_fingerprint(decisions, cfg))
+    _begin_phase(run, cfg, ctx.progress, FINETUNE, n=len(ctx.data))
+    if done:
+        ctx.progress.stage_skipped("finetune", "already fine-tuned with these decisions and settings", done=True)
+        return _summary_from_disk(ctx, FINETUNE, time.perf_counter() - t0)
     # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
-    seed_everything(cfg.seed + 1000)
+    seed_everything(ctx.seed(stages.PHASE_SEEDS[FINETUNE]))
     ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
     net = _load_net(ctx, ctx.new_network(), "train")
-    if run.checkpoint("supcon").exists():
-        ctx.progress.stage_skipped("supcon", "already done")
-        _load_net(ctx, net, "supcon")
-    elif cfg.finetune.epochs > 0:
-        finetune_supcon(net, ctx.data, targets, cfg.finetune, _augment(ctx), ctx.rt, seed=cfg.seed,
-                        last_ckpt=run.checkpoint("supcon", last=True), progress=ctx.progress)
-        _final_ckpt(ctx, "supcon", net)
-    else:
-        ctx.progress.stage_skipped("supcon", "finetune.epochs is 0")
+    stage_supcon(ctx, net, targets)
     net.new_classifier(len(ctx.classes))
     net.to(ctx.rt.device)
     stage_head(ctx, net, targets)
-    preds = predict(net, ctx.data, ctx.norm, ctx.rt)
-    losses = per_sample_ce(preds.probs, ctx.prepared.labels)
-    atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses[None])
-    stage_split(ctx, preds, losses[None], phase="finetune")
-    stage_embed(ctx, preds.features)
-    run.mark_stage_done("refresh")
-    return _summary_from_disk(ctx, "finetune", time.perf_counter() - t0)
+    stage_refresh(ctx, net)
+    return _summary_from_disk(ctx, FINETUNE, time.perf_counter() - t0)
 
 
-def stage_head(ctx: Context, net: Network, targets) -> None:
+def stage_supcon(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
+    if not _runs(ctx, "supcon"):
+        if stages.is_done(ctx.run, "supcon"):
+            _load_net(ctx, net, "supcon")
+        return
+    finetune_supcon(net, ctx.data, targets, ctx.cfg.finetune, _augment(ctx), ctx.rt, rng=ctx.rng("supcon"),
+                    last_ckpt=ctx.run.checkpoint("supcon", last=True), progress=ctx.progress)
+    _final_ckpt(ctx, "supcon", net)
+
+
+def stage_head(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     """(b3) a fresh classifier head on the fine-tuned encoder, trained on the targets: the head alone on
-    frozen features first, then encoder + head for `full_epochs` (discarded images left out)."""
+    frozen features first, then encoder + head for `full_epochs` (discarded images left out). One stage,
+    one count, two resume points (engine.runs.stages.HEAD_PARTS)."""
     run, f = ctx.run, ctx.cfg.finetune
-    if run.checkpoint("head").exists():
-        ctx.progress.stage_skipped("head", "already done")
+    if not _runs(ctx, "head"):
         _load_net(ctx, net, "head")
         return
+    warmup_resume, full_resume = stages.stage("head").resume(run)
     trusted = targets.keep & (targets.weights >= f.head_min_weight)
     kept = np.flatnonzero(trusted)
     if len(kept) < 2:
@@ -482,16 +570,38 @@ def stage_head(ctx: Context, net: Network, targets) -> None:
     labels = torch.as_tensor(targets.labels[kept], device=ctx.rt.device)
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
-    if not run.checkpoint("head_full", last=True).exists():  # else the warm-up is done and full training resumes
+    per_epoch = steps_per_epoch(len(kept), min(ctx.cfg.classify.batch_size, len(kept)), drop_last=True)
+    warmup_steps, full_steps = f.head_epochs * per_epoch, f.full_epochs * per_epoch
+    if not full_resume.exists():  # else the warm-up is done and full training resumes
         features = encode(net, ctx.data, ctx.norm, ctx.rt).index_select(0, torch.as_tensor(kept, device=ctx.rt.device))
         warmup_head(net, features, labels, loss_fn, ctx.cfg.classify, ctx.rt, epochs=f.head_epochs,
-                    seed=ctx.cfg.seed + 3, last_ckpt=run.checkpoint("head", last=True), progress=ctx.progress,
-                    stage="head", lr=f.head_lr)
+                    rng=ctx.rng("head/warmup"), last_ckpt=warmup_resume, progress=ctx.progress, stage="head",
+                    lr=f.head_lr, span=Span(after=full_steps))
     if f.full_epochs > 0:
         sub = ctx.data.subset(trusted)
         full_cfg = replace(ctx.cfg.classify, lr=f.full_lr)
         train_classifier(net, sub, labels, loss_fn, full_cfg, ctx.norm, ctx.rt, epochs=f.full_epochs,
-                         seed=ctx.cfg.seed + 4, last_ckpt=run.checkpoint("head_full", last=True),
-                         progress=ctx.progress, stage="head")
+                         rng=ctx.rng("head/full"), last_ckpt=full_resume, progress=ctx.progress, stage="head",
+                         span=Span(before=warmup_steps))
     _final_ckpt(ctx, "head", net)
-    run.checkpoint("head_full", last=True).unlink(missing_ok=True)
+
+
+def stage_refresh(ctx: Context, net: Network) -> None:
+    """New predictions, mixture, samples.csv, metrics and map from the fine-tuned network."""
+    if not _runs(ctx, "refresh"):
+        return
+    run = ctx.run
+    ctx.progress.stage_start("refresh", total=3, unit="step")
+    preds = predict(net, ctx.data, ctx.norm, ctx.rt)
+    losses = per_sample_ce(preds.probs, ctx.prepared.labels)
+    atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses[None])
+    ctx.progress.advance(1, images=len(ctx.data))
+    split_and_write(ctx, preds, losses[None], phase=FINETUNE, seed=ctx.seed("refresh/mixture"))
+    ctx.progress.advance(1)
+    if stages.stage("embed").off(ctx.cfg):
+        run.umap.unlink(missing_ok=True)  # phase (a)'s map would not match the new features
+    else:
+        embed_map(ctx, preds.features, seed=ctx.seed("refresh/umap"))
+    ctx.progress.advance(1)
+    ctx.progress.stage_end()
+    stages.mark_done(run, "refresh")

@@ -24,7 +24,7 @@ def pretrain_simclr(
     aug: BatchAugment,
     rt: Runtime,
     *,
-    seed: int,
+    rng: Rng,
     last_ckpt: Path,
     progress: Progress,
 ) -> list[EpochRecord]:
@@ -35,7 +35,6 @@ def pretrain_simclr(
     base_lr = scaled_lr(cfg.lr, batch_size)
     opt = sgd(net.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * steps_per_epoch(len(data), batch_size, drop_last=True)
-    rng = Rng.seeded(seed, rt.device)
 
     def lr_at(step: int) -> float:
         return cosine_lr(base_lr, step, total, warmup_steps=min(total // 10, 50))
