@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.data.cache import MANIFEST_FILE
 from engine.errors import UserError
 from engine.review.decisions import ACTIONS, UNLABELLED_ACTIONS, Decision, DecisionStore
 from engine.review.export import _FORMULA_START, _NUMBER, _refuse_protected_file
@@ -214,7 +215,7 @@ def _read_rows(csv_path: Path) -> list[_Row]:
 
 
 def _run_images(run: RunDir, *, hash_them: bool, progress: Progress | None) -> _Images:
-    manifest = run.data / "manifest.csv"
+    manifest = run.data / MANIFEST_FILE
     try:
         with open(manifest, encoding="utf-8", newline="") as f:
             given = {r["path"]: r["label"] for r in csv.DictReader(f)}
