@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from engine.errors import UserError
+from engine.filekind import require_regular_file
 
 TRUTH_NAMES = ("truth.csv", "noise.csv")
 
@@ -29,8 +30,10 @@ def find_truth(data_root: Path) -> Path | None:
 def load_truth(path: Path, paths: list[str] | tuple[str, ...], classes: tuple[str, ...] | None = None) -> np.ndarray:
     """True label of each image in `paths` (object array; None where the file has no row for it).
 
-    Raises UserError when the file lacks the columns or matches none of the images.
+    Raises UserError when the file is not a regular file (a named pipe would block the read forever),
+    lacks the columns or matches none of the images.
     """
+    require_regular_file(Path(path), "truth file", "a CSV file with path,true_label columns")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
