@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import UserError
+from engine.filekind import require_regular_file
 
 LossName = Literal["ce", "nfl+rce", "elr"]
 Stem = Literal["auto", "small", "standard"]
@@ -28,6 +29,8 @@ Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
+# A config.json is about 2 KB; anything this large is not one, and is refused before it is read.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class ConfigError(UserError):
@@ -302,16 +305,21 @@ def save(cfg: RunConfig, path: Path) -> None:
 
 
 def load(path: Path) -> RunConfig:
-    """Read and validate a config file; every problem is a ConfigError that names the file."""
+    """Read and validate a config file; every problem is a ConfigError that names the file.
+
+    The file is looked at before it is opened: a named pipe would block the read forever, and a device
+    or a huge file would be read whole into memory.
+    """
     path = Path(path)
+    require_regular_file(path, "config file", "a JSON file", max_bytes=MAX_CONFIG_BYTES)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed since the check
         raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder, not a JSON file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"config file {path} is not readable JSON ({e})") from None
+    except RecursionError:  # e.g. "[[[[...": the parser gives up before any config could be built
+        raise ConfigError(f"config file {path} is not readable JSON (nested too deeply)") from None
     try:
         return validate(from_dict(d))
     except ConfigError as e:

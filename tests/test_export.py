@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -156,13 +158,87 @@ def test_file_export_refuses_the_source_data_and_the_truth_file(run: RunDir, tmp
     assert _snapshot(data) == before and truth.read_text() == "path,label\n"
 
 
-def test_file_export_overwrites_its_own_earlier_export(run: RunDir, tmp_path: Path) -> None:
+def test_file_export_replaces_an_existing_file_only_with_overwrite(run: RunDir, tmp_path: Path) -> None:
     out = tmp_path / "exports" / "labels.csv"
     export_labels(run.path, out, "csv")
+    first = out.read_bytes()
+    out.chmod(0o640)
     DecisionStore(run.decisions).decide(["cat/2.png"], "discard")
-    export_labels(run.path, out, "csv")  # same file again: allowed, replaced
+    with pytest.raises(ExportError, match=r"labels\.csv already exists; give a new file name, or add --overwrite"):
+        export_labels(run.path, out, "csv")
+    assert out.read_bytes() == first
+    export_labels(run.path, out, "csv", overwrite=True)
     e = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("path")
     assert e.loc["cat/2.png", ["label", "status"]].tolist() == ["", "discarded"]
+    assert out.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
+    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.csv"]  # no temporary file left
+
+
+def test_a_new_export_file_gets_the_users_permissions(run: RunDir, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        out = export_labels(run.path, tmp_path / "labels.json", "json")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644  # not the owner-only mode of a temporary file
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_file_export_never_writes_to_a_pipe_or_a_link(run: RunDir, tmp_path: Path, overwrite: bool) -> None:
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(ExportError, match=r"pipe\.csv is a named pipe, not a regular file; the export never writes"):
+        export_labels(run.path, tmp_path / "pipe.csv", "csv", overwrite=overwrite)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.csv").st_mode)
+    (tmp_path / "mine.csv").write_text("mine\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "mine.csv")
+    with pytest.raises(ExportError, match=r"link\.csv is a symbolic link; give the path of a new file"):
+        export_labels(run.path, tmp_path / "link.csv", "csv", overwrite=overwrite)
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "mine.csv").read_text() == "mine\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_folder_export_overwrite_replaces_only_an_earlier_export(run: RunDir, tmp_path: Path) -> None:
+    out = export_labels(run.path, tmp_path / "sorted", "folder")
+    DecisionStore(run.decisions).decide(["cat/2.png"], "discard")
+    with pytest.raises(ExportError, match="already exists and is not an empty folder; choose a new folder, or add"):
+        export_labels(run.path, out, "folder")
+    export_labels(run.path, out, "folder", overwrite=True)
+    assert not (out / "dog" / "2.png").exists() and (out / "dog" / "3.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "sorted"]  # old tree gone, no partial left
+    (out / "cat" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"is not an earlier folder export \(cat/notes\.txt is not in its labels"):
+        export_labels(run.path, out, "folder", overwrite=True)
+    assert (out / "cat" / "notes.txt").read_text() == "mine"
+    mine = tmp_path / "mine"
+    (mine / "x").mkdir(parents=True)
+    (mine / "x" / "a.png").write_bytes(b"a")
+    with pytest.raises(ExportError, match=r"mine is not an earlier folder export \(no labels\.csv\)"):
+        export_labels(run.path, mine, "folder", overwrite=True)
+    assert (mine / "x" / "a.png").read_bytes() == b"a"
+
+
+def test_folder_export_shortens_names_over_the_file_system_limit(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    long_a = "a" * (limit - 4) + ".png"  # exactly the limit
+    long_b = "é" * ((limit - 4) // 2) + ".png"  # two bytes per character
+    paths = [f"x/{long_a}", f"y/{long_a}", f"x/{long_b}", f"y/{long_b}"]
+    for p in paths:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(p.encode())
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "folder", "classes": ["x", "y"]})
+    pd.DataFrame([{"path": p, "given_label": "x", "suggested_label": "x", "flagged": 0, "clean_prob": 0.9}
+                  for p in paths]).to_csv(run.samples, index=False)
+    out = export_labels(run.path, tmp_path / "sorted", "folder")  # four images, two names, one class
+    names = sorted(p.name for p in (out / "x").iterdir())
+    assert len(names) == 4 and all(len(os.fsencode(n)) <= limit and n.endswith(".png") for n in names)
+    assert long_a in names and long_b in names  # a name that fits is kept as it is
+    listing = pd.read_csv(out / "labels.csv", dtype=str)
+    assert sorted(listing["source_path"]) == sorted(paths)
+    for _, row in listing.iterrows():
+        assert (out / row["path"]).read_bytes() == row["source_path"].encode()
 
 
 def test_folder_labels_csv_defuses_formulas_but_keeps_paths_and_numbers(tmp_path: Path) -> None:
@@ -249,3 +325,26 @@ def test_a_skipped_image_exports_like_an_unreviewed_one(run: RunDir, tmp_path: P
     records = {r["path"]: r for r in json.loads((tmp_path / "labels.json").read_text())}
     assert (records["cat/2.png"]["status"], records["cat/2.png"]["decided_at"]) == ("auto-relabeled", "")
     assert store.get("cat/2.png").action == "skip"  # the answer itself is kept
+
+
+def test_folder_export_shortens_long_class_names_and_keeps_them_apart(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    (root / "a").mkdir(parents=True)
+    for name in ("1.png", "2.png", "3.png"):
+        (root / "a" / name).write_bytes(name.encode())
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    cat, cat2 = "猫" * 110, "猫" * 110 + "x"  # 330 bytes each: over the limit, the same once cut
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "csv",
+                                   "classes": [cat, cat2, "labels.csv"]})
+    pd.DataFrame([{"path": "a/1.png", "given_label": cat, "suggested_label": cat, "flagged": 0, "clean_prob": 0.9},
+                  {"path": "a/2.png", "given_label": cat2, "suggested_label": cat2, "flagged": 0, "clean_prob": 0.9},
+                  {"path": "a/3.png", "given_label": "labels.csv", "suggested_label": "labels.csv", "flagged": 0,
+                   "clean_prob": 0.9}]).to_csv(run.samples, index=False)
+    out = export_labels(run.path, tmp_path / "sorted", "folder")
+    listing = pd.read_csv(out / "labels.csv", dtype=str).set_index("source_path")
+    folders = {p: listing.loc[p, "path"].split("/")[0] for p in ("a/1.png", "a/2.png", "a/3.png")}
+    assert len(set(folders.values())) == 3 and all(len(os.fsencode(f)) <= limit for f in folders.values())
+    assert folders["a/3.png"] == "labels.csv_2" and (out / "labels.csv").is_file()  # the listing keeps its name
+    assert listing.loc["a/1.png", "label"] == cat and listing.loc["a/2.png", "label"] == cat2

@@ -153,7 +153,7 @@ def test_header_check_is_lighter_but_still_catches_broken_headers(tmp_path, make
 
 def test_limits(tmp_path, make_image_folder):
     root = make_image_folder(tmp_path / "data", per_class=3, size=40)
-    with pytest.raises(IntakeError, match="more than 4 images"):
+    with pytest.raises(IntakeError, match="holds more than the limit of 4 images for one data set"):
         scan(root, limits=IntakeLimits(max_files=4))
     with pytest.raises(IntakeError, match=r"no usable images found .*\(6 files skipped: 6 decompression bomb\)"):
         scan(root, limits=IntakeLimits(max_image_pixels=1000))
@@ -367,6 +367,14 @@ def test_zip_bombs_refused_before_extracting(tmp_path):
         scan(big, extract_to=tmp_path / "x2", limits=IntakeLimits(max_zip_uncompressed_bytes=1024 * 1024))
     assert not (tmp_path / "x2").exists() or not any((tmp_path / "x2").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zip", "many.zip"]  # no half extraction left
+
+
+def test_zip_size_limit_message_shows_an_excess_that_rounding_would_hide(tmp_path):
+    zipped = tmp_path / "just_over.zip"
+    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/zeros.bmp", bytes(1024 * 1024 + 1000))  # 1.0 MB, like the limit, once rounded
+    with pytest.raises(IntakeError, match=r"would expand to 1049576 bytes, more than the limit of 1048576 bytes"):
+        scan(zipped, extract_to=tmp_path / "x", limits=IntakeLimits(max_zip_uncompressed_bytes=1024 * 1024))
 
 
 def test_zip_name_conflicts_are_skipped_not_fatal(tmp_path):

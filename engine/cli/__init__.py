@@ -9,7 +9,7 @@ Commands (flags are a contract; add to them, never rename):
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
         [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory]
     finetune RUN [--truth CSV] [--device ...] [--epochs N]
-    export RUN --out PATH --format csv|json|folder
+    export RUN --out PATH --format csv|json|folder [--overwrite]
     decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
     decisions import RUN CSV [--no-memory]           ... and back in
     status RUN [--json]
@@ -95,6 +95,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--format", choices=["csv", "json", "folder"], default="csv")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file, or an earlier folder export")
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:

@@ -61,8 +61,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from engine.data.cache import is_prepared, prepare
 
     out: Path = args.out
-    if args.image_size < 1:
-        return _fail(f"--image-size must be a positive number of pixels, got {args.image_size}")
+    size_problem = _image_size_problem(args.image_size)
+    if size_problem:
+        return _fail(size_problem)
     problem = _cache_target_problem(Path(out), Path(args.data))
     if problem:
         return _fail(problem)
@@ -93,6 +94,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if data.skipped:
         print(f"skipped {len(data.skipped)} files (listed in {out / INTAKE_FILE})")
     return 0
+
+
+def _image_size_problem(size: int) -> str | None:
+    """The working-size rule of a run (engine.config.validate, the one place it is written), as a flag."""
+    from engine.config import DataConfig, RunConfig, validate
+
+    try:
+        validate(RunConfig(data=DataConfig(image_size=size)))  # every other setting is a valid default
+    except ValueError as e:
+        return f"--{str(e).replace('image_size', 'image-size', 1)}"
+    return None
 
 
 def cmd_noise(args: argparse.Namespace) -> int:

@@ -363,7 +363,7 @@ def cmd_export(args: Namespace) -> int:
     from engine.review.export import ExportError, export_labels
 
     try:
-        out = export_labels(args.run_dir, args.out, args.format)
+        out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite)
     except (ExportError, UserError) as e:
         return _fail(str(e))
     print(f"wrote {out}")

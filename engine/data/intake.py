@@ -227,7 +227,8 @@ def _walk_class_folders(root: Path, limits: IntakeLimits) -> tuple[Candidates, l
         found.candidates.append((rel, top))
         if len(found.candidates) > limits.max_files:
             raise IntakeError(
-                f"{root} holds more than {limits.max_files} images: split the data set or raise the limit"
+                f"{root} holds more than the limit of {limits.max_files} images for one data set: "
+                "split it or raise the limit"
             )
     if found.root_images and not found.candidates:
         raise IntakeError(
@@ -427,7 +428,8 @@ def _read_manifest(csv_path: Path, root: Path, limits: IntakeLimits) -> tuple[Ca
         seen.add(rel)
         candidates.append((rel, label))
         if len(candidates) > limits.max_files:
-            raise IntakeError(f"{csv_path} lists more than {limits.max_files} images: split it or raise the limit")
+            raise IntakeError(f"{csv_path} lists more than the limit of {limits.max_files} images for one data set: "
+                              "split it or raise the limit")
     return candidates, skipped, 0
 
 

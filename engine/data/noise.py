@@ -39,6 +39,7 @@ from engine.data.files import link_or_copy, safe_folder_name
 from engine.data.intake import DatasetRecord
 from engine.data.safezip import is_hidden
 from engine.errors import UserError
+from engine.filekind import require_regular_file
 from engine.runs.atomic import atomic_write_text
 
 KINDS: tuple[str, ...] = ("symmetric", "asymmetric", "pair")
@@ -58,6 +59,8 @@ NOISE_CSV_COLUMNS = ("path", "true_label", "noisy_label")
 # rate * n is computed in floating point (0.29 * 100 = 28.999999999999996); nudging by this before the
 # floor gives the count a person expects without changing any count that is not a rounding artefact.
 _FLOOR_EPS = 1e-9
+# A mapping names each class at most once (CIFAR-100's is 3 KB); a larger file is not one and is never read.
+MAX_MAPPING_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -196,8 +199,8 @@ def is_cifar10(classes: Sequence[str]) -> bool:
 def load_mapping(path: Path, classes: Sequence[str]) -> dict[int, int]:
     """Read a mapping by class name: CSV with columns source,target, or JSON {"source": "target"}."""
     path = Path(path)
-    if path.exists() and not path.is_file():  # a named pipe would block the read forever
-        raise UserError(f"the mapping file {path} is not a regular file: give a CSV or JSON file")
+    # Looked at before it is opened: a named pipe would block the read forever, a device never end.
+    require_regular_file(path, "the mapping file", "a CSV or JSON file", max_bytes=MAX_MAPPING_BYTES)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
@@ -209,11 +212,16 @@ def load_mapping(path: Path, classes: Sequence[str]) -> dict[int, int]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON ({e})") from e
+        except RecursionError:
+            raise UserError(f"{path} is not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise UserError(f'{path} must hold one JSON object of class names, e.g. {{"cat": "dog"}}')
         pairs: list[tuple[str, str]] = list(data.items())
     else:
-        rows = list(csv.reader(io.StringIO(text)))
+        try:
+            rows = list(csv.reader(io.StringIO(text)))
+        except csv.Error as e:  # e.g. a field over the csv module's size limit
+            raise ValueError(f"{path} is not a readable CSV file ({e})") from None
         header = [h.strip().lower() for h in rows[0]] if rows else []
         if "source" not in header or "target" not in header:
             raise UserError(f"{path} must be a CSV whose first row names the columns source,target")

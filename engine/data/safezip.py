@@ -106,9 +106,12 @@ def _check_totals(zip_path: Path, files: list[zipfile.ZipInfo], limits: ZipLimit
         )
     total = sum(info.file_size for info in files)
     if total > limits.max_total_bytes:
+        size, limit = _human_bytes(total), _human_bytes(limits.max_total_bytes)
+        if size == limit:  # rounded to the same figure: show the bytes, so the message shows the excess
+            size, limit = f"{total} bytes", f"{limits.max_total_bytes} bytes"
         raise ZipRejected(
-            f"{zip_path.name} would expand to {_human_bytes(total)}, more than the limit of "
-            f"{_human_bytes(limits.max_total_bytes)} (possible zip bomb); nothing was extracted"
+            f"{zip_path.name} would expand to {size}, more than the limit of {limit} (possible zip bomb); "
+            "nothing was extracted"
         )
 
 

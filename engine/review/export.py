@@ -5,17 +5,30 @@ images get no label; a skip, "unsure", is no decision), else the suggested label
 flagged, else the given label.
 `status` says which rule applied: kept, relabeled, discarded, auto-relabeled or unchanged.
 A `keep` always exports the given label; a relabel to a class the run does not have is refused.
-CSV/JSON files are never written inside the run folder or over the run's source data.
+
+What the export writes never replaces what it did not write:
+
+* CSV/JSON files are never written inside the run folder or over the run's source data; an existing file
+  is replaced only with `overwrite=True` (`--overwrite`), and a device, named pipe, socket or symbolic
+  link at OUT is refused even then (the file is written beside OUT and moved into place, so `/dev/null`
+  would otherwise become a regular file);
+* a folder export goes to a new or empty folder; `overwrite=True` replaces only an earlier folder export
+  (a folder whose files are exactly those its labels.csv lists). File names too long for the target
+  file system (PC_NAME_MAX) are shortened, keeping their extension and staying unique.
+
 This module imports no torch (the app calls it).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,14 +36,18 @@ import pandas as pd
 
 from engine.data.files import link_or_copy, safe_folder_name
 from engine.errors import UserError
+from engine.filekind import describe
 from engine.review.decisions import ACTIONS, Decision, load_decisions
-from engine.runs.atomic import atomic_write_text, read_json
+from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 
 EXPORT_COLUMNS = ("path", "label", "original_label", "status", "suggested_label", "clean_prob", "flagged", "decided_at")
 FORMATS = ("csv", "json", "folder")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
+LISTING = "labels.csv"  # the listing inside a folder export
+LISTING_COLUMNS = ("path", "label", "source_path")
+_DEFAULT_NAME_MAX = 255  # bytes; where the file system does not say (ext4, XFS, APFS, NTFS all take 255)
 
 
 class ExportError(UserError):
@@ -95,23 +112,27 @@ def _decided_label(d: Decision, given: str, classes: set[str]) -> tuple[str, str
     return d.label, ("kept" if d.label == given else "relabeled")
 
 
-def export_labels(run_dir: Path, out: Path, fmt: str) -> Path:
-    """Write the corrected labels of `run_dir` to `out` in `fmt` (csv, json or folder); returns `out`."""
+def export_labels(run_dir: Path, out: Path, fmt: str, *, overwrite: bool = False) -> Path:
+    """Write the corrected labels of `run_dir` to `out` in `fmt` (csv, json or folder); returns `out`.
+
+    overwrite: replace an existing regular file (csv, json) or an earlier folder export (folder); without
+    it an existing OUT is refused. Nothing that is not a regular file or a folder is ever replaced.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
     root = _source_root(run_dir)
-    _refuse_unsafe_target(out, run_dir, root, fmt)
+    _refuse_unsafe_target(out, run_dir, root, fmt, overwrite)
     table = corrected_labels(run_dir)
     if fmt == "csv":
-        atomic_write_text(out, _to_csv(table))
+        _write_new_file(out, _to_csv(table).encode("utf-8"), overwrite)
     elif fmt == "json":
         records = table.to_dict(orient="records")
         for r in records:
             r["label"] = r["label"] or None  # discarded: null, not ""
-        atomic_write_text(out, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+        _write_new_file(out, (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), overwrite)
     else:
-        _write_folder(table, root, out)
+        _write_folder(table, root, out, overwrite)
     return out
 
 
@@ -165,67 +186,211 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def _refuse_unsafe_target(out: Path, run_dir: Path, root: Path | None, fmt: str) -> None:
+def _refuse_unsafe_target(out: Path, run_dir: Path, root: Path | None, fmt: str, overwrite: bool) -> None:
+    mode = _lstat_mode(out)
+    if mode is not None and stat.S_ISLNK(mode):
+        # Replacing the link would leave its target as it is; writing through it could reach anything.
+        raise ExportError(f"{out} is a symbolic link; give the path of a new {'folder' if fmt == 'folder' else 'file'}")
     if fmt == "folder":
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder")
+        _refuse_folder_target(out, mode, overwrite)
         if root is not None and (_inside(out, root) or _inside(root, out)):
             raise ExportError(f"{out} overlaps the source images in {root}; export to a folder outside it")
-    else:
-        if out.exists() and out.is_dir():
-            raise ExportError(f"{out} is a folder; give a file name such as labels.{fmt}")
-        _refuse_protected_file(out, run_dir)
+        return
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ExportError(f"{out} is a folder; give a file name such as labels.{fmt}")
+    _refuse_protected_file(out, run_dir)
+    if mode is None:
+        return
+    if not stat.S_ISREG(mode):  # /dev/null, a named pipe, a socket: never replaced, --overwrite or not
+        raise ExportError(f"{out} is {describe(mode)}, not a regular file; the export never writes to one: "
+                          "give the path of a new file")
+    if not overwrite:
+        raise ExportError(f"{out} already exists; give a new file name, or add --overwrite to replace it")
 
 
-def _write_folder(table: pd.DataFrame, root: Path | None, out: Path) -> None:
+def _refuse_folder_target(out: Path, mode: int | None, overwrite: bool) -> None:
+    if mode is None or (stat.S_ISDIR(mode) and not any(out.iterdir())):
+        return
+    if overwrite and stat.S_ISDIR(mode):
+        problem = _not_a_folder_export(out)
+        if problem is None:
+            return
+        raise ExportError(f"{out} is not an earlier folder export ({problem}); --overwrite replaces only one of "
+                          "those: choose a new folder")
+    replace_hint = ", or add --overwrite to replace an earlier export" if stat.S_ISDIR(mode) else ""
+    raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder{replace_hint}")
+
+
+def _lstat_mode(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _not_a_folder_export(folder: Path) -> str | None:
+    """Why `folder` is not a tree this module wrote (class folders + a listing of exactly their files), or None."""
+    listing = folder / LISTING
+    if _lstat_mode(listing) is None or not stat.S_ISREG(_lstat_mode(listing) or 0):
+        return f"no {LISTING}"
+    try:
+        with open(listing, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return f"{LISTING} is not readable"
+    if not rows or tuple(rows[0]) != LISTING_COLUMNS:
+        return f"{LISTING} does not start with {','.join(LISTING_COLUMNS)}"
+    listed = {r[0] for r in rows[1:] if r}
+    found: set[str] = set()
+    for entry in folder.rglob("*"):
+        rel = entry.relative_to(folder).as_posix()
+        mode = entry.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            return f"{rel} is {describe(mode)}"
+        found.add(rel)
+    extra = sorted(found - listed - {LISTING})
+    if extra:
+        return f"{extra[0]} is not in its {LISTING}"
+    return None
+
+
+def _write_new_file(out: Path, data: bytes, overwrite: bool) -> None:
+    """Write `data` beside `out` and move it into place: a reader never sees half a file.
+
+    Without `overwrite` the file is published with a hard link, which fails if something appeared at
+    `out` since it was checked (a rename would silently replace it). The file gets the permissions of any
+    file the user creates (the umask applies); a replaced file's permissions are kept.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            mode = _lstat_mode(out)
+            if mode is not None and stat.S_ISREG(mode):
+                os.chmod(tmp, stat.S_IMODE(mode))
+            os.replace(tmp, out)
+        else:
+            _publish_without_replacing(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _publish_without_replacing(tmp: Path, out: Path) -> None:
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise ExportError(f"{out} already exists; give a new file name, or add --overwrite to replace it") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # A file system without hard links (FAT, some network mounts): the check above is all there is.
+        if _lstat_mode(out) is not None:
+            raise ExportError(f"{out} already exists; give a new file name, or add --overwrite to replace it") from None
+        os.replace(tmp, out)
+
+
+def _write_folder(table: pd.DataFrame, root: Path | None, out: Path, overwrite: bool) -> None:
     if root is None or not root.is_dir():
         raise ExportError("the run's source images are not available any more; folder export needs them")
     kept = table[table["status"] != "discarded"]
-    folders: dict[str, str] = {}
-    for label in sorted(kept["label"].unique()):
-        name, k = safe_folder_name(label), 1
-        while name in folders.values():  # two labels that defuse to the same name stay apart
-            k += 1
-            name = f"{safe_folder_name(label)}_{k}"
-        folders[label] = name
     out.parent.mkdir(parents=True, exist_ok=True)
+    name_max = _name_max(out.parent)
+    folders = _class_folders(sorted(kept["label"].unique()), name_max)
     # A fresh folder of our own next to OUT (same file system, so the final rename is atomic): nothing that
-    # already exists is ever removed. The tree is built one level down so it gets normal permissions,
-    # not mkdtemp's owner-only ones.
+    # already exists is ever removed, except an earlier export that `overwrite` asked to replace (checked).
+    # The tree is built one level down so it gets normal permissions, not mkdtemp's owner-only ones.
     partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
         tmp = partial / out.name
         tmp.mkdir()
-        _fill_folder(kept, folders, root, tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
+        _fill_folder(kept, folders, root, tmp, name_max)
+        if overwrite and out.is_dir() and any(out.iterdir()):
+            problem = _not_a_folder_export(out)  # again: it may have changed while the tree was built
+            if problem is not None:
+                raise ExportError(f"{out} is not an earlier folder export any more ({problem}); choose a new folder")
+            out.rename(partial / "replaced")  # removed with `partial` below, once the new tree is in place
+        elif out.is_dir():
+            out.rmdir()  # empty, checked above; fails rather than remove anything that appeared since
         os.replace(tmp, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _fill_folder(kept: pd.DataFrame, folders: dict[str, str], root: Path, tmp: Path) -> None:
+def _class_folders(labels: list[str], name_max: int) -> dict[str, str]:
+    """The folder of each label: made safe, short enough for the file system, never the listing's name."""
+    folders: dict[str, str] = {}
+    taken = {LISTING}
+    for label in labels:
+        base, k = safe_folder_name(label), 1
+        name = _fit_name(base, "", name_max)
+        while name in taken:  # two labels that defuse to the same name stay apart
+            k += 1
+            name = _fit_name(base, f"_{k}", name_max)
+        taken.add(name)
+        folders[label] = name
+    return folders
+
+
+def _fill_folder(kept: pd.DataFrame, folders: dict[str, str], root: Path, tmp: Path, name_max: int) -> None:
     rows = []
     for path, label in zip(kept["path"], kept["label"], strict=True):
         src = root / path
-        dst = tmp / folders[label] / Path(path).name
-        dst = _unique(dst)
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        folder = tmp / folders[label]
+        folder.mkdir(exist_ok=True)
+        dst = _free_name(folder, Path(path).name, name_max)
         try:
             link_or_copy(src, dst)
         except FileNotFoundError as e:
             raise ExportError(f"{src} is missing: the source images changed since the fit; "
                               "restore it or fit the data again") from e
+        except OSError as e:  # a full disk, a path over the system's length limit, ...
+            raise ExportError(f"cannot write {dst} ({e.strerror or e}); nothing was exported") from e
         rows.append({"path": dst.relative_to(tmp).as_posix(), "label": label, "source_path": path})
-    listing = pd.DataFrame(rows, columns=["path", "label", "source_path"])
+    listing = pd.DataFrame(rows, columns=list(LISTING_COLUMNS))
     listing["label"] = listing["label"].map(_defuse)  # the same formula defusing as the CSV format
-    listing.to_csv(tmp / "labels.csv", index=False)
+    listing.to_csv(tmp / LISTING, index=False)
 
 
-def _unique(dst: Path) -> Path:
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system holding `folder` accepts."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return _DEFAULT_NAME_MAX
+    return limit if limit > 0 else _DEFAULT_NAME_MAX
+
+
+def _free_name(folder: Path, name: str, name_max: int) -> Path:
+    """`folder/name`, or the first free `stem_2.ext`, `stem_3.ext`, ...; the stem is cut to fit `name_max`."""
+    suffix = Path(name).suffix
+    if len(os.fsencode(suffix)) > name_max // 2:  # no real extension: cut the whole name instead
+        suffix = ""
+    stem = name[: len(name) - len(suffix)] if suffix else name
     k = 1
-    candidate = dst
-    while candidate.exists():
+    while True:
+        candidate = folder / _fit_name(stem, (f"_{k}" if k > 1 else "") + suffix, name_max)
+        if not os.path.lexists(candidate):
+            return candidate
         k += 1
-        candidate = dst.with_name(f"{dst.stem}_{k}{dst.suffix}")
-    return candidate
+
+
+def _fit_name(stem: str, tail: str, name_max: int) -> str:
+    """stem + tail, the stem cut at a character boundary so that the name takes at most `name_max` bytes."""
+    budget = name_max - len(os.fsencode(tail))
+    if len(os.fsencode(stem)) <= budget:
+        return stem + tail
+    kept, used = [], 0
+    for ch in stem:
+        size = len(os.fsencode(ch))
+        if used + size > budget:
+            break
+        kept.append(ch)
+        used += size
+    return "".join(kept) + tail

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import UserError
+from engine.filekind import require_regular_file
 
 TRUTH_NAMES = ("truth.csv", "noise.csv")  # found in the data folder by `fit` (and shown by the app) by themselves
 
@@ -31,8 +32,10 @@ def find_truth(data_root: Path) -> Path | None:
 def load_truth(path: Path, paths: list[str] | tuple[str, ...], classes: tuple[str, ...] | None = None) -> np.ndarray:
     """True label of each image in `paths` (object array; None where the file has no row for it).
 
-    Raises UserError when the file lacks the columns or matches none of the images.
+    Raises UserError when the file is not a regular file (a named pipe would block the read forever),
+    lacks the columns or matches none of the images.
     """
+    require_regular_file(Path(path), "truth file", "a CSV file with path,true_label columns")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
