@@ -196,9 +196,20 @@ def top3_text(row: pd.Series) -> str:
     return " · ".join(parts)
 
 
-# ----------------------------------------------------------------------------- a selection sent from Inspect
+def short_name(name: str, limit: int = 24) -> str:
+    """`name` cut in the middle to `limit` characters, keeping its start and its end with the extension.
 
-SELECTION_NAME = "review_selection.json"
+    A card is narrow: a long file name would wrap mid-word (often mid-extension); the end is where names
+    differ (img_0001 vs img_0002), so it stays, and the cut is an ellipsis.
+    """
+    if len(name) <= limit:
+        return name
+    tail = max(limit // 2, min(len(name) - name.rfind("."), limit - 4) if "." in name else 0)
+    head = limit - 1 - tail
+    return f"{name[:head]}…{name[-tail:]}"
+
+
+# ----------------------------------------------------------------------------- a selection sent from Inspect
 
 
 @dataclass(frozen=True)
@@ -209,15 +220,15 @@ class Selection:
 
 def save_selection(run: RunDir, paths: Sequence[str], label: str) -> None:
     """Remember images picked on Inspect for the Review page (in the run folder: survives a refresh)."""
-    atomic_write_json(run.path / SELECTION_NAME, {"paths": list(paths), "label": label, "at": now_iso()})
+    atomic_write_json(run.review_selection, {"paths": list(paths), "label": label, "at": now_iso()})
 
 
 def load_selection(run: RunDir) -> Selection | None:
-    data = read_json(run.path / SELECTION_NAME, default=None)
+    data = read_json(run.review_selection, default=None)
     if not isinstance(data, dict) or not data.get("paths"):
         return None
     return Selection(tuple(str(p) for p in data["paths"]), str(data.get("label") or "selection"))
 
 
 def clear_selection(run: RunDir) -> None:
-    (run.path / SELECTION_NAME).unlink(missing_ok=True)
+    run.review_selection.unlink(missing_ok=True)
