@@ -223,6 +223,10 @@ def test_a_stopped_run_names_the_resume_button_not_a_command_line_flag(fake_run,
     assert not any("--resume" in t for t in texts)
     assert "Stopped. **Resume** continues from the last finished epoch." in texts
     assert at.button(key="train_progress_resume").label == "Resume"
+    fake_run.run.samples.unlink()  # stopped before its results: the other pages say the same
+    review = open_page("review", run_id=fake_run.run_id)
+    assert [i.value for i in review.info] == [f"Run {fake_run.run_id} was stopped before its results: **Resume** it "
+                                              "on Train, or start a new one there."]
 
 
 def test_skipped_stages_count_as_done(fake_run, fake_jobs):

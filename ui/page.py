@@ -228,7 +228,9 @@ def require_results(run: RunDir, what: str) -> None:
     if state in ("queued", "running"):
         message = f"Run {run.path.name} is still training — {what} appears when it finishes."
     elif state in RESUMABLE_STATES:
-        message = f"Run {run.path.name} is {state} and has no results; resume it or start a new one on Train."
+        how = {"cancelled": "was stopped", "interrupted": "was interrupted", "failed": "failed"}[state]
+        message = (f"Run {run.path.name} {how} before its results: **Resume** it on Train, or start a new one "
+                   "there.")
     else:
         message = f"Run {run.path.name} has no results yet."
     missing(message, "train", "Go to Train")
