@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11:
-#   make run    create .venv once, install, start the app on sample_data
+#   make run    create .venv once, install, start the app on sample_data (PORT=8501 by default)
 #   make test   create .venv once, install, run the whole test suite
 # The venv is reinstalled only when a requirements file changes (stamp files below).
 
@@ -8,7 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
-PORT ?= 8501
+# `make run PORT=8765`, or Streamlit's own STREAMLIT_SERVER_PORT=8765 make run (PORT wins when both are set)
+PORT ?= $(or $(STREAMLIT_SERVER_PORT),8501)
 
 .PHONY: run test test-fast lint bench browser clean-venv
 

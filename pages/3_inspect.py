@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pandas as pd
 import streamlit as st
 
-from engine.runs.rundir import RunDir
-from ui import charts, page, readers, review
+from ui import charts, page, readers, review_actions, wording
 
 COLOUR_CHOICES = {"given": "given label", "suggested": "suggested label", "clean": "clean probability"}
-METRIC_NAMES = {"precision": "Precision", "recall": "Recall", "f1": "F1", "auroc": "AUROC",
-                "corrected_accuracy": "Corrected accuracy"}
-
-
-def open_in_review(run: RunDir, paths: Sequence[str], label: str) -> None:
-    review.save_selection(run, paths, label)
-    st.session_state["review_scope"] = "selection"
-    st.session_state["review_focus"] = 0
-    st.switch_page(page.PAGES["review"][0])
 
 
 ctx = page.page_setup("inspect", "Why images were flagged: each image's loss, the fitted mixture, "
@@ -35,13 +23,13 @@ n = len(samples)
 n_flagged = int(samples["flagged"].sum())
 
 # ----------------------------------------------------------------------------- headline numbers
-cols = st.columns(2 + len([m for m in METRIC_NAMES if metrics.get(m) is not None]))
+shown_metrics = [m for m in ("precision", "recall", "f1", "auroc", "corrected_accuracy") if metrics.get(m) is not None]
+cols = st.columns(2 + len(shown_metrics))
 cols[0].metric("Images", f"{n:,}")
 cols[1].metric("Flagged", f"{n_flagged:,}", f"{100 * n_flagged / max(n, 1):.1f} %", delta_color="off",
                delta_arrow="off")
-for col, (key, name) in zip(cols[2:], [(k, v) for k, v in METRIC_NAMES.items() if metrics.get(k) is not None],
-                            strict=True):
-    col.metric(name, f"{float(metrics[key]):.3f}")
+for col, key in zip(cols[2:], shown_metrics, strict=True):
+    col.metric(wording.METRIC_NAMES[key], f"{float(metrics[key]):.3f}", help=wording.METRIC_HELP[key])
 if metrics:
     st.caption(f"Metrics against the truth file: {metrics.get('n_mislabeled', '?')} images are really mislabeled.")
 if split.get("degenerate"):
@@ -73,7 +61,7 @@ else:
     rows = umap.rows_of(event.selection.points) if event else []
     if len(rows):
         if st.button(f"Review these {len(rows):,} images", type="primary", icon=":material/rule:", key="review_umap"):
-            open_in_review(run, samples["path"].iloc[rows].tolist(), f"{len(rows):,} images picked on the map")
+            review_actions.open_in_review(run, samples["path"].iloc[rows].tolist(), f"{len(rows):,} images picked on the map")
     else:
         st.caption("Draw a lasso or a box around points (or click one) to review those images.")
 
@@ -100,6 +88,6 @@ suggested = right.selectbox("Suggested label", names, index=names.index(biggest[
 in_cell = samples[(samples["given_label"] == given) & (samples["suggested_label"] == suggested)]
 if action.button(f"Review these {len(in_cell):,} images", disabled=in_cell.empty, key="review_cell",
                  icon=":material/rule:"):
-    open_in_review(run, in_cell["path"].tolist(), f"given {given} → suggested {suggested}")
+    review_actions.open_in_review(run, in_cell["path"].tolist(), f"given {given} → suggested {suggested}")
 
 page.next_step(f"review the {n_flagged:,} flagged images", "review")

@@ -7,9 +7,7 @@ import streamlit as st
 
 from engine.runs import jobs
 from engine.runs.status import ACTIVE_STATES
-from ui import page, progress, readers, workspace
-
-METRIC_ROWS = ("precision", "recall", "f1", "auroc", "corrected_accuracy", "pseudo_label_accuracy")
+from ui import page, progress, readers, runs_table, wording, workspace
 
 ctx = page.page_setup("finetune", "Phase (b): retrain the encoder with weighted supervised contrastive learning, "
                                    "trusting clean-looking images and your review decisions most, then refresh "
@@ -64,9 +62,10 @@ if before is not None and after is not None:
     metrics_after = readers.json_file(run.metrics) or {}
     if metrics_before or metrics_after:
         st.markdown("**Against the truth file**")
-        st.dataframe(pd.DataFrame({"before (phase a)": [metrics_before.get(m) for m in METRIC_ROWS],
-                                   "after (phase b)": [metrics_after.get(m) for m in METRIC_ROWS]},
-                                  index=list(METRIC_ROWS)))
+        names = wording.METRIC_NAMES
+        table = pd.DataFrame({"before (phase a)": [metrics_before.get(m) for m in names],
+                              "after (phase b)": [metrics_after.get(m) for m in names]}, index=list(names.values()))
+        st.dataframe(runs_table.shown(table))
 elif state not in ACTIVE_STATES:
     st.caption("Before/after numbers appear here once fine-tuning has finished.")
 

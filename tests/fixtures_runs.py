@@ -165,11 +165,15 @@ PAGE_FILES = {
 }
 
 
-def open_page(name: str, *, run_id: str | None = None, data: Path | None = None, timeout: float = 30):
-    """Run app.py (navigation + sidebar) on one page, as a browser opening `/?run=<id>` would."""
+def open_page(name: str, *, run_id: str | None = None, data: Path | None = None, params: dict | None = None,
+              timeout: float = 30):
+    """Run app.py (navigation + sidebar) on one page, as a browser opening `/?run=<id>` would (a new session:
+    also what a refresh is; `params` are further query parameters of the URL)."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
     if run_id:
         at.query_params["run"] = run_id
     if data:
@@ -196,7 +200,7 @@ class FakeJobs:
 
     def start(self, data: Path, run_dir: Path, flags=(), **kwargs) -> int:
         self.calls.append(("start", (Path(data), Path(run_dir), list(flags)), kwargs))
-        self.workers[Path(run_dir)] = _queued(Path(run_dir), "fit", data)
+        self.workers[Path(run_dir)] = _queued(Path(run_dir), "fit", data, flags)
         return 4242
 
     def start_finetune(self, run_dir: Path, flags=(), **kwargs) -> int:
@@ -223,8 +227,9 @@ class FakeJobs:
         return [c[0] for c in self.calls]
 
 
-def _queued(run_dir: Path, phase: str, data: Path | None) -> worker_lock.WorkerLock:
+def _queued(run_dir: Path, phase: str, data: Path | None, flags=()) -> worker_lock.WorkerLock:
     import os
+    import sys
 
     run = RunDir(run_dir)
     # this test process stands in for the worker: it holds the run's lock, so the run reads as active
@@ -232,7 +237,8 @@ def _queued(run_dir: Path, phase: str, data: Path | None) -> worker_lock.WorkerL
     run.write_status(state="queued", phase=phase, stage="prepare" if phase == "fit" else "supcon", step=0, total=0,
                      pid=os.getpid(), started_at=now_iso(), message="starting")
     if data is not None and not run.source.exists():
-        atomic_write_json(run.launch, {"data": str(data), "phase": phase})
+        command = [sys.executable, "-m", "engine", "fit", str(data), "--run-dir", str(run_dir), *flags, "--quiet"]
+        atomic_write_json(run.launch, {"command": command, "data": str(data), "phase": phase, "at": now_iso()})
     return lock
 
 

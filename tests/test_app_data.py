@@ -158,3 +158,15 @@ def test_a_folder_without_class_folders_is_explained(app_workspace, fake_jobs, t
         Image.new("RGB", (8, 8)).save(flat / f"{i}.png")
     at = open_page("data", data=flat)
     assert at.error and "no class folders" in at.error[0].value
+
+
+def test_a_txt_file_is_refused_with_the_reason_on_the_page(app_workspace, fake_jobs):
+    at = open_page("data")
+    at.radio(key="data_choice").set_value("Upload a .zip").run()
+    # no type filter in the browser: it would refuse the file with the reason only in a hover tooltip
+    assert list(at.file_uploader[0].proto.type) == []
+    at.file_uploader[0].set_value(("notes.txt", b"just some text", "text/plain")).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["This zip file cannot be used: 'notes.txt' is not a .zip file: upload a "
+                                           ".zip of one folder per class"]
+    assert list((app_workspace / "uploads").iterdir()) == []

@@ -32,5 +32,8 @@ def test_before_and_after(fake_run, fake_jobs):
     got = metrics(at)
     assert (got["Flagged before"], got["Flagged after"], got["Suggestions changed"]) == ("9", "7", "2")
     table = at.dataframe[0].value
-    assert table.loc["f1"].tolist() == [0.8, 0.9]
+    assert table.loc["F1"].tolist() == ["0.800", "0.900"]
+    assert table.loc["Given labels right"].tolist() == ["0.800", "0.800"]
+    assert table.index.tolist() == ["Precision", "Recall", "F1", "AUROC", "Exported labels right",
+                                    "Predicted labels right", "Given labels right"]  # no raw metrics.json names
     assert at.button(key="start_finetune").label == "Fine-tune again with the current decisions"

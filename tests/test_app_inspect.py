@@ -32,7 +32,7 @@ def test_headline_numbers_and_four_charts(fake_run):
     assert at.metric[1].proto.delta == "30.0 %"
     assert (metrics["Precision"], metrics["Recall"], metrics["F1"], metrics["AUROC"]) == ("0.667", "1.000", "0.800",
                                                                                           "0.950")
-    assert metrics["Corrected accuracy"] == "0.900"
+    assert metrics["Exported labels right"] == "0.900"
     charts = charts_by_key(at)
     assert set(charts) == {"clean_noisy", "loss_histogram", "umap_given", "confusion"}
     bars = {t["name"]: t for t in charts["clean_noisy"]["data"]}
@@ -48,6 +48,16 @@ def test_histogram_draws_both_components_and_the_threshold(fake_run):
     names = [t.get("name") for t in spec["data"]]
     assert names == ["images", "clean component", "noisy component"]
     assert spec["layout"]["shapes"][0]["x0"] == 0.55  # loss_threshold from split.json
+    assert spec["layout"]["yaxis"]["title"]["text"] == "images"  # no spike: plain counts
+
+
+def test_a_spike_of_clean_losses_puts_the_histogram_on_a_log_scale(fake_run):
+    frame = fake_run.samples.copy()
+    frame.loc[frame["flagged"] == 0, "loss_norm"] = 0.0  # every clean image in the first bin, as on the sample
+    frame.to_csv(fake_run.run.samples, index=False)
+    at = open_page("inspect", run_id=fake_run.run_id)
+    layout = charts_by_key(at)["loss_histogram"]["layout"]
+    assert (layout["yaxis"]["type"], layout["yaxis"]["title"]["text"]) == ("log", "images (log scale)")
 
 
 def test_umap_is_webgl_and_recolours(fake_run):

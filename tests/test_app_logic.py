@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_runs import CLASSES, fake_samples, write_fake_run
+from fixtures_runs import CLASSES, fake_samples, write_fake_run, write_image_classes
 
-from engine.config import RunConfig
+from engine.config import RunConfig, profile_for
 from engine.review.decisions import DecisionStore
-from ui import charts, datasets, progress, review, runs_table, train_form, workspace
+from ui import charts, class_keys, datasets, progress, review, runs_table, train_form, workspace
+from ui.cursor import ReviewCursor
 
 
 @pytest.fixture
@@ -187,43 +188,70 @@ def engine_config_of(flags: list[str], monkeypatch: pytest.MonkeyPatch, *, cuda:
     return cli_run.fit_config(args)
 
 
-def test_fit_flags_carry_the_schedule_shown_and_the_batch_size_only_when_changed():
-    defaults = train_form.default_settings(RunConfig())
-    assert train_form.fit_flags(defaults, defaults) == ["--loss", "elr", "--pretrain-epochs", "12", "--epochs", "12",
-                                                       "--image-size", "32", "--seed", "0"]
-    changed = train_form.FitSettings(loss="nfl+rce", pretrain=True, pretrain_epochs=3, epochs=defaults.epochs,
-                                     batch_size=64, image_size=48, device="cpu", seed=1, truth=None, finetune=False)
-    assert train_form.fit_flags(changed, defaults) == ["--loss", "nfl+rce", "--pretrain-epochs", "3", "--epochs", "12",
-                                                       "--batch-size", "64", "--image-size", "48", "--device", "cpu",
-                                                       "--seed", "1"]
+def test_every_form_setting_is_a_config_field_of_the_kind_its_widget_shows():
+    cfg = RunConfig()
+    for setting in (train_form.DEVICE, *train_form.SETTINGS):
+        kind = train_form.kind_of(setting.key)
+        value = train_form.value_of(cfg, setting.key)
+        assert value in kind if isinstance(kind, tuple) else type(value) is kind, setting.key
+    assert train_form.kind_of("classify.loss") == ("ce", "nfl+rce", "elr")
+    assert train_form.kind_of("pretrain.enabled") is bool and train_form.kind_of("split.threshold") is float
+    with pytest.raises(KeyError, match="unknown config key: classify.nope"):
+        train_form.kind_of("classify.nope")
+    with pytest.raises(KeyError, match="not a single value"):
+        train_form.kind_of("augment.jitter")
+
+
+def test_set_values_read_back_as_the_same_values():
+    from engine.cli.run import _parse_sets
+
+    values = {"classify.loss": "nfl+rce", "pretrain.enabled": False, "pretrain.lr": 0.05, "seed": 3,
+              "finetune.weighting": "reference", "embed.enabled": True, "augment.crop_scale": (0.3, 1.0),
+              "text": "12"}
+    flags = train_form.fit_flags(values)
+    assert flags[::2] == ["--set"] * len(values)
+    assert _parse_sets(flags[1::2]) == {**values, "augment.crop_scale": [0.3, 1.0]}
+    assert train_form.fit_flags({}, truth="~/t.csv", finetune=True) == ["--truth", str(Path("~/t.csv").expanduser()),
+                                                                        "--finetune"]
 
 
 @pytest.mark.parametrize(("device", "detected", "cuda"), [
     ("auto", "cpu", False), ("auto", "cuda", True), ("cpu", "cuda", True), ("cuda", "cuda", True), ("cpu", "cpu", False),
 ])
 def test_the_engine_runs_the_profile_the_form_shows(device, detected, cuda, monkeypatch):
-    shown = train_form.default_config(train_form.engine_device(device, detected))
-    settings = train_form.default_settings(shown, device=device)
-    cfg = engine_config_of(train_form.fit_flags(settings, settings), monkeypatch, cuda=cuda)
-    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size, cfg.data.image_size) == (
-        settings.pretrain_epochs, settings.epochs, settings.batch_size, settings.image_size)
-    # the untouched form keeps the profile's larger SimCLR and fine-tuning batches
-    assert (cfg.pretrain.batch_size, cfg.finetune.batch_size) == (shown.pretrain.batch_size, shown.finetune.batch_size)
+    shown = train_form.initial_values(device, detected)
+    cfg = engine_config_of(train_form.fit_flags(shown), monkeypatch, cuda=cuda)
+    assert {key: train_form.value_of(cfg, key) for key in shown} == shown
+    profile = profile_for(train_form.engine_device(device, detected))
+    # fields the form does not show come from the same profile the form shows
+    assert cfg.finetune.batch_size == profile.finetune.batch_size
 
 
-def test_values_typed_for_a_cpu_run_on_a_gpu_machine_are_the_values_run(monkeypatch):
-    cpu_profile = train_form.default_settings(train_form.default_config("cpu"), device="cpu")
-    typed = train_form.FitSettings(loss="ce", pretrain=True, pretrain_epochs=100, epochs=30, batch_size=256,
-                                   image_size=32, device="cpu", seed=0)
-    cfg = engine_config_of(train_form.fit_flags(typed, cpu_profile), monkeypatch, cuda=True)
-    assert (cfg.device, cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size) == ("cpu", 100, 30, 256)
+def test_values_typed_into_the_form_are_the_values_run(monkeypatch):
+    typed = train_form.initial_values("cpu", "cuda") | {
+        "classify.loss": "ce", "pretrain.epochs": 100, "classify.epochs": 30, "classify.batch_size": 256,
+        "pretrain.enabled": False, "data.image_size": 48, "seed": 9}
+    cfg = engine_config_of(train_form.fit_flags(typed), monkeypatch, cuda=True)
+    assert {key: train_form.value_of(cfg, key) for key in typed} == typed
+    assert cfg.pretrain.batch_size == 128  # a CPU run on a GPU machine keeps the CPU profile where not typed
 
 
 def test_gpu_defaults_follow_the_gpu_profile():
-    assert train_form.default_settings(train_form.default_config("cuda")).pretrain_epochs == 100
-    assert train_form.default_settings(train_form.default_config("cpu")).pretrain_epochs == RunConfig().pretrain.epochs
+    assert train_form.initial_values("auto", "cuda")["pretrain.epochs"] == 100
+    assert train_form.initial_values("auto", "cpu")["pretrain.epochs"] == RunConfig().pretrain.epochs
+    assert train_form.initial_values("cuda", "cpu")["classify.epochs"] == profile_for("cuda").classify.epochs
     assert [train_form.engine_device(d, "cuda") for d in ("auto", "cpu", "cuda")] == ["cuda", "cpu", "cuda"]
     assert train_form.engine_device("auto", "cpu") == "cpu"
+
+
+def test_launched_settings_read_the_command_with_the_engine_parser():
+    command = ["/usr/bin/python", "-m", "engine", "fit", "/data/x", "--run-dir", "/ws/runs/r",
+               *train_form.fit_flags({"classify.loss": "ce", "pretrain.enabled": False}), "--quiet"]
+    assert train_form.launched_settings(command) == {"classify.loss": "ce", "pretrain.enabled": False}
+    old_style = ["python", "-m", "engine", "fit", "d", "--run-dir", "r", "--loss", "elr", "--epochs", "3"]
+    assert train_form.launched_settings(old_style) == {"classify.loss": "elr", "classify.epochs": 3}
+    assert train_form.launched_settings(["python", "-m", "engine", "fit"]) == {}  # unreadable: nothing
+    assert train_form.launched_settings([]) == {}
 
 
 def test_truth_field_checks(tmp_path):
@@ -348,7 +376,11 @@ def test_runs_table_and_settings_diff(tmp_path):
     diff = runs_table.settings_diff(a, b)
     assert diff["setting"].tolist() == ["classify.loss", "dataset"]
     head = runs_table.headline_table([a, b])
-    assert head.loc["f1"].tolist()[0] == 0.8 and pd.isna(head.loc["f1"].tolist()[1])
+    assert head.loc["F1"].iloc[0] == 0.8 and pd.isna(head.loc["F1"].iloc[1])
+    assert head.loc["flagged"].tolist() == [9, 9]
+    # what the page shows: whole counts, 3 decimals, a dash when unknown
+    assert [runs_table.cell_text(v) for v in (9, 0.8, None, float("nan"), pd.NA, "elr")] == [
+        9, "0.800", "–", "–", "–", "elr"]
     assert Path(runs_table.run_summary(a)["run"]).name == a.name
 
 
@@ -381,3 +413,101 @@ def test_thumbnails_keep_the_aspect_ratio_and_survive_bad_files(tmp_path):
     assert (small.size, small.mode, small.getpixel((50, 50))) == ((96, 96), "RGB", (200, 200, 200))
     assert wide.size == (160, 80)
     assert broken.size == (64, 64) and broken.getpixel((0, 0)) == (230, 230, 230)
+
+
+# ----------------------------------------------------------------------------- the review cursor and class keys
+
+
+def test_cursor_moves_pages_and_clamps():
+    queue = [f"c/{i}.png" for i in range(30)]
+    cursor = ReviewCursor(run="r").placed(queue)
+    assert (cursor.position, cursor.page, cursor.page_start, cursor.page_stop(30), cursor.n_pages(30)) == (0, 0, 0, 24, 2)
+    cursor = cursor.previous().placed(queue)
+    assert cursor.position == 0
+    cursor = cursor.next_page().placed(queue)
+    assert (cursor.position, cursor.page, cursor.slot, cursor.page_stop(30)) == (24, 1, 0, 30)
+    cursor = cursor.moved_to(99).placed(queue)
+    assert (cursor.position, cursor.slot) == (29, 5)
+    cursor = cursor.previous_page().placed(queue)
+    assert cursor.position == 0
+    assert cursor.moved_to(5).placed(queue[:3]).position == 2  # a shorter queue (filters): the last card
+    assert ReviewCursor().placed([]).position == 0
+    assert ReviewCursor(run="r", position=7).on_run("r").position == 7
+    assert ReviewCursor(run="r", position=7).on_run("other") == ReviewCursor(run="other")
+
+
+def test_cursor_steps_past_a_decided_card_and_back_to_an_undone_one():
+    queue = [f"c/{i}.png" for i in range(10)]
+    cursor = ReviewCursor(run="r").moved_to(3).placed(queue)
+    after = cursor.after_decision("c/3.png", 3)
+    assert after.placed(queue).position == 4  # still in the queue: the card after it
+    without = [p for p in queue if p != "c/3.png"]  # left the queue (a status filter): the next card took its place
+    assert after.placed(without).position == 3 and without[3] == "c/4.png"
+    assert after.placed(queue[:4]).position == 3  # the last card decided: focus stays on the last
+    back = after.placed(queue).after_undo(["c/3.png"])
+    assert back.placed(queue).position == 3  # undo: back on the undone card
+    batch = cursor.moved_to(8).after_undo(["c/6.png", "c/2.png", "c/5.png"])
+    assert batch.placed(queue).position == 2  # a batch: its first card in queue order
+    assert batch.placed(queue[7:]).position == 2  # none of them in the queue: the position stays, clamped
+    assert cursor.after_undo([]) == cursor
+    resolved = after.placed(queue)
+    assert (resolved.decided, resolved.undone) == (None, ())  # resolved once: a rerun does not move again
+    assert resolved.placed(queue).position == 4
+
+
+@pytest.mark.parametrize(("classes", "keys"), [
+    (tuple("0123456789"), [(d, d) for d in "1234567890"]),
+    (("3", "1", "7"), [("1", "1"), ("3", "3"), ("7", "7")]),
+    (("cat", "dog", "fox"), [("1", "cat"), ("2", "dog"), ("3", "fox")]),
+    (tuple(f"c{i}" for i in range(12)), [(k, f"c{i}") for i, k in enumerate("1234567890")]),
+    (("1", "2", "cat"), [("1", "1"), ("2", "2"), ("3", "cat")]),
+    (("10", "11"), [("1", "10"), ("2", "11")]),
+])
+def test_class_keys(classes, keys):
+    assert class_keys.class_keys(classes) == keys
+
+
+def test_class_key_legend_and_classes_without_a_key():
+    assert class_keys.legend(tuple("0123456789")) == "**digit keys** relabel to the class of that digit"
+    assert class_keys.legend(("cat", "dog", "fox")) == "**1–3** relabel to the class named on the key"
+    many = tuple(f"c{i}" for i in range(12))
+    assert class_keys.without_key(many) == ["c10", "c11"]
+    assert class_keys.legend(many).startswith("**1–9, 0** relabel to the class named on the key (other classes: type")
+    assert class_keys.without_key(("cat", "dog")) == []
+
+
+def test_short_names_keep_the_start_and_the_extension():
+    assert review.short_name("img_01.png") == "img_01.png"
+    cut = review.short_name("a_very_long_file_name_from_a_camera_0001.jpeg", 24)
+    assert cut == "a_very_long…ra_0001.jpeg" and len(cut) == 24
+    assert review.short_name("x" * 40, 10) == "xxxx…xxxxx"
+
+
+# ----------------------------------------------------------------------------- data page, histogram
+
+
+def test_examples_per_class_are_a_seeded_random_sample(tmp_path):
+    data = write_image_classes(tmp_path / "d", ("a", "b"), per_class=20)
+    first = datasets.summarize(data)
+    again = datasets.summarize(data)
+    names = [Path(p).name for p in first.examples["a"]]
+    assert len(names) == 6 and len(set(names)) == 6
+    assert names != [f"img_{j:02d}.png" for j in range(6)]  # not the first six by name
+    assert first.examples == again.examples  # the same on every visit
+    assert datasets.summarize(data, seed=1).examples != first.examples
+    small = datasets.summarize(write_image_classes(tmp_path / "s", ("a", "b"), per_class=3))
+    assert sorted(Path(p).name for p in small.examples["a"]) == ["img_00.png", "img_01.png", "img_02.png"]
+
+
+def test_loss_histogram_uses_a_log_scale_where_a_spike_would_hide_the_noisy_component():
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.zeros(1400), rng.uniform(0, 0.05, 100), rng.normal(0.7, 0.1, 300).clip(0, 1)])
+    split = {"means": [0.01, 0.7], "stds": [0.03, 0.1], "weights": [0.83, 0.17], "loss_threshold": 0.4}
+    fig = charts.loss_histogram_figure(loss, split)
+    assert fig.layout.yaxis.type == "log"
+    low, high = fig.layout.yaxis.range  # log10 units
+    noisy_peak = max(fig.data[2].y)
+    assert low < np.log10(noisy_peak) < high and 10**high >= max(fig.data[0].y)
+    assert noisy_peak < max(fig.data[0].y) / 10  # on a linear axis it would be a flat line at the bottom
+    even = charts.loss_histogram_figure(rng.uniform(0, 1, 400), {**split, "weights": [0.5, 0.5], "stds": [0.2, 0.2]})
+    assert even.layout.yaxis.type is None and even.layout.yaxis.title.text == "images"  # no spike: linear counts

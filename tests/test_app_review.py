@@ -212,3 +212,105 @@ def test_no_run_says_where_to_start(app_workspace, fake_jobs):
     at = open_page("review")
     assert not at.exception
     assert any("No run selected — start one on Train" in i.value for i in at.info)
+
+
+# ----------------------------------------------------------------------------- class keys, undo focus, what is shown
+
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def key_row(at) -> dict[str, str]:
+    """{shortcut key: button label} of the class key row."""
+    return {b.proto.shortcut: b.label for b in at.button if b.key and b.key.startswith("kb_class_")}
+
+
+def test_digit_keys_name_digit_classes_and_every_digit_has_one(app_workspace, fake_jobs):
+    fake = write_fake_run(app_workspace / "runs", classes=DIGITS, per_class=4)
+    at = open_page("review", run_id=fake.run_id)
+    assert key_row(at) == {d: f"{d} · {d}" for d in DIGITS}  # "3 · 3", not "3 · 2"; 0 and 9 have keys too
+    first = fake.flagged.iloc[0]
+    at.button(key="kb_class_3").click().run()  # the key 3
+    assert DecisionStore(fake.run.decisions).get(first["path"]).label == "3"
+    second = fake.flagged.iloc[1]
+    at.button(key="kb_class_9").click().run()
+    assert DecisionStore(fake.run.decisions).get(second["path"]).label == "9"
+    assert any("**digit keys** relabel to the class of that digit" in c.value for c in at.caption)
+
+
+def test_named_classes_take_keys_1_to_9_then_0_and_a_search_box_beyond(app_workspace, fake_jobs):
+    names = ("tench", "springer", "cassette", "chainsaw", "church", "horn", "truck", "pump", "golf", "chute", "owl")
+    fake = write_fake_run(app_workspace / "runs", classes=names, per_class=4)
+    at = open_page("review", run_id=fake.run_id)
+    assert key_row(at) == {**{str(i + 1): f"{i + 1} · {n}" for i, n in enumerate(names[:9])}, "0": "0 · chute"}
+    assert any("**1–9, 0** relabel to the class named on the key" in c.value for c in at.caption)
+    first = fake.flagged.iloc[0]
+    at.button(key="kb_class_0").click().run()
+    assert DecisionStore(fake.run.decisions).get(first["path"]).label == "chute"
+    second = fake.flagged.iloc[1]
+    at.selectbox(key="kb_relabel").select("owl").run()  # the 11th class: typed into the search box
+    assert DecisionStore(fake.run.decisions).get(second["path"]).label == "owl"
+    assert at.selectbox(key="kb_relabel").value is None
+
+
+def test_undo_brings_the_focus_back_to_the_undone_card(fake_run):
+    at = open_page("review", run_id=fake_run.run_id)
+    first, second = fake_run.flagged.iloc[0], fake_run.flagged.iloc[1]
+    at.button(key="kb_accept").click().run()  # A
+    assert focused_line(at).startswith("**Focused card 2 of 9")
+    at.button(key="kb_undo").click().run()  # U
+    assert focused_line(at).startswith(f"**Focused card 1 of 9:** `{Path(first['path']).name}`")
+    at.button(key="kb_accept").click().run()  # A again: the undone card, not the next one
+    store = DecisionStore(fake_run.run.decisions)
+    assert store.get(first["path"]).label == first["suggested_label"]
+    assert store.get(second["path"]) is None
+
+
+def test_undo_of_a_batch_focuses_its_first_card(fake_run):
+    at = open_page("review", run_id=fake_run.run_id)
+    chosen = fake_run.flagged.iloc[3:6]
+    for index in chosen["index"]:
+        at.checkbox(key=f"sel_{index}").check()
+    at.run()
+    at.button(key="batch_discard").click().run()
+    at.button(key="kb_next").click().run()
+    at.button(key="kb_undo").click().run()
+    assert focused_line(at).startswith(f"**Focused card 4 of 9:** `{Path(chosen['path'].iloc[0]).name}`")
+
+
+def test_the_show_choice_survives_a_refresh(fake_run):
+    clean_rows = fake_run.samples[fake_run.samples["flagged"] == 0].iloc[:2]
+    review.save_selection(fake_run.run, clean_rows["path"].tolist(), "2 images picked on the map")
+    at = open_page("review", run_id=fake_run.run_id)
+    assert at.radio(key="review_scope").value == "selection"
+    at.radio(key="review_scope").set_value("all").run()
+    assert at.query_params["show"] == "all"
+    again = open_page("review", run_id=fake_run.run_id, params={"show": at.query_params["show"]})  # a refresh
+    assert again.radio(key="review_scope").value == "all"
+    assert len(card_indices(again)) == 24
+
+
+def test_the_batch_bar_counts_the_ticked_cards_above_and_below_the_grid(fake_run):
+    at = open_page("review", run_id=fake_run.run_id)
+    chosen = fake_run.flagged.iloc[:2]
+    for index in chosen["index"]:
+        at.checkbox(key=f"sel_{index}").check()
+    at.run()
+    assert [m.value for m in at.markdown].count("**2 of 9 ticked**") == 2
+    assert at.button(key="batch_keep_below").label == "Keep 2 selected"
+    at.button(key="batch_keep_below").click().run()
+    store = DecisionStore(fake_run.run.decisions)
+    assert {store.get(p).action for p in chosen["path"]} == {"keep"}
+    assert "**2 of 9 ticked**" not in [m.value for m in at.markdown]
+
+
+def test_a_long_file_name_is_cut_in_the_middle_keeping_its_extension(fake_run):
+    frame = fake_run.samples.copy()
+    row = fake_run.flagged.iloc[0]
+    long_path = "cat/holiday_photos_from_the_camera_roll_2024_0001.jpeg"
+    frame.loc[frame["index"] == row["index"], "path"] = long_path
+    frame.to_csv(fake_run.run.samples, index=False)
+    at = open_page("review", run_id=fake_run.run_id)
+    title = next(m for m in at.markdown if m.value.startswith("**holiday"))
+    name = title.value.split("**")[1]
+    assert name == "holiday_pho…24_0001.jpeg" and len(name) == 24
+    assert title.help == long_path  # the whole path on hover

@@ -6,10 +6,10 @@ import os
 
 from fixtures_runs import hold_worker, install_fake_jobs, open_page, write_fake_run
 
-from engine.config import RunConfig
+from engine.config import RunConfig, profile_for
 from engine.runs.atomic import now_iso
 from engine.runs.rundir import RunDir
-from ui import workspace
+from ui import train_form, workspace
 
 
 def form_widget(at, label: str):
@@ -25,17 +25,29 @@ def submit(at):
     return at
 
 
-def test_form_defaults_come_from_runconfig(app_workspace, fake_jobs):
+def engine_config(flags: list[str], data, monkeypatch, *, cuda: bool = False) -> RunConfig:
+    """What the real `fit` command line makes of the flags the form emitted (the worker sees `cuda`)."""
+    import torch
+
+    from engine import cli
+    from engine.cli import run as cli_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    return cli_run.fit_config(cli.build_parser().parse_args(["fit", str(data), "--run-dir", "r", *flags]))
+
+
+def form_values(at) -> dict:
+    """{config key: the value its widget shows}, for every setting of the form and the device."""
+    return {s.key: form_widget(at, s.label).value for s in (train_form.DEVICE, *train_form.SETTINGS)}
+
+
+def test_form_defaults_come_from_the_cpu_profile(app_workspace, fake_jobs):
     at = open_page("train")
     assert not at.exception
-    cfg = RunConfig()
-    assert form_widget(at, "Loss").value == cfg.classify.loss == "elr"
-    assert form_widget(at, "Pre-training epochs").value == cfg.pretrain.epochs
-    assert form_widget(at, "Classifier epochs").value == cfg.classify.epochs
-    assert form_widget(at, "Batch size").value == cfg.classify.batch_size
-    assert form_widget(at, "Image size (px)").value == cfg.data.image_size
-    assert form_widget(at, "Seed").value == cfg.seed
-    assert form_widget(at, "Device").value == "auto"
+    cfg = profile_for("cpu")
+    shown = form_values(at)
+    assert shown == {s.key: train_form.value_of(cfg, s.key) for s in train_form.SETTINGS} | {"device": "auto"}
+    assert (shown["classify.loss"], shown["pretrain.epochs"], shown["classify.batch_size"]) == ("elr", 12, 128)
     assert any(c.value == "Detected: CPU only" for c in at.caption)
     assert any("truth.csv" in c.value and "automatically" in c.value for c in at.caption)  # the bundled sample's
 
@@ -54,11 +66,6 @@ def shown_schedule(at) -> tuple[int, int, int]:
 
 
 def test_choosing_cpu_on_a_gpu_machine_shows_and_runs_the_cpu_profile(app_workspace, monkeypatch, tmp_path):
-    import torch
-
-    from engine import cli
-    from engine.cli import run as cli_run
-
     fake = install_fake_jobs(monkeypatch, devices={"cuda": True, "devices": [{"name": "NVIDIA H100", "memory_gb": 80}],
                                                    "default": "cuda"})
     data = tmp_path / "digits"
@@ -67,38 +74,49 @@ def test_choosing_cpu_on_a_gpu_machine_shows_and_runs_the_cpu_profile(app_worksp
     assert shown_schedule(at) == (100, 30, 256)  # auto on a GPU machine: the GPU profile
     form_widget(at, "Device").select("cpu").run()
     assert shown_schedule(at) == (12, 12, 128)  # the form now shows what a CPU run trains for
+    shown = form_values(at)
     submit(at)
     assert not at.exception
-    flags = fake.calls[0][1][2]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the worker sees the GPU too
-    cfg = cli_run.fit_config(cli.build_parser().parse_args(["fit", str(data), "--run-dir", "r", *flags]))
+    cfg = engine_config(fake.calls[0][1][2], data, monkeypatch, cuda=True)  # the worker sees the GPU too
+    assert {key: train_form.value_of(cfg, key) for key in shown} == shown
     assert (cfg.device, cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size) == ("cpu", 12, 12, 128)
 
 
-def test_start_passes_the_changed_settings_as_fit_flags(app_workspace, fake_jobs, tmp_path):
+def test_the_flags_of_start_give_the_run_exactly_the_values_on_the_form(app_workspace, fake_jobs, tmp_path,
+                                                                          monkeypatch):
     data = tmp_path / "digits"
     (data / "a").mkdir(parents=True)
     (data / "b").mkdir()
     at = open_page("train", data=data)
-    form_widget(at, "Loss").select("ce")
+    form_widget(at, "Loss").select("nfl+rce")
     form_widget(at, "Pre-training epochs").set_value(1)
+    form_widget(at, "Pre-training batch size").set_value(64)
+    form_widget(at, "Warm-up epochs").set_value(0)
     form_widget(at, "Classifier epochs").set_value(2)
     form_widget(at, "Batch size").set_value(16)
+    form_widget(at, "Image size (px)").set_value(24)
+    form_widget(at, "Seed").set_value(5)
     form_widget(at, "Also fine-tune (phase b) right after").check()
+    shown = form_values(at)
     submit(at)
     assert not at.exception
     assert fake_jobs.names() == ["start"]
     _, (got_data, run_dir, flags), kwargs = fake_jobs.calls[0]
     assert got_data == data
-    assert flags == ["--loss", "ce", "--pretrain-epochs", "1", "--epochs", "2", "--batch-size", "16", "--image-size",
-                     "32", "--seed", "0", "--finetune"]
+    assert flags[-1] == "--finetune" and "--truth" not in flags
+    assert set(flags[:-1][::2]) == {"--set"}  # every setting travels as --set key=value
+    cfg = engine_config(flags, data, monkeypatch)
+    assert {key: train_form.value_of(cfg, key) for key in shown} == shown
+    assert (cfg.classify.loss, cfg.pretrain.batch_size, cfg.classify.batch_size, cfg.data.image_size) == (
+        "nfl+rce", 64, 16, 24)
+    assert cfg.finetune_after_fit is True
     assert run_dir.parent == app_workspace / "runs"
     assert kwargs["workspace"] == app_workspace
     assert at.query_params["run"] == run_dir.name  # the new run is in the URL: a refresh re-attaches to it
     assert any("queued" in m.value for m in at.markdown)
 
 
-def test_no_pretraining_and_a_truth_file(app_workspace, fake_jobs, tmp_path):
+def test_no_pretraining_and_a_truth_file(app_workspace, fake_jobs, tmp_path, monkeypatch):
     truth = tmp_path / "labels_truth.csv"
     truth.write_text("path,true_label\n")
     at = open_page("train")
@@ -106,8 +124,10 @@ def test_no_pretraining_and_a_truth_file(app_workspace, fake_jobs, tmp_path):
     form_widget(at, "Seed").set_value(7)
     form_widget(at, "Truth file (optional)").input(str(truth))
     submit(at)
-    assert fake_jobs.calls[0][1][2] == ["--loss", "elr", "--no-pretrain", "--epochs", "12", "--image-size", "32",
-                                        "--seed", "7", "--truth", str(truth)]
+    flags = fake_jobs.calls[0][1][2]
+    assert flags[-2:] == ["--truth", str(truth)]
+    cfg = engine_config(flags, tmp_path, monkeypatch)
+    assert (cfg.pretrain.enabled, cfg.seed, cfg.classify.epochs, cfg.finetune_after_fit) == (False, 7, 12, False)
 
 
 def test_bad_truth_file_and_missing_gpu_are_refused(app_workspace, fake_jobs, tmp_path):
@@ -125,11 +145,26 @@ def test_bad_truth_file_and_missing_gpu_are_refused(app_workspace, fake_jobs, tm
 def test_refuses_to_start_while_another_run_is_active(fake_run, fake_jobs):
     fake_run.run.write_status(state="running", pid=os.getpid(), stage="train", step=3, total=10)
     worker = hold_worker(fake_run.run)  # its worker is alive
-    at = open_page("train")
+    shown = write_fake_run(workspace.runs_root(), "2026-11-27T09-00-00_oldr")  # the page shows another run
+    at = open_page("train", run_id=shown.run_id)
     submit(at)
-    assert at.error and "still active" in at.error[0].value
+    assert [e.value for e in at.error] == [f"Not started: run {fake_run.run_id} is still active: stop it or wait for "
+                                           "it to finish (one run at a time)."]
     assert fake_jobs.calls == []
     worker.close()
+
+
+def test_a_double_click_on_start_leaves_no_error_behind(app_workspace, fake_jobs):
+    at = open_page("train")
+    submit(at)  # the first click starts the run and shows it
+    run_id = at.query_params["run"]
+    assert any(f"Run `{run_id}` — **queued**" in m.value for m in at.markdown)
+    submit(at)  # the second click arrives while it trains
+    assert fake_jobs.names() == ["start"]
+    assert [e.value for e in at.error] == []  # nothing red stays on the page while the run trains
+    assert [t.value for t in at.toast] == [f"Not started: run {run_id}, shown above, is still training (one run at "
+                                           "a time)."]
+    assert any(f"Run `{run_id}` — **queued**" in m.value for m in at.markdown)
 
 
 def test_live_progress_of_a_running_run_and_stop(fake_run, fake_jobs):
@@ -159,13 +194,67 @@ def test_a_failed_run_shows_its_log_and_can_resume(fake_run, fake_jobs):
     assert fake_jobs.names() == ["resume"]
 
 
-def test_a_dead_worker_reads_as_interrupted_and_can_resume(fake_run, fake_jobs):
+def heading(at) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith(":material/") and " Run `" in m.value)
+
+
+def test_a_dead_worker_never_reads_as_running_and_can_resume(fake_run, fake_jobs):
     fake_run.run.write_status(state="running", pid=2**22 + 12345, stage="pretrain", updated_at=now_iso())
-    at = open_page("train", run_id=fake_run.run_id)  # no process holds the run's lock: its worker is gone
-    assert any("was interrupted" in w.value for w in at.warning)
-    assert RunDir(fake_run.run.path).read_status()["state"] == "running"  # readers never write status.json
+    at = open_page("train", run_id=fake_run.run_id)
+    on_disk = RunDir(fake_run.run.path).read_status()["state"]
+    assert on_disk in ("failed", "interrupted")  # "failed" today; the engine is to call it "interrupted"
+    assert f"**{on_disk}**" in heading(at) and "running" not in heading(at)
     at.button(key="train_progress_resume").click().run()
     assert fake_jobs.names() == ["resume"]
+
+
+def test_an_interrupted_run_says_so_and_offers_resume(fake_run, fake_jobs):
+    fake_run.run.write_status(state="interrupted", pid=None, stage="train", step=33, total=48,
+                              message="worker gone")
+    at = open_page("train", run_id=fake_run.run_id)
+    assert f"Run `{fake_run.run_id}` — **interrupted** — Resume" in heading(at)
+    assert any(c.value.startswith("The worker stopped before the end") for c in at.caption)
+    assert "Training (noise-robust loss) · 33/48" in [p.proto.text for p in at.get("progress")]
+    at.button(key="train_progress_resume").click().run()
+    assert fake_jobs.names() == ["resume"]
+
+
+def test_a_stopped_run_names_the_resume_button_not_a_command_line_flag(fake_run, fake_jobs):
+    fake_run.run.write_status(state="cancelled", pid=None, stage="train", message="stopped; continue with --resume")
+    at = open_page("train", run_id=fake_run.run_id)
+    texts = [m.value for m in (*at.markdown, *at.caption, *at.info, *at.error)]
+    assert not any("--resume" in t for t in texts)
+    assert "Stopped. **Resume** continues from the last finished epoch." in texts
+    assert at.button(key="train_progress_resume").label == "Resume"
+    fake_run.run.samples.unlink()  # stopped before its results: the other pages say the same
+    review = open_page("review", run_id=fake_run.run_id)
+    assert [i.value for i in review.info] == [f"Run {fake_run.run_id} was stopped before its results: **Resume** it "
+                                              "on Train, or start a new one there."]
+
+
+def test_skipped_stages_count_as_done(fake_run, fake_jobs):
+    fake_run.run.append_event(kind="stage", stage="prepare", state="skipped", message="decoded cache is up to date")
+    at = open_page("train", run_id=fake_run.run_id)
+    assert [e.label for e in at.expander][0] == "7 of 7 stages done (1 skipped: nothing to do)"
+    assert "Prepare images — skipped (decoded cache is up to date)" in [p.proto.text for p in at.get("progress")]
+
+
+def test_the_whole_run_eta_shows_while_it_trains(fake_run, fake_jobs):
+    fake_run.run.write_status(state="running", pid=os.getpid(), stage="train", step=33, total=48, eta_s=20,
+                              run_eta_s=300, stages=["prepare", "pretrain", "warmup", "train", "predict", "split"])
+    at = open_page("train", run_id=fake_run.run_id)
+    assert "**About 5 min 00 s left** for the whole run" in [m.value for m in at.markdown]
+    stages = [p.proto.text for p in at.get("progress")]
+    assert len(stages) == 6 and not any("Embedding map" in t for t in stages)  # the stages status.json names
+
+
+def test_a_negative_elr_loss_is_explained_where_the_loss_is_shown(fake_run, fake_jobs):
+    fake_run.run.append_event(kind="epoch", stage="train", epoch=4, epochs=4, loss=-5.4, lr=0.01)
+    at = open_page("train", run_id=fake_run.run_id)
+    assert any("ELR's loss goes below zero" in c.value and "negative by construction" in c.value for c in at.caption)
+    clean = write_fake_run(workspace.runs_root(), "2026-11-27T11-00-00_ce00", loss="ce")
+    at = open_page("train", run_id=clean.run_id)
+    assert not any("ELR's loss" in c.value for c in at.caption)
 
 
 def test_past_runs_table_and_comparison(fake_run, fake_jobs):
@@ -175,10 +264,22 @@ def test_past_runs_table_and_comparison(fake_run, fake_jobs):
     assert table["run"].tolist() == [other.run_id, fake_run.run_id]
     assert table["loss"].tolist() == ["ce", "elr"]
     assert table["flagged"].tolist() == [9, 9]
-    assert table["F1"].iloc[1] == 0.8
+    assert table["F1"].tolist() == ["–", "0.800"]  # a run without a truth file: a dash, not "None"
     diff = at.dataframe[1].value
     assert diff.set_index("setting").loc["classify.loss"].tolist() == ["ce", "elr"]
     assert len(at.get("plotly_chart")) == 2  # this run's curves + the comparison
+
+
+def test_a_run_just_started_lists_its_settings_and_no_none(fake_run, fake_jobs):
+    at = open_page("train", run_id=fake_run.run_id)
+    form_widget(at, "Loss").select("ce")
+    form_widget(at, "Warm-up epochs").set_value(1)
+    submit(at)
+    shown = at.dataframe[0].value
+    row = shown[shown["run"] == at.query_params["run"]].iloc[0]  # queued: no config.json, no results yet
+    assert (row["state"], row["loss"], row["pre-training"], row["epochs"]) == ("queued", "ce", "on", "12 + 1 + 12")
+    assert (row["flagged"], row["F1"], row["accuracy"]) == ("–", "–", "–")
+    assert not (shown == "None").any().any() and not shown.isna().any().any()
 
 
 def test_every_page_tells_what_is_next(fake_run, fake_jobs):

@@ -21,6 +21,7 @@ CLEAN_COLOUR = "#2f6f4f"
 NOISY_COLOUR = "#c0392b"
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
 _MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+LOG_SCALE_RATIO = 10  # loss histogram: log counts once the tallest bar is 10x the noisy component's peak
 
 
 def class_colours(classes: Sequence[str]) -> dict[str, str]:
@@ -82,7 +83,13 @@ def mixture_curves(split: dict[str, Any], x: np.ndarray, n: int, bin_width: floa
 
 
 def loss_histogram_figure(loss_norm: np.ndarray, split: dict[str, Any] | None, bins: int = 50) -> go.Figure:
-    """Histogram of the normalised per-sample loss, the GMM's two components over it, and the threshold."""
+    """Histogram of the normalised per-sample loss, the GMM's two components over it, and the threshold.
+
+    A good classifier puts most images in the first bin: when that spike is more than LOG_SCALE_RATIO
+    times the noisy component's peak, a linear axis would flatten the noisy component into the floor, so
+    the counts go on a log axis (from half an image to above the tallest bar: the curves' far tails must
+    not stretch it). Otherwise the plain linear counts read more easily.
+    """
     loss_norm = np.asarray(loss_norm, dtype=np.float64)
     loss_norm = loss_norm[np.isfinite(loss_norm)]
     lo, hi = (0.0, 1.0) if loss_norm.size == 0 else (min(0.0, loss_norm.min()), max(1.0, loss_norm.max()))
@@ -91,6 +98,8 @@ def loss_histogram_figure(loss_norm: np.ndarray, split: dict[str, Any] | None, b
     centres = (edges[:-1] + edges[1:]) / 2
     fig = go.Figure(go.Bar(x=centres, y=counts, width=width, name="images", marker_color="#9fb8ad",
                            hovertemplate="loss %{x:.3f}: %{y} images<extra></extra>"))
+    top = float(max(counts.max(initial=0), 1))
+    noisy_peak = 0.0
     if split and split.get("means") and split.get("stds") and split.get("weights"):
         xs = np.linspace(lo, hi, 400)
         names = ("clean component", "noisy component")
@@ -98,13 +107,17 @@ def loss_histogram_figure(loss_norm: np.ndarray, split: dict[str, Any] | None, b
         for curve, name, colour in zip(mixture_curves(split, xs, int(loss_norm.size), width), names, colours,
                                        strict=False):
             fig.add_trace(go.Scatter(x=xs, y=curve, mode="lines", name=name, line={"color": colour, "width": 2}))
+            top = max(top, float(curve.max(initial=0)))
+        noisy_peak = float(fig.data[-1].y.max(initial=0)) if len(fig.data) == 3 else 0.0
     threshold = (split or {}).get("loss_threshold")
     if threshold is not None:
         fig.add_vline(x=float(threshold), line_dash="dash", line_color="#333",
                       annotation_text=f"threshold {float(threshold):.3f}", annotation_position="top")
+    log = noisy_peak > 0 and counts.max(initial=0) > LOG_SCALE_RATIO * noisy_peak
+    yaxis = ({"title": "images (log scale)", "type": "log", "range": [np.log10(0.5), np.log10(top * 2)], "dtick": 1}
+             if log else {"title": "images"})
     fig.update_layout(title="Per-image loss and the two-component mixture", xaxis_title="normalised loss",
-                      yaxis_title="images", bargap=0, margin=_MARGIN, height=360,
-                      legend={"orientation": "h", "y": -0.2})
+                      yaxis=yaxis, bargap=0, margin=_MARGIN, height=360, legend={"orientation": "h", "y": -0.2})
     return fig
 
 

@@ -9,6 +9,7 @@ No Streamlit here.
 
 from __future__ import annotations
 
+import random
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,15 +47,19 @@ class DatasetSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def summarize(source: Path, *, extract_to: Path | None = None, per_class: int = 6) -> DatasetSummary:
-    """Intake report of a folder or zip. Raises IntakeError with a reason a person can act on."""
+def summarize(source: Path, *, extract_to: Path | None = None, per_class: int = 6, seed: int = 0) -> DatasetSummary:
+    """Intake report of a folder or zip. Raises IntakeError with a reason a person can act on.
+
+    The examples of each class are a seeded random sample (the same on every visit), not the first files
+    by name: those are often alike (one camera burst, one source), and mislabeled images hide anywhere.
+    """
     record = scan(Path(source), extract_to=extract_to)
     root = Path(record.root)
-    examples: dict[str, list[str]] = {c: [] for c in record.classes}
+    paths: dict[str, list[str]] = {c: [] for c in record.classes}
     for s in record.samples:
-        bucket = examples[s.label]
-        if len(bucket) < per_class:
-            bucket.append(str(root / s.path))
+        paths[s.label].append(str(root / s.path))
+    rng = random.Random(seed)
+    examples = {c: rng.sample(p, min(per_class, len(p))) for c, p in paths.items()}
     truth = next((str(root / n) for n in TRUTH_NAMES if (root / n).is_file()), None)
     return DatasetSummary(
         source=str(source),

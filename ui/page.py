@@ -2,7 +2,8 @@
 
 State rules (so a refresh, a second tab or a server restart re-attach to the same run):
 * the run id lives in the URL (`?run=<id>`) and is mirrored in `st.session_state["run"]`;
-* the chosen dataset lives in `?data=<path>` and `st.session_state["dataset"]`;
+* the chosen dataset lives in `?data=<path>` and `st.session_state["dataset"]`, and follows the run:
+  choosing another run makes that run's dataset the current one (see `current_dataset`);
 * everything else is read from the run folder.
 """
 
@@ -17,7 +18,7 @@ import streamlit as st
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 from engine.runs.status import ACTIVE_STATES, RESUMABLE_STATES, effective_state
-from ui import workspace
+from ui import datasets, workspace
 
 PAGES = {
     "data": ("pages/1_data.py", "Data", ":material/folder_open:"),
@@ -29,6 +30,7 @@ PAGES = {
 }
 RUN_KEY = "run"
 DATASET_KEY = "dataset"
+DATASET_RUN_KEY = "dataset_run"  # the run that was current when the dataset was chosen
 PICKER_KEY = "_run_picker"
 SESSION_KEY = "session_id"
 VIA_APP_KEY = "_via_app"  # set by app.py: this session has been through the navigation
@@ -144,20 +146,40 @@ def _picked() -> None:
 
 
 def current_dataset() -> Path | None:
-    """The dataset chosen on the Data page (URL first, then session), else the bundled sample; None if none."""
-    for value in (st.query_params.get("data"), st.session_state.get(DATASET_KEY)):
-        if value and Path(value).exists():
-            set_current_dataset(Path(value))
-            return Path(value)
-    sample = workspace.SAMPLE_DATA
-    if sample.is_dir() and any(p.is_dir() for p in sample.iterdir()):
-        set_current_dataset(sample)  # the app opens with the bundled sample ready to use
-        return sample
-    return None
+    """The dataset new runs train on: the one chosen with the current run, else the current run's, else the sample.
+
+    A dataset chosen on the Data page (or given in the URL) belongs to the run that was current then:
+    once another run becomes current (the sidebar picker, `?run=`, a run just started), the dataset
+    follows that run, so "Start a new run" never offers the sample while the run shown is on an upload.
+    """
+    run_id = current_run_id()
+    if DATASET_KEY not in st.session_state:  # a new session: the URL's dataset came with the URL's run
+        url_data = st.query_params.get("data")
+        st.session_state[DATASET_KEY] = url_data or None
+        st.session_state[DATASET_RUN_KEY] = run_id
+    chosen = st.session_state.get(DATASET_KEY)
+    if chosen and st.session_state.get(DATASET_RUN_KEY) == run_id and Path(chosen).exists():
+        dataset: Path | None = Path(chosen)
+    else:
+        dataset = run_dataset(run_id) or datasets.sample_data_path()  # the app opens with the sample ready
+    set_current_dataset(dataset)
+    return dataset
+
+
+def run_dataset(run_id: str | None) -> Path | None:
+    """The data folder a run trains on (source.json, else the app's launch record), when it still exists."""
+    path = workspace.run_path(run_id)
+    if path is None:
+        return None
+    run = RunDir(path)
+    data = (read_json(run.source, default={}) or {}).get("data") or (read_json(run.launch, default={}) or {}).get("data")
+    return Path(data) if data and Path(data).exists() else None
 
 
 def set_current_dataset(path: Path | None) -> None:
+    """Choose the dataset for new runs (the Data page); it stays chosen while the current run does."""
     st.session_state[DATASET_KEY] = str(path) if path else None
+    st.session_state[DATASET_RUN_KEY] = st.session_state.get(RUN_KEY)
     if path and st.query_params.get("data") != str(path):
         st.query_params["data"] = str(path)
     elif not path and "data" in st.query_params:
@@ -205,7 +227,9 @@ def require_results(run: RunDir, what: str) -> None:
     if state in ACTIVE_STATES:
         message = f"Run {run.path.name} is still training — {what} appears when it finishes."
     elif state in RESUMABLE_STATES:
-        message = f"Run {run.path.name} is {state} and has no results; resume it or start a new one on Train."
+        how = {"cancelled": "was stopped", "interrupted": "was interrupted", "failed": "failed"}[state]
+        message = (f"Run {run.path.name} {how} before its results: **Resume** it on Train, or start a new one "
+                   "there.")
     else:
         message = f"Run {run.path.name} has no results yet."
     missing(message, "train", "Go to Train")

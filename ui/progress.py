@@ -17,7 +17,7 @@ import streamlit as st
 from engine.runs import jobs
 from engine.runs import stages as run_stages
 from engine.runs.rundir import RunDir
-from engine.runs.status import ACTIVE_STATES, INTERRUPTED, RESUMABLE_STATES
+from engine.runs.status import ACTIVE_STATES, RESUMABLE_STATES
 from ui import charts
 
 STAGES = {phase: run_stages.phase_stage_names(phase) for phase in run_stages.PHASES}
@@ -29,7 +29,16 @@ STAGE_TITLES = {
 }
 STATE_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/directions_run:",
                "done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
-               INTERRUPTED: ":material/report:"}
+               "interrupted": ":material/pause_circle:"}
+# What the panel says instead of the engine's message, which speaks of the command line (`--resume`).
+STATE_LINES = {
+    "cancelled": "Stopped. **Resume** continues from the last finished epoch.",
+    "interrupted": "The worker stopped before the end (the server restarted, or the process was killed). "
+                   "**Resume** continues from the last finished epoch.",
+}
+# Stages whose loss is ELR's when the run trains with it: cross-entropy plus a regulariser that is
+# negative by construction (λ·log(1 − ⟨p, t⟩), with ⟨p, t⟩ in (0, 1)).
+ELR_STAGES = ("warmup", "train")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,11 @@ class StageRow:
     state: str  # done | running | skipped | waiting
     fraction: float
     text: str
+
+    @property
+    def finished(self) -> bool:
+        """Done, or skipped (nothing to do: already done before a resume, turned off, cache up to date)."""
+        return self.state in ("done", "skipped")
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -56,10 +70,10 @@ def format_seconds(seconds: float | None) -> str:
 def stage_rows(status: dict[str, Any], events: list[dict[str, Any]]) -> list[StageRow]:
     """One row per stage of the run's phase, from status.json and the stage events."""
     phase = status.get("phase") or "fit"
-    stages = STAGES.get(phase, STAGES["fit"])
+    stages = tuple(status.get("stages") or STAGES.get(phase, STAGES["fit"]))  # the engine may name them itself
     done = set(status.get("completed_stages") or ())
     events = _since_start(events, status)  # a resumed or repeated phase starts its stages afresh
-    skipped = {e["stage"] for e in events if e.get("kind") == "stage" and e.get("state") == "skipped"}
+    skipped = {e["stage"]: e.get("message") for e in events if e.get("kind") == "stage" and e.get("state") == "skipped"}
     seconds = {e["stage"]: e.get("seconds") for e in events if e.get("kind") == "stage" and e.get("state") == "done"}
     current = status.get("stage")
     state = status.get("state")
@@ -69,7 +83,8 @@ def stage_rows(status: dict[str, Any], events: list[dict[str, Any]]) -> list[Sta
     for i, stage in enumerate(stages):
         title = STAGE_TITLES.get(stage, stage)
         if stage in skipped:
-            rows.append(StageRow(stage, "skipped", 0.0, f"{title} — skipped"))
+            why = f" ({skipped[stage]})" if skipped[stage] else ""
+            rows.append(StageRow(stage, "skipped", 1.0, f"{title} — skipped{why}"))
         elif state == "done" or (stage != current and (stage in done or stage in seconds or i < current_at)):
             took = seconds.get(stage)
             text = f"{title} — done" + (f" in {format_seconds(took)}" if took else "")
@@ -118,43 +133,55 @@ def render_status(run: RunDir, status: dict[str, Any], *, key: str) -> None:
     state = status.get("state", "new")
     phase = status.get("phase") or "fit"
     icon = STATE_ICONS.get(state, ":material/circle:")
-    heading = f"{icon} Run `{run.path.name}` — **{state}**" + (" (fine-tuning)" if phase == "finetune" else "")
-    st.markdown(heading)
-    if status.get("message"):
-        st.caption(status["message"])
+    resume_hint = " — Resume" if state in ("interrupted", "cancelled") else ""
+    st.markdown(f"{icon} Run `{run.path.name}` — **{state}**{resume_hint}"
+                + (" (fine-tuning)" if phase == "finetune" else ""))
+    line = STATE_LINES.get(state) or status.get("message")
+    if line:
+        st.caption(line)
     events = run.read_events()
     rows = stage_rows(status, events)
+    if state in ACTIVE_STATES and status.get("run_eta_s") is not None:
+        st.markdown(f"**About {format_seconds(status['run_eta_s'])} left** for the whole run")
     if state in ACTIVE_STATES or state in RESUMABLE_STATES:
         for row in rows:
             st.progress(row.fraction, text=row.text)
     else:  # finished: the stages fold away, the curves and results matter now
-        with st.expander(f"{sum(r.state in ('done', 'skipped') for r in rows)} of {len(rows)} stages done"):
+        skipped = sum(r.state == "skipped" for r in rows)
+        with st.expander(f"{sum(r.finished for r in rows)} of {len(rows)} stages done"
+                         + (f" ({skipped} skipped: nothing to do)" if skipped else "")):
             for row in rows:
                 st.progress(row.fraction, text=row.text)
     if any(e.get("kind") == "epoch" for e in events):
         st.plotly_chart(charts.loss_curves_figure(events), key=f"{key}_curves")
+        if negative_loss(events):
+            st.caption("ELR's loss goes below zero, and that is expected: it adds to the cross-entropy a "
+                       "regulariser, λ·log(1 − ⟨p, t⟩), that is negative by construction. Lower is still better.")
     if state in ACTIVE_STATES:
         if st.button("Stop", key=f"{key}_stop", icon=":material/stop:", help="Saves a checkpoint; Resume continues"):
             with st.spinner("Stopping…"):
                 jobs.stop(run.path)
             st.rerun()
     elif state in RESUMABLE_STATES:
-        if state == INTERRUPTED:
-            st.warning("The run was interrupted: its worker stopped without finishing (killed, or the server "
-                       "went down). Resume continues from its last finished epoch.")
         if state == "failed":
             st.error(f"The run failed: {status.get('error') or 'see the log below'}")
             tail = jobs.log_tail(run.path)
             if tail:
                 st.code(tail, language="text")
         if st.button("Resume", key=f"{key}_resume", icon=":material/play_arrow:",
-                     help="Continue from the last checkpoint"):
+                     help="Continue from the last finished epoch"):
             try:
                 jobs.resume(run.path)
             except jobs.JobError as e:
                 st.error(str(e))
             else:
                 st.rerun()
+
+
+def negative_loss(events: list[dict[str, Any]]) -> bool:
+    """Whether a classifier epoch reported a loss below zero (only ELR's can be)."""
+    return any(e.get("kind") == "epoch" and e.get("stage") in ELR_STAGES and (e.get("loss") or 0) < 0
+               for e in events)
 
 
 def log_expander(run_dir: Path) -> None:

@@ -196,7 +196,21 @@ def top3_text(row: pd.Series) -> str:
     return " · ".join(parts)
 
 
+def short_name(name: str, limit: int = 24) -> str:
+    """`name` cut in the middle to `limit` characters, keeping its start and its end with the extension.
+
+    A card is narrow: a long file name would wrap mid-word (often mid-extension); the end is where names
+    differ (img_0001 vs img_0002), so it stays, and the cut is an ellipsis.
+    """
+    if len(name) <= limit:
+        return name
+    tail = max(limit // 2, min(len(name) - name.rfind("."), limit - 4) if "." in name else 0)
+    head = limit - 1 - tail
+    return f"{name[:head]}…{name[-tail:]}"
+
+
 # ----------------------------------------------------------------------------- a selection sent from Inspect
+
 
 @dataclass(frozen=True)
 class Selection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,11 @@ import pandas as pd
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 from engine.runs.status import effective_state
+from ui import train_form, wording
 
-HEADLINE_METRICS = ("precision", "recall", "f1", "auroc", "corrected_accuracy", "pseudo_label_accuracy")
+MISSING = "–"  # what an empty cell shows (a run still training has no numbers yet)
+COLUMNS = ("run", "date", "state", "phase", "dataset", "loss", "pre-training", "epochs", "flagged", "images", "F1",
+           "accuracy")
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -19,27 +23,34 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def run_settings(run: RunDir) -> dict[str, Any]:
+    """The run's settings as dotted keys: config.json, or before the worker wrote it, the launch command's."""
+    config = _json(run.config)
+    if config:
+        return flatten(config)
+    return train_form.launched_settings(_json(run.launch).get("command") or [])
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    """One row of the runs table: id, date, state, dataset, settings, flagged count, metrics."""
+    """One row of the runs table: id, date, state, dataset, settings, flagged count, metrics (None = unknown)."""
     run = RunDir(run_dir)
     status = run.read_status()
-    config = _json(run.config)
-    source = _json(run.source)
+    settings = run_settings(run)
+    launch = _json(run.launch)
+    data = _json(run.source).get("data") or launch.get("data") or ""
     split = _json(run.split)
     metrics = _json(run.metrics)
-    pretrain = config.get("pretrain", {})
-    classify = config.get("classify", {})
-    launch = _json(run.launch)
-    data = source.get("data") or launch.get("data") or ""
+    started = status.get("started_at") or launch.get("at") or ""
+    pretrain = settings.get("pretrain.enabled")
     return {
         "run": run.path.name,
-        "date": (status.get("started_at") or "")[:16].replace("T", " "),
-        "state": effective_state(run, status),
-        "phase": status.get("phase", ""),
-        "dataset": Path(data).name if data else "",
-        "loss": classify.get("loss", ""),
-        "pre-training": ("on" if pretrain.get("enabled") else "off") if pretrain else "",
-        "epochs": _epochs(pretrain, classify),
+        "date": started[:16].replace("T", " ") or None,
+        "state": effective_state(run, status) if status else "new",
+        "phase": status.get("phase") or launch.get("phase"),
+        "dataset": Path(data).name if data else None,
+        "loss": settings.get("classify.loss"),
+        "pre-training": None if pretrain is None else "on" if pretrain else "off",
+        "epochs": _epochs(settings),
         "flagged": split.get("n_flagged"),
         "images": split.get("n"),
         "F1": metrics.get("f1"),
@@ -47,17 +58,36 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _epochs(pretrain: dict[str, Any], classify: dict[str, Any]) -> str:
-    if not classify:
-        return ""
-    pre = pretrain.get("epochs", 0) if pretrain.get("enabled") else 0
-    return f"{pre} + {classify.get('warmup_epochs', 0)} + {classify.get('epochs', 0)}"
+def _epochs(settings: dict[str, Any]) -> str | None:
+    """'pre-training + warm-up + classifier' epochs; a part the settings do not name shows as a dash."""
+    parts = [0 if settings.get("pretrain.enabled") is False else settings.get("pretrain.epochs"),
+             settings.get("classify.warmup_epochs"), settings.get("classify.epochs")]
+    if all(p is None for p in parts):
+        return None
+    return " + ".join(MISSING if p is None else str(p) for p in parts)
 
 
 def runs_frame(run_dirs: list[Path]) -> pd.DataFrame:
-    columns = ["run", "date", "state", "phase", "dataset", "loss", "pre-training", "epochs", "flagged", "images",
-               "F1", "accuracy"]
-    return pd.DataFrame([run_summary(p) for p in run_dirs], columns=columns)
+    """The past runs, typed: counts as nullable integers, metrics as floats (None/NaN where unknown)."""
+    frame = pd.DataFrame([run_summary(p) for p in run_dirs], columns=list(COLUMNS))
+    return frame.astype({"flagged": "Int64", "images": "Int64", "F1": "float64", "accuracy": "float64"})
+
+
+def shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` as the page shows it: a dash in every empty cell, counts whole, metrics with three decimals.
+
+    The cells themselves, not a Styler's display values: the browser's table prints "None" for an empty
+    cell whatever a Styler says.
+    """
+    return frame.map(cell_text)
+
+
+def cell_text(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return value
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -74,8 +104,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def settings_diff(run_a: Path, run_b: Path) -> pd.DataFrame:
     """The config keys whose values differ between two runs (plus the dataset)."""
-    a = flatten(_json(RunDir(run_a).config))
-    b = flatten(_json(RunDir(run_b).config))
+    a = run_settings(RunDir(run_a))
+    b = run_settings(RunDir(run_b))
     a["dataset"] = _json(RunDir(run_a).source).get("data")
     b["dataset"] = _json(RunDir(run_b).source).get("data")
     rows = [(k, _show(a.get(k)), _show(b.get(k))) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -89,10 +119,10 @@ def headline_table(run_dirs: list[Path]) -> pd.DataFrame:
         split = _json(RunDir(run_dir).split)
         metrics = _json(RunDir(run_dir).metrics)
         column: dict[str, Any] = {"images": split.get("n"), "flagged": split.get("n_flagged")}
-        column.update({m: metrics.get(m) for m in HEADLINE_METRICS})
+        column.update({name: metrics.get(m) for m, name in wording.METRIC_NAMES.items()})
         data[Path(run_dir).name] = column
-    return pd.DataFrame(data)
+    return pd.DataFrame(data, dtype=object)  # counts stay whole numbers next to the metrics
 
 
 def _show(value: Any) -> str:
-    return "" if value is None else str(value)
+    return MISSING if value is None else str(value)

@@ -1,33 +1,89 @@
 """The Train page's settings and the `fit` flags they turn into (no Streamlit here).
 
-The form shows the profile the engine will start from for the chosen device: `RunConfig()` on a CPU,
-`gpu_profile(RunConfig())` on a GPU ("auto" is the detected device, as `engine.cli.run` resolves it).
-The schedule the form shows (loss, epochs, image size, seed) is always passed as flags, so the run
-trains for exactly what the person saw whatever profile the worker starts from; the batch size is
-passed only when changed, because `--batch-size` also sets the SimCLR and fine-tuning batches, which
-the profiles keep larger than the classifier's.
+`SETTINGS` maps each widget of the form to one dotted `RunConfig` key; the widget's kind (checkbox,
+number, choice) and its initial value come from the config itself, so a new config field reaches the
+form with one row here. The form shows the profile `engine.config.profile_for(device)` gives on the
+device the worker will use ("auto" = the detected one, as the engine resolves it), and every value it
+shows is passed as `--set key=value`, so the run trains for exactly what the person saw whatever
+profile the worker starts from. Only what has no config key stays a flag: `--truth`, `--finetune`.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from engine.config import RunConfig, gpu_profile
+from engine.config import RunConfig, profile_for
+
+LOSS_NAMES = {
+    "elr": "ELR — early-learning regularisation (recommended)",
+    "ce": "Cross-entropy (baseline)",
+    "nfl+rce": "NFL + RCE — normalised focal + reverse cross-entropy",
+}
 
 
 @dataclass(frozen=True)
-class FitSettings:
-    loss: str
-    pretrain: bool
-    pretrain_epochs: int
-    epochs: int
-    batch_size: int
-    image_size: int
-    device: str
-    seed: int
-    truth: str | None = None
-    finetune: bool = False
+class Setting:
+    """One widget of the Train form and the config key it sets."""
+
+    key: str  # dotted RunConfig key, as `fit --set` takes it
+    label: str
+    column: int = 0  # which of the form's three columns
+    help: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    names: Mapping[str, str] | None = None  # how a choice's values read on the page
+
+
+DEVICE = Setting("device", "Device", help="auto = the GPU when the server has one, else the CPU")
+SETTINGS: tuple[Setting, ...] = (
+    Setting("classify.loss", "Loss", 0, names=LOSS_NAMES),
+    Setting("pretrain.enabled", "Pre-train the encoder (SimCLR)", 0,
+            help="Self-supervised pre-training makes the flags much better; off = from scratch"),
+    Setting("pretrain.epochs", "Pre-training epochs", 0, minimum=1, maximum=5000),
+    Setting("pretrain.batch_size", "Pre-training batch size", 0, minimum=2, maximum=8192,
+            help="Images per SimCLR step (each seen in two views)"),
+    Setting("classify.warmup_epochs", "Warm-up epochs", 1, minimum=0, maximum=5000,
+            help="Epochs of the classifier head alone, on the frozen encoder"),
+    Setting("classify.epochs", "Classifier epochs", 1, minimum=1, maximum=5000,
+            help="Epochs of encoder + head with the noise-robust loss, after the warm-up"),
+    Setting("classify.batch_size", "Batch size", 1, minimum=2, maximum=8192, help="Images per classifier step"),
+    Setting("data.image_size", "Image size (px)", 2, minimum=8, maximum=512,
+            help="Every image is resized to this square size once, before training"),
+    Setting("seed", "Seed", 2, minimum=0, maximum=2**31 - 1),
+)
+
+
+# ----------------------------------------------------------------------------- the config behind a setting
+
+
+def kind_of(key: str) -> type | tuple[str, ...]:
+    """bool, int, float or str, or the allowed values of a choice, of the RunConfig field `key`."""
+    hint: Any = RunConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(hint):
+            raise KeyError(f"unknown config key: {key}")
+        hints = typing.get_type_hints(hint)
+        if part not in hints:
+            raise KeyError(f"unknown config key: {key}")
+        hint = hints[part]
+    if typing.get_origin(hint) is Literal:
+        return tuple(str(v) for v in typing.get_args(hint))
+    if hint in (bool, int, float, str):
+        return hint
+    raise KeyError(f"config key {key} is not a single value a form can show")
+
+
+def value_of(cfg: RunConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def engine_device(device: str, detected_default: str) -> str:
@@ -35,46 +91,58 @@ def engine_device(device: str, detected_default: str) -> str:
     return detected_default if device == "auto" else device
 
 
-def default_config(device: str) -> RunConfig:
-    """The profile `fit` starts from on `device` ("cpu" or "cuda"; see engine.cli.run._base_config)."""
-    cfg = RunConfig()
-    return gpu_profile(cfg) if device == "cuda" else cfg
+def initial_values(device: str, detected_default: str) -> dict[str, Any]:
+    """The form's values before any edit: the profile of the device the run will use, device as chosen."""
+    cfg = profile_for(engine_device(device, detected_default))
+    return {s.key: value_of(cfg, s.key) for s in SETTINGS} | {DEVICE.key: device}
 
 
-def default_settings(cfg: RunConfig, device: str | None = None) -> FitSettings:
-    """The form's initial values: `cfg`'s settings, with the device selector at `device` (default: cfg's)."""
-    return FitSettings(
-        loss=cfg.classify.loss,
-        pretrain=cfg.pretrain.enabled,
-        pretrain_epochs=cfg.pretrain.epochs,
-        epochs=cfg.classify.epochs,
-        batch_size=cfg.classify.batch_size,
-        image_size=cfg.data.image_size,
-        device=device or cfg.device,
-        seed=cfg.seed,
-        finetune=cfg.finetune_after_fit,
-    )
+# ----------------------------------------------------------------------------- flags
 
 
-def fit_flags(settings: FitSettings, defaults: FitSettings) -> list[str]:
-    """`fit` flags for `settings` (see engine/cli.py); `defaults` = the profile the engine starts from."""
-    flags = ["--loss", settings.loss]
-    if settings.pretrain:
-        flags += ["--pretrain-epochs", str(settings.pretrain_epochs)]
-    else:
-        flags.append("--no-pretrain")
-    flags += ["--epochs", str(settings.epochs)]
-    if settings.batch_size != defaults.batch_size:
-        flags += ["--batch-size", str(settings.batch_size)]
-    flags += ["--image-size", str(settings.image_size)]
-    if settings.device != "auto":
-        flags += ["--device", settings.device]
-    flags += ["--seed", str(settings.seed)]
-    if settings.truth:
-        flags += ["--truth", str(Path(settings.truth).expanduser())]
-    if settings.finetune:
+def set_value_text(value: Any) -> str:
+    """`value` written so that `fit --set` reads it back as the same value (engine.cli.run._parse_sets)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value  # a bare word such as elr, nfl+rce or cpu
+        return repr(value)  # a text that looks like a number stays a text
+    if isinstance(value, tuple):
+        return repr(list(value))
+    return repr(value)
+
+
+def fit_flags(values: Mapping[str, Any], *, truth: str | None = None, finetune: bool = False) -> list[str]:
+    """`fit` flags for the form's values: one `--set key=value` each, then `--truth` and `--finetune`."""
+    flags: list[str] = []
+    for key, value in values.items():
+        flags += ["--set", f"{key}={set_value_text(value)}"]
+    if truth:
+        flags += ["--truth", str(Path(truth).expanduser())]
+    if finetune:
         flags.append("--finetune")
     return flags
+
+
+def launched_settings(command: Sequence[str]) -> dict[str, Any]:
+    """The config keys a `fit` command line sets (flags and `--set`), read with the engine's own parser.
+
+    For a run whose worker has not written config.json yet: the app's launch.json records the command.
+    """
+    from engine.cli import build_parser
+    from engine.cli.run import _flag_overrides
+
+    words = list(command)
+    if "fit" not in words:
+        return {}
+    try:
+        args = build_parser().parse_args(words[words.index("fit"):])
+        return _flag_overrides(args)
+    except (SystemExit, ValueError):  # argparse exits on a command it cannot read
+        return {}
 
 
 def check_truth(text: str) -> tuple[str | None, str | None]:

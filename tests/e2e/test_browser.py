@@ -107,8 +107,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def shot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so the viewport grows to its height first."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    viewport = page.viewport_size
+    height = page.evaluate("() => document.querySelector('[data-testid=stMain]')?.scrollHeight || 0")
+    page.set_viewport_size({"width": viewport["width"], "height": min(max(int(height), viewport["height"]), 8000)})
+    page.wait_for_timeout(500)  # charts re-layout to the new size
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(viewport)
 
 
 def go(page, title: str) -> None:
@@ -148,19 +154,24 @@ def test_upload_train_review_export(server, tmp_path):
             expect(page.get_by_test_id("stSidebarNav").get_by_text("Fine-tune", exact=True)).to_be_visible()
             expect(page.get_by_text("No run selected — start one on Train.")).to_be_visible()
 
-            # ---- Data: upload the zip
+            # ---- Data: a text file is refused with the reason on the page, then the zip is taken
             go(page, "Data")
             page.get_by_text("Upload a .zip", exact=True).click()
+            notes = tmp_path / "notes.txt"
+            notes.write_text("not a dataset")
+            page.locator("input[type=file]").set_input_files(str(notes))
+            expect(page.get_by_text("'notes.txt' is not a .zip file")).to_be_visible(timeout=30_000)
+            expect(page.locator("input[type=file]")).to_have_count(1)  # a fresh uploader replaced the refused one
             page.locator("input[type=file]").set_input_files(str(zip_path))
             expect(page.get_by_test_id("stMetricValue").first).to_have_text("36", timeout=60_000)
-            expect(page.get_by_text("Examples per class")).to_be_visible()
+            expect(page.get_by_text("Examples per class", exact=True)).to_be_visible()
             shot(page, "1_data")
 
             # ---- Train: a tiny run
             go(page, "Train")
-            page.get_by_label("Pre-training epochs").fill("1")
-            page.get_by_label("Classifier epochs").fill("1")
-            page.get_by_label("Batch size").fill("8")
+            page.get_by_role("spinbutton", name="Pre-training epochs", exact=True).fill("1")
+            page.get_by_role("spinbutton", name="Classifier epochs", exact=True).fill("1")
+            page.get_by_role("spinbutton", name="Batch size", exact=True).fill("8")
             page.get_by_role("button", name="Start").click()
             expect(page.get_by_text("Finished:")).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
             run_id = page.url.split("run=")[1].split("&")[0]
@@ -187,6 +198,11 @@ def test_upload_train_review_export(server, tmp_path):
             page.get_by_role("heading", name="Review", level=1).click()  # keyboard focus on the page, not an input
             page.keyboard.press("k")
             expect(page.locator(".st-key-card_0")).to_contain_text("kept", timeout=20_000)
+            page.keyboard.press("u")  # undo: the focus comes back to the first card ...
+            expect(page.locator(".st-key-card_0")).to_contain_text("not reviewed", timeout=20_000)
+            page.keyboard.press("k")  # ... so the key decides it again, not the next card
+            expect(page.locator(".st-key-card_0")).to_contain_text("kept", timeout=20_000)
+            expect(page.locator(".st-key-card_1")).to_contain_text("not reviewed")
             page.locator(".st-key-card_1").get_by_role("button", name="Discard", exact=True).click()
             expect(page.locator(".st-key-card_1")).to_contain_text("discarded", timeout=20_000)
             shot(page, "4_review")
@@ -202,6 +218,11 @@ def test_upload_train_review_export(server, tmp_path):
             saved = tmp_path / "labels.csv"
             info.value.save_as(saved)
             shot(page, "6_export")
+
+            # ---- back to Train: a new run would use the uploaded data, not the bundled sample
+            go(page, "Train")
+            expect(page.get_by_text(re.compile(r"Dataset: .*colours"))).to_be_visible()
+            shot(page, "7_train_after")
         finally:
             browser.close()
 
