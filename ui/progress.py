@@ -70,10 +70,13 @@ def format_seconds(seconds: float | None) -> str:
 def stage_rows(status: dict[str, Any], events: list[dict[str, Any]]) -> list[StageRow]:
     """One row per stage of the run's phase, from status.json and the stage events."""
     phase = status.get("phase") or "fit"
-    stages = tuple(status.get("stages") or STAGES.get(phase, STAGES["fit"]))  # the engine may name them itself
-    done = set(status.get("completed_stages") or ())
+    # The worker lists the stages of its phase with their states ({"stage", "state"}); older runs do not.
+    listed = [s if isinstance(s, dict) else {"stage": s} for s in status.get("stages") or ()]
+    stages = tuple(s["stage"] for s in listed) or STAGES.get(phase, STAGES["fit"])
+    done = set(status.get("completed_stages") or ()) | {s["stage"] for s in listed if s.get("state") == "done"}
     events = _since_start(events, status)  # a resumed or repeated phase starts its stages afresh
     skipped = {e["stage"]: e.get("message") for e in events if e.get("kind") == "stage" and e.get("state") == "skipped"}
+    skipped.update({s["stage"]: skipped.get(s["stage"]) for s in listed if s.get("state") == "skipped"})
     seconds = {e["stage"]: e.get("seconds") for e in events if e.get("kind") == "stage" and e.get("state") == "done"}
     current = status.get("stage")
     state = status.get("state")

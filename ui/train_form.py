@@ -133,14 +133,14 @@ def launched_settings(command: Sequence[str]) -> dict[str, Any]:
     For a run whose worker has not written config.json yet: the app's launch.json records the command.
     """
     from engine.cli import build_parser
-    from engine.cli.run import _flag_overrides
+    from engine.cli.run import fit_overrides
 
     words = list(command)
     if "fit" not in words:
         return {}
     try:
         args = build_parser().parse_args(words[words.index("fit"):])
-        return _flag_overrides(args)
+        return fit_overrides(args)
     except (SystemExit, ValueError):  # argparse exits on a command it cannot read
         return {}
 

@@ -52,7 +52,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _flag_overrides(args: Namespace) -> dict[str, Any]:
+def fit_overrides(args: Namespace) -> dict[str, Any]:
     """The config keys the fit flags set explicitly (flags left out change nothing)."""
     o: dict[str, Any] = {}
     if args.loss is not None:
@@ -83,10 +83,9 @@ def _base_config(args: Namespace, overrides: dict[str, Any]) -> RunConfig:
     if args.config is not None:
         return config_mod.load(args.config)
     device = overrides.get("device", "auto")
-    cfg = RunConfig()
-    if device == "cuda" or (device == "auto" and _cuda_available()):
-        cfg = config_mod.gpu_profile(cfg)
-    return cfg
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    return config_mod.profile_for(device)
 
 
 def _cuda_available() -> bool:
@@ -114,7 +113,7 @@ def fit_config(args: Namespace) -> RunConfig:
     """The config a new `fit` run gets from its flags (device profile, --config, flags, --set), with the
     network stem resolved: "auto" depends on the device, and a run must rebuild the same network on
     any machine that resumes or fine-tunes it."""
-    overrides = _flag_overrides(args)
+    overrides = fit_overrides(args)
     return _concrete(config_mod.with_overrides(_base_config(args, overrides), overrides))
 
 
@@ -131,7 +130,7 @@ _INVOCATION_KEYS = ("finetune_after_fit",)
 
 
 def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
-    overrides = _flag_overrides(args)
+    overrides = fit_overrides(args)
     if run.config.exists():
         existing = config_mod.load(run.config)
         # A finished or interrupted run continues with its own settings; flags may only repeat them
