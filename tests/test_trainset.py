@@ -161,11 +161,31 @@ def test_a_whole_cache_loads_into_memory_in_chunks(tmp_path, monkeypatch):
     assert torch.equal(data.store.images, torch.from_numpy(np.array(prepared.images)).permute(0, 3, 1, 2))
 
 
-def test_memory_budget_is_a_config_key(tmp_path):
-    cfg = config_mod.with_overrides(RunConfig(), {"data.memory_budget_gb": 2})
-    assert cfg.data.memory_budget_gb == 2.0 and RunConfig().data.memory_budget_gb == 0.0  # 0 = auto
+def test_memory_budget_and_prepare_workers_are_config_keys(tmp_path):
+    cfg = config_mod.with_overrides(RunConfig(), {"data.memory_budget_gb": 2, "data.prepare_workers": 3})
+    assert (cfg.data.memory_budget_gb, cfg.data.prepare_workers) == (2.0, 3)
+    assert (RunConfig().data.memory_budget_gb, RunConfig().data.prepare_workers) == (0.0, 0)  # auto
     config_mod.save(cfg, tmp_path / "config.json")
     assert config_mod.load(tmp_path / "config.json") == cfg
     with pytest.raises(ValueError, match="data.memory_budget_gb must be >= 0"):
         config_mod.with_overrides(RunConfig(), {"data.memory_budget_gb": -0.5})
+    with pytest.raises(ValueError, match="data.prepare_workers must be >= 0"):
+        config_mod.with_overrides(RunConfig(), {"data.prepare_workers": -1})
 
+
+@pytest.mark.slow
+def test_a_fit_streamed_with_parallel_prepare_equals_the_default_fit(tmp_path, one_thread):
+    from engine.cli import main
+
+    _cache(tmp_path, n=30, size=16)  # writes tmp_path/data
+    tiny = ["--device", "cpu", "--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "8", "--image-size", "16",
+            "--set", "classify.warmup_epochs=1", "--set", "embed.enabled=false", "--quiet"]
+    default, tuned = tmp_path / "default", tmp_path / "tuned"
+    assert main(["fit", str(tmp_path / "data"), "--run-dir", str(default), *tiny]) == 0
+    assert main(["fit", str(tmp_path / "data"), "--run-dir", str(tuned), *tiny, "--set",
+                 f"data.memory_budget_gb={TINY_BUDGET_GB}", "--set", "data.prepare_workers=2"]) == 0
+    assert config_mod.load(tuned / "config.json").data.memory_budget_gb == TINY_BUDGET_GB
+    assert (default / "data" / "images.npy").read_bytes() == (tuned / "data" / "images.npy").read_bytes()
+    a, b = np.load(default / "predictions.npz"), np.load(tuned / "predictions.npz")
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert (default / "samples.csv").read_text() == (tuned / "samples.csv").read_text()
