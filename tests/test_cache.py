@@ -145,7 +145,7 @@ def _photos(root, n: int, make_truncated) -> None:
     make_truncated(root / "b" / "cut.jpg", "JPEG")
 
 
-def test_every_worker_count_and_pool_writes_the_same_bytes(tmp_path, make_truncated):
+def test_every_worker_count_and_pool_writes_the_same_bytes(tmp_path, make_truncated, helpers_at_once):
     _photos(tmp_path / "data", 150, make_truncated)
     record = scan(tmp_path / "data", check="header")
     one = prepare(record, tmp_path / "w1", image_size=7, workers=1)
@@ -176,7 +176,14 @@ def _recording_decoder(monkeypatch, seconds: float = 0.0) -> list[tuple[str, int
     return calls
 
 
-def test_the_caller_and_the_helpers_share_the_chunks(tmp_path, make_image_folder, monkeypatch):
+@pytest.fixture
+def helpers_at_once(monkeypatch):
+    """Start helpers for any dataset, however small (normally only when decoding would take seconds)."""
+    monkeypatch.setattr(cache, "_PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setattr(cache, "_PROBE_S", 0.0)
+
+
+def test_the_caller_and_the_helpers_share_the_chunks(tmp_path, make_image_folder, monkeypatch, helpers_at_once):
     record = scan(make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=160, size=8), check="header")
     calls = _recording_decoder(monkeypatch, seconds=0.02)
     data = prepare(record, tmp_path / "c", image_size=4, workers=3, pool="thread")
@@ -189,7 +196,18 @@ def test_the_caller_and_the_helpers_share_the_chunks(tmp_path, make_image_folder
     assert tuple(data.images[0, 0, 0]) == class_colour(0, 0) and tuple(data.images[319, 0, 0]) == class_colour(1, 159)
 
 
-def test_a_stop_request_cancels_the_queued_chunks(tmp_path, make_image_folder, monkeypatch):
+def test_small_datasets_start_no_helper(tmp_path, make_image_folder, monkeypatch):
+    record = scan(make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=40, size=8), check="header")
+    monkeypatch.setattr(cache, "_executor", lambda pool, workers: pytest.fail("a helper was started"))
+    assert len(prepare(record, tmp_path / "c", image_size=4, workers=8)) == 80
+    slow = _recording_decoder(monkeypatch, seconds=0.2)  # now the work left looks long: helpers are worth it
+    monkeypatch.setattr(cache, "_PARALLEL_AFTER_S", 0.5)
+    with pytest.raises(pytest.fail.Exception, match="a helper was started"):
+        prepare(record, tmp_path / "d", image_size=4, workers=2)
+    assert len(slow) >= 1
+
+
+def test_a_stop_request_cancels_the_queued_chunks(tmp_path, make_image_folder, monkeypatch, helpers_at_once):
     record = scan(make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=160, size=8), check="header")
     calls = _recording_decoder(monkeypatch, seconds=0.12)  # longer than the 0.1 s progress throttle
 
@@ -205,7 +223,7 @@ def test_a_stop_request_cancels_the_queued_chunks(tmp_path, make_image_folder, m
 
 
 @pytest.mark.parametrize("how", ["at start", "on a chunk", "on submit"])
-def test_broken_helpers_cost_speed_not_the_cache(tmp_path, make_image_folder, monkeypatch, how):
+def test_broken_helpers_cost_speed_not_the_cache(tmp_path, make_image_folder, monkeypatch, how, helpers_at_once):
     record = scan(make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=100, size=8), check="header")
     expected = prepare(record, tmp_path / "one", image_size=4, workers=1)
 

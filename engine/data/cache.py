@@ -14,12 +14,13 @@ Every file is written to a temporary name and moved into place (os.replace). int
 first and written last, so it marks a complete cache: `is_prepared` compares its fingerprint (paths,
 labels, file sizes and modification times, working size) to let a rerun skip decoding.
 
-Decoding runs in `workers` processes (default: every core this process may use): this one and
+Decoding runs in up to `workers` processes (default: every core this process may use): this one and
 workers - 1 spawned helpers, each writing its rows straight into the memory-mapped output, so no pixels
 are copied between them and the bytes are those of a one-process run. Threads would share one GIL, and
-for small images the per-file Python work under it dominates (bench/results/prepare_speed.md). This
-process decodes from the back of the queue while the helpers start, so small datasets never wait for
-a spawn. Helpers use "spawn", never "fork": the caller may be a training process with threads running.
+for small images the per-file Python work under it dominates (bench/results/prepare_speed.md). Helpers
+start only for datasets that take more than a few seconds to decode (a spawn costs more than it saves
+below that), and this process keeps decoding while they start. They use "spawn", never "fork": the
+caller may be a training process with threads running.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ MANIFEST_COLUMNS = ("index", "id", "path", "label")
 Progress = Callable[[int, int], None]
 PoolKind = Literal["thread", "process"]
 _PROGRESS_INTERVAL_S = 0.1
+# A helper process costs 0.5-1 s of imports to start, on a core the decoding needs too: on 2 cores it
+# slowed a 4 s prepare and sped up an 8 s one (bench/results/prepare_speed.md). Below this many seconds
+# of work left (estimated from the first _PROBE_S of decoding), this process decodes everything itself.
+_PARALLEL_AFTER_S = 4.0
+_PROBE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,10 @@ def _decode_all(
     """Decode every sample into row i of the .npy at `npy`; return {row: reason} for failures.
 
     `workers` decoders in all: this process and workers - 1 helpers. This process decodes chunks from the
-    back of the list while the helpers start, and a helper is handed a chunk from the front only once it
-    is running (a spawn costs ~0.5-1 s of imports), so a small dataset never waits for one and a large one
-    keeps every core busy. Each row is written by exactly one decoder running the same function, so the
-    bytes do not depend on the number of workers.
+    back of the list; it starts helpers only when what is left would take it more than _PARALLEL_AFTER_S,
+    and a helper is handed chunks from the front only once it runs, so a small dataset never waits for a
+    spawn and a large one keeps every core busy. Each row is written by exactly one decoder running the
+    same function, so the bytes do not depend on the number of workers.
     """
     n = len(record.samples)
     jobs = [(i, s.path) for i, s in enumerate(record.samples)]
@@ -218,7 +224,7 @@ def _decode_all(
     chunks = [jobs[k : k + chunk] for k in range(0, n, chunk)]
     decode = functools.partial(_decode_rows, str(npy), str(record.root), size=size, max_pixels=DEFAULT_MAX_PIXELS)
     work = _Work(chunks, decode, _Throttled(progress, n))
-    if workers == 1 or len(chunks) == 1:
+    if workers == 1 or not work.worth_helpers():
         while work.decode_last():
             pass
         return work.sorted_failures()
@@ -252,6 +258,15 @@ class _Work:
         self.failures: dict[int, str] = {}
         self.done = 0
         report(0)
+
+    def worth_helpers(self) -> bool:
+        """Decode here for _PROBE_S, then: would the rest take this process longer than _PARALLEL_AFTER_S?"""
+        started = time.perf_counter()
+        while time.perf_counter() - started < _PROBE_S and self.decode_last():
+            pass
+        left = sum(len(c) for c in self.chunks[self.front:self.back])
+        seconds_per_image = (time.perf_counter() - started) / max(self.done, 1)
+        return left * seconds_per_image > _PARALLEL_AFTER_S
 
     def decode_last(self) -> bool:
         """Decode the last chunk not handed out, here; False when none is left."""
