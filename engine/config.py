@@ -40,6 +40,11 @@ class ConfigError(UserError):
 @dataclass(frozen=True)
 class DataConfig:
     image_size: int = 32  # working size: every image is decoded once to this square size (prepare step)
+    # The most memory the decoded images may take where training holds them (the GPU, else host memory);
+    # above it batches stream from the cache file (engine.train.trainset). 0 = auto: half of the memory
+    # free there when the run starts. It changes where images are held, never the results.
+    memory_budget_gb: float = 0.0
+    prepare_workers: int = 0  # decoding processes of the prepare stage, this one included; 0 = every core
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError with a specific message for settings no stage can run with."""
     checks: list[tuple[bool, str]] = [
         (8 <= cfg.data.image_size <= 512, f"image_size must be between 8 and 512, got {cfg.data.image_size}"),
+        (cfg.data.memory_budget_gb >= 0, f"data.memory_budget_gb must be >= 0 (0 = auto), got {cfg.data.memory_budget_gb}"),
+        (cfg.data.prepare_workers >= 0, f"data.prepare_workers must be >= 0 (0 = every core), got {cfg.data.prepare_workers}"),
         (cfg.classify.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {cfg.classify.loss!r}"),
         (cfg.pretrain.epochs >= 0 and cfg.classify.epochs >= 0, "epochs must be >= 0"),
         (cfg.classify.warmup_epochs >= 0 and cfg.finetune.epochs >= 0, "epochs must be >= 0"),

@@ -3,7 +3,7 @@
 Commands (flags are a contract; add to them, never rename):
 
     scan DATA [--json] [--root ROOT]                 intake report of a folder, .zip or CSV manifest
-    prepare DATA --out DIR [--image-size N]          decode every image once into a uint8 cache
+    prepare DATA --out DIR [--image-size N] [--workers N]   decode every image once into a uint8 cache
     noise DATA --out OUT --kind K --rate R --seed S [--mapping cifar10|cifar100|FILE]
     fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
@@ -43,6 +43,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="cache folder (images.npy, manifest.csv, intake.json)")
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="decoding processes, this one included (0 = every core)")
 
 
 def _add_noise(sub: argparse._SubParsersAction) -> None:

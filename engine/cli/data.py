@@ -83,8 +83,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         try:
-            data = prepare(record, out, image_size=args.image_size, progress=progress)
-        except IntakeError as e:
+            data = prepare(record, out, image_size=args.image_size, progress=progress, workers=args.workers)
+        except (IntakeError, ValueError) as e:  # ValueError: a negative --workers
             return _fail(str(e))
     seconds = time.perf_counter() - start
     print(

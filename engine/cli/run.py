@@ -126,7 +126,7 @@ def _concrete(cfg: RunConfig) -> RunConfig:
 
 
 # Settings that choose what a command does, not what the run is: they may differ between invocations.
-_INVOCATION_KEYS = ("finetune_after_fit",)
+_INVOCATION_KEYS = ("finetune_after_fit", "data.prepare_workers", "data.memory_budget_gb")
 
 
 def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:

@@ -14,25 +14,31 @@ Every file is written to a temporary name and moved into place (os.replace). int
 first and written last, so it marks a complete cache: `is_prepared` compares its fingerprint (paths,
 labels, file sizes and modification times, working size) to let a rerun skip decoding.
 
-Workers write straight into the memory-mapped output, so no pixels are copied between them. They are
-threads by default: Pillow decodes and resizes with the GIL released, and on two cores threads were as
-fast as worker processes for 32 px PNGs and faster for large JPEGs, where starting processes costs
-more than it saves (bench/prepare_speed.py measures both). Processes use "spawn", never "fork": the
+Decoding runs in up to `workers` processes (default: every core this process may use): this one and
+workers - 1 spawned helpers, each writing its rows straight into the memory-mapped output, so no pixels
+are copied between them and the bytes are those of a one-process run. Threads would share one GIL, and
+for small images the per-file Python work under it dominates (bench/results/prepare_speed.md). Helpers
+start only for datasets that take more than a few seconds to decode (a spawn costs more than it saves
+below that), and this process keeps decoding while they start. They use "spawn", never "fork": the
 caller may be a training process with threads running.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
 import multiprocessing
 import os
+import queue
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +60,11 @@ MANIFEST_COLUMNS = ("index", "id", "path", "label")
 Progress = Callable[[int, int], None]
 PoolKind = Literal["thread", "process"]
 _PROGRESS_INTERVAL_S = 0.1
+# A helper process costs 0.5-1 s of imports to start, on a core the decoding needs too: on 2 cores it
+# slowed a 4 s prepare and sped up an 8 s one (bench/results/prepare_speed.md). Below this many seconds
+# of work left (estimated from the first _PROBE_S of decoding), this process decodes everything itself.
+_PARALLEL_AFTER_S = 4.0
+_PROBE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,7 @@ def prepare(
     image_size: int,
     workers: int | None = None,
     progress: Progress | None = None,
-    pool: PoolKind = "thread",
+    pool: PoolKind = "process",
 ) -> PreparedData:
     """Decode every image of `record` once to `image_size` and write the cache to `out_dir`.
 
@@ -102,10 +113,11 @@ def prepare(
         record: from engine.data.intake.scan.
         out_dir: cache folder (created); an older cache there is replaced.
         image_size: working size S.
-        workers: decoding workers (default: the CPUs this process may use).
-        progress: called as progress(done, total), at most about 10 times a second, and once at the end.
-        pool: "thread" (default) or "process" (spawned workers: scripts calling this need an
-            `if __name__ == "__main__":` guard).
+        workers: decoders in all, this process included (None or 0: the CPUs this process may use).
+        progress: called as progress(done, total) from this thread, at most about 10 times a second, and
+            once at the end; an exception it raises (a stop request) cancels the queued work.
+        pool: "process" (default; the helpers are spawned, so a script calling this needs an
+            `if __name__ == "__main__":` guard) or "thread".
 
     Returns:
         PreparedData with images (N, S, S, 3) uint8; images that fail to decode are dropped and listed in
@@ -204,29 +216,117 @@ def is_prepared(out_dir: Path, record: DatasetRecord, image_size: int) -> bool:
 def _decode_all(
     npy: Path, record: DatasetRecord, size: int, workers: int, progress: Progress | None, pool: PoolKind
 ) -> dict[int, str]:
-    """Decode every sample into row i of the .npy at `npy`; return {row: reason} for failures."""
+    """Decode every sample into row i of the .npy at `npy`; return {row: reason} for failures.
+
+    `workers` decoders in all: this process and workers - 1 helpers. This process decodes chunks from the
+    back of the list; it starts helpers only when what is left would take it more than _PARALLEL_AFTER_S,
+    and a helper is handed chunks from the front only once it runs, so a small dataset never waits for a
+    spawn and a large one keeps every core busy. Each row is written by exactly one decoder running the
+    same function, so the bytes do not depend on the number of workers.
+    """
     n = len(record.samples)
     jobs = [(i, s.path) for i, s in enumerate(record.samples)]
     chunk = max(16, min(256, n // max(1, workers * 8)))
     chunks = [jobs[k : k + chunk] for k in range(0, n, chunk)]
-    report = _Throttled(progress, n)
-    report(0)
-    failures: dict[int, str] = {}
-    done = 0
-    with _executor(pool, workers) as executor:
-        futures = {
-            executor.submit(_decode_rows, str(npy), str(record.root), c, size, DEFAULT_MAX_PIXELS): len(c)
-            for c in chunks
-        }
-        try:
-            for future in as_completed(futures):
-                failures.update(future.result())
-                done += futures[future]
-                report(done)
-        except BaseException:  # a stop request: drop the queued chunks instead of decoding them all first
-            executor.shutdown(wait=True, cancel_futures=True)
-            raise
-    return dict(sorted(failures.items()))
+    decode = functools.partial(_decode_rows, str(npy), str(record.root), size=size, max_pixels=DEFAULT_MAX_PIXELS)
+    work = _Work(chunks, decode, _Throttled(progress, n))
+    if workers == 1 or not work.worth_helpers():
+        while work.decode_last():
+            pass
+        return work.sorted_failures()
+    executor = _executor(pool, workers - 1)
+    try:
+        for _ in range(workers - 1):
+            work.watch(executor.submit(_helper_ready), None)
+        while work.busy():
+            work.collect(executor, block=not work.decode_last())
+    except BaseException:  # a stop request: drop the queued chunks instead of decoding them all first
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    # Nothing is left in flight; a helper still starting up would only make us wait for its imports.
+    executor.shutdown(wait=False, cancel_futures=True)
+    return work.sorted_failures()
+
+
+class _Work:
+    """The chunks of _decode_all: chunks[front:back] are not handed out yet. The caller takes them from the
+    back, helpers from the front. Progress is reported from the calling thread only, so a stop request
+    raised by the progress callback arrives where it can cancel the queue."""
+
+    _AHEAD = 2  # chunks queued per running helper, so that it never waits between two
+
+    def __init__(self, chunks: list[list[tuple[int, str]]], decode: Callable[[Sequence[tuple[int, str]]], dict[int, str]],
+                 report: _Throttled) -> None:
+        self.chunks, self.decode, self.report = chunks, decode, report
+        self.front, self.back = 0, len(chunks)
+        self.finished: queue.SimpleQueue[tuple[Future, int | None]] = queue.SimpleQueue()
+        self.in_flight = 0
+        self.failures: dict[int, str] = {}
+        self.done = 0
+        report(0)
+
+    def worth_helpers(self) -> bool:
+        """Decode here for _PROBE_S, then: would the rest take this process longer than _PARALLEL_AFTER_S?"""
+        started = time.perf_counter()
+        while time.perf_counter() - started < _PROBE_S and self.decode_last():
+            pass
+        left = sum(len(c) for c in self.chunks[self.front:self.back])
+        seconds_per_image = (time.perf_counter() - started) / max(self.done, 1)
+        return left * seconds_per_image > _PARALLEL_AFTER_S
+
+    def decode_last(self) -> bool:
+        """Decode the last chunk not handed out, here; False when none is left."""
+        if self.front >= self.back:
+            return False
+        self.back -= 1
+        self._add(self.decode(self.chunks[self.back]), len(self.chunks[self.back]))
+        return True
+
+    def watch(self, future: Future, index: int | None) -> None:
+        self.in_flight += 1
+        future.add_done_callback(lambda f: self.finished.put((f, index)))  # a pool thread: only hand it over
+
+    def busy(self) -> bool:
+        return self.in_flight > 0 or self.front < self.back
+
+    def collect(self, executor: Executor, *, block: bool) -> None:
+        """Account for finished helper work and hand the helpers more (waiting up to 0.1 s when `block`)."""
+        while True:
+            try:
+                future, index = self.finished.get(timeout=_PROGRESS_INTERVAL_S) if block else self.finished.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            self.in_flight -= 1
+            if isinstance(future.exception(), BrokenExecutor):
+                if index is not None:  # a helper that could not start costs speed, never the cache
+                    self._add(self.decode(self.chunks[index]), len(self.chunks[index]))
+                continue
+            if index is not None:
+                self._add(future.result(), len(self.chunks[index]))
+            self._hand_out(executor, self._AHEAD if index is None else 1)  # a helper is ready, or finished one
+
+    def _hand_out(self, executor: Executor, count: int) -> None:
+        for _ in range(min(count, self.back - self.front)):
+            try:
+                future = executor.submit(self.decode, self.chunks[self.front])
+            except BrokenExecutor:  # the chunks stay for the caller
+                return
+            self.watch(future, self.front)
+            self.front += 1
+
+    def _add(self, failures: dict[int, str], count: int) -> None:
+        self.failures.update(failures)
+        self.done += count
+        self.report(self.done)
+
+    def sorted_failures(self) -> dict[int, str]:
+        return dict(sorted(self.failures.items()))
+
+
+def _helper_ready() -> int:
+    """The first task of each helper: it returns once the helper runs, and only then is it handed chunks."""
+    return os.getpid()
 
 
 def _decode_rows(npy: str, root: str, jobs: Sequence[tuple[int, str]], size: int, max_pixels: int) -> dict[int, str]:
@@ -250,14 +350,30 @@ def _decode_rows(npy: str, root: str, jobs: Sequence[tuple[int, str]], size: int
 
 def _executor(pool: PoolKind, workers: int) -> Executor:
     if pool == "process":
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_helper_start, initargs=(os.getpid(),))
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
 
 
+def _helper_start(parent: int) -> None:
+    """In each helper process. Helpers share the caller's process group, so a Stop (SIGTERM to the group)
+    or Ctrl-C reaches them too: they ignore it, and the caller cancels the queue and waits for their
+    current chunk. A caller killed outright (kill -9) cannot tell them to stop, so they watch for that."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:  # a helper whose parent died is re-parented
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _worker_count(workers: int | None) -> int:
-    if workers is not None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers:
+        if workers < 0:
+            raise ValueError(f"workers must be at least 1 (or 0 for every core), got {workers}")
         return workers
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -133,7 +133,8 @@ def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress:
             progress.advance(n - done[0], images=n - done[0])
             done[0] = n
 
-        prepared = prepare(record, run.data, image_size=size, progress=tick)  # refuses < 2 classes itself
+        prepared = prepare(record, run.data, image_size=size, progress=tick,
+                           workers=cfg.data.prepare_workers)  # refuses < 2 classes itself
     progress.stage_end()
     stages.mark_done(run, "prepare")
     return prepared
@@ -170,7 +171,7 @@ def open_context(run: RunDir, cfg: RunConfig, record: DatasetRecord, *, truth: P
     if phase == FIT:
         _begin_phase(run, cfg, progress, FIT, n=len(record.samples))
     prepared = _prepare_stage(run, record, cfg, progress)
-    data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device)
+    data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device, memory_budget_gb=cfg.data.memory_budget_gb)
     return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(prepared.images),
                    _truth(truth, prepared.paths, prepared.classes, progress, optional=truth_optional),
                    _test_set(run, test, prepared.classes, cfg, rt))
