@@ -144,6 +144,16 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class RelabelConfig:
+    """The bar a suggestion must clear to replace a given label without a review (engine.method.relabel)."""
+
+    min_competence: float = 0.9  # out-of-fold agreement of a linear head with the clean-looking labels
+    min_prob: float = 0.9  # the classifier's probability of the suggestion
+    min_agreement: float = 0.6  # share of the nearest neighbours labelled as the suggestion
+    neighbours: int = 10  # k of that neighbourhood (cosine on encoder features)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,6 +163,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
     seed: int = 0
     device: DeviceName = "auto"
     precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
@@ -219,6 +230,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.finetune.head_epochs >= 0 and cfg.finetune.full_epochs >= 0, "epochs must be >= 0"),
         (cfg.embed.n_neighbors >= 2 and 0.0 <= cfg.embed.min_dist, "embed.n_neighbors must be >= 2, min_dist >= 0"),
         (cfg.embed.fit_sample >= 100, "embed.fit_sample must be >= 100"),
+        (all(0.0 <= v <= 1.0 for v in (cfg.relabel.min_competence, cfg.relabel.min_prob, cfg.relabel.min_agreement)),
+         "relabel.min_competence, min_prob and min_agreement must be in [0, 1]"),
+        (cfg.relabel.neighbours >= 1, f"relabel.neighbours must be >= 1, got {cfg.relabel.neighbours}"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}"),
         # numpy and scikit-learn take seeds in [0, 2**32); outside it a run would fail only after training.
         (0 <= cfg.seed < 2**32, f"seed must be between 0 and {2**32 - 1}, got {cfg.seed}"),

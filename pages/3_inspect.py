@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import charts, page, readers, review_actions, wording
+from engine.review.estimate import accuracy_line, label_accuracy
+from ui import charts, exporting, page, readers, review_actions, wording
 
 COLOUR_CHOICES = {"given": "given label", "suggested": "suggested label", "clean": "clean probability"}
 
@@ -32,6 +33,13 @@ for col, key in zip(cols[2:], shown_metrics, strict=True):
     col.metric(wording.METRIC_NAMES[key], f"{float(metrics[key]):.3f}", help=wording.METRIC_HELP[key])
 if metrics:
     st.caption(f"Metrics against the truth file: {metrics.get('n_mislabeled', '?')} images are really mislabeled.")
+st.info(accuracy_line(label_accuracy(samples, exporting.labels_table(run))) + " (the default export; choose "
+        "on Export)")
+competence = split.get("competence")
+if competence is not None and competence < split.get("min_competence", 0.9):
+    st.caption(f"No label changes by itself in this run: on images it believes clean, the model agrees with the "
+               f"labels {competence:.0%} of the time (held out), below the {split.get('min_competence', 0.9):.0%} "
+               "it needs before a suggestion may replace a label. Review the flagged images instead.")
 if split.get("degenerate"):
     st.warning("The loss mixture is degenerate (one component): the flags are unreliable for this run.")
 

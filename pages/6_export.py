@@ -4,28 +4,40 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.review.export import ExportError
-from ui import exporting, page
+from engine.review.estimate import accuracy_line, label_accuracy
+from engine.review.export import AUTO_RELABEL, ExportError
+from ui import exporting, page, readers
 
 STATUS_HELP = {
     "kept": "you kept the given label",
     "relabeled": "you chose another label",
     "discarded": "you left the image out (no label)",
-    "auto-relabeled": "flagged, not reviewed, and the suggestion differs from the given label: the suggestion is used",
-    "unchanged": "label kept as given (not flagged, or flagged but the suggestion is the given label)",
+    "auto-relabeled": "flagged, not reviewed, and changed to the suggestion without a review",
+    "needs-review": "flagged, not reviewed: the given label is kept until you decide",
+    "unchanged": "not flagged: label kept as given",
+}
+POLICY_HELP = {
+    "confident": "only where the evidence clears the bar measured to be right at least 95 % of the time",
+    "never": "no label changes without your decision",
+    "all": "take the suggestion for every flagged image (measured to make labels worse on clean, low-noise "
+           "and photo data: review before you use it)",
 }
 
-ctx = page.page_setup("export", "The corrected label of each image: your decision first, else the suggestion for "
-                                "flagged images, else the given label.")
+ctx = page.page_setup("export", "The corrected label of each image: your decision first, else — for a flagged "
+                                "image — the suggestion where the chosen rule allows it, else the given label.")
 run = page.require_run(ctx)
 page.require_results(run, "the corrected labels")
+policy = st.radio("Automatic changes", AUTO_RELABEL, horizontal=True, key="export_policy",
+                  format_func=lambda p: f"{p} — {POLICY_HELP[p]}" if p == AUTO_RELABEL[0] else p,
+                  captions=[POLICY_HELP[p] if p != AUTO_RELABEL[0] else "" for p in AUTO_RELABEL])
 try:
-    table = exporting.labels_table(run)
+    table = exporting.labels_table(run, policy)
 except ExportError as e:
     st.error(f"Cannot export this run: {e}")
     st.stop()
 
 counts = table["status"].value_counts()
+st.info(accuracy_line(label_accuracy(readers.samples(run), table)))
 cols = st.columns(len(STATUS_HELP))
 for col, (status, help_text) in zip(cols, STATUS_HELP.items(), strict=True):
     col.metric(status, f"{int(counts.get(status, 0)):,}", help=help_text)
@@ -42,14 +54,15 @@ st.caption(f"{len(preview):,} rows shown of {len(table):,}" + (" (first 2,000 in
 st.subheader("Download")
 name = run.path.name
 with st.container(horizontal=True):
-    st.download_button("labels.csv", exporting.file_bytes(run, "csv"), file_name=f"{name}_labels.csv",
+    st.download_button("labels.csv", exporting.file_bytes(run, "csv", policy), file_name=f"{name}_labels.csv",
                        mime="text/csv", icon=":material/table:", on_click="ignore", key="download_csv", type="primary")
-    st.download_button("labels.json", exporting.file_bytes(run, "json"), file_name=f"{name}_labels.json",
+    st.download_button("labels.json", exporting.file_bytes(run, "json", policy), file_name=f"{name}_labels.json",
                        mime="application/json", icon=":material/data_object:", on_click="ignore", key="download_json")
-    st.download_button("Re-sorted folder (.zip)", lambda: exporting.folder_zip_data(run),
+    st.download_button("Re-sorted folder (.zip)", lambda: exporting.folder_zip_data(run, policy),
                        file_name=f"{name}_corrected.zip",
                        mime="application/zip", icon=":material/folder_zip:", on_click="ignore", key="download_zip",
                        help="Class folders named after the corrected labels; discarded images are left out")
-st.caption(f"The same files as `python -m engine export {run.path} --out FILE --format csv|json|folder`.")
+st.caption(f"The same files as `python -m engine export {run.path} --out FILE --format csv|json|folder "
+           f"--auto-relabel {policy}`.")
 
 page.next_step("train a new run on the corrected folder, or clean another dataset", "data")

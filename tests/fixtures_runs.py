@@ -74,6 +74,7 @@ def fake_samples(classes: tuple[str, ...], per_class: int, seed: int = 0) -> pd.
                 "top1_label": top[0][0], "top1_prob": top[0][1], "top2_label": top[1][0], "top2_prob": top[1][1],
                 "top3_label": top[2][0], "top3_prob": top[2][1],
                 "true_label": other if flagged and j % 2 == 0 else cls,
+                "neighbour_agreement": 0.8 if flagged else 0.9, "auto_relabel": int(flagged),
             })
     df = pd.DataFrame(rows)
     df.insert(0, "index", np.arange(len(df)))
@@ -82,7 +83,8 @@ def fake_samples(classes: tuple[str, ...], per_class: int, seed: int = 0) -> pd.
     df["suspicion"] = np.round(1 - df["clean_prob"] + rng.uniform(0, 1e-3, len(df)), 6)
     return df[["index", "id", "path", "given_label", "predicted_label", "confidence", "loss", "loss_norm",
                "clean_prob", "flagged", "suggested_label", "suggested_prob", "given_prob", "suspicion",
-               "top1_label", "top1_prob", "top2_label", "top2_prob", "top3_label", "top3_prob", "true_label"]]
+               "top1_label", "top1_prob", "top2_label", "top2_prob", "top3_label", "top3_prob",
+               "neighbour_agreement", "auto_relabel", "true_label"]]
 
 
 def write_fake_run(

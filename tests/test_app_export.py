@@ -46,7 +46,8 @@ def test_downloads_carry_the_human_decisions(fake_run, downloads):
     at = open_page("export", run_id=fake_run.run_id)
     assert not at.exception
     counts = {m.label: m.value for m in at.metric}
-    assert counts == {"kept": "1", "relabeled": "1", "discarded": "1", "auto-relabeled": "6", "unchanged": "21"}
+    assert counts == {"kept": "1", "relabeled": "1", "discarded": "1", "auto-relabeled": "6", "needs-review": "0",
+                      "unchanged": "21"}
     assert [b.proto.label for b in at.get("download_button")] == ["labels.csv", "labels.json",
                                                                     "Re-sorted folder (.zip)"]
     csv = pd.read_csv(io.BytesIO(download(at, "download_csv", downloads)), keep_default_na=False).set_index("path")
@@ -97,7 +98,7 @@ def test_folder_zip_is_a_file_in_the_workspace_reused_until_the_run_changes(fake
     assert labels.set_index("path").loc[fake_run.flagged["path"].iloc[0], "label"] == "fox"
 
 
-def test_statuses_are_explained_and_a_flagged_image_suggested_its_own_label_is_unchanged(fake_run):
+def test_statuses_are_explained_and_a_flagged_image_suggested_its_own_label_needs_review(fake_run):
     frame = fake_run.samples.copy()
     row = frame.index[frame["flagged"] == 1][0]
     frame.loc[row, "suggested_label"] = frame.loc[row, "given_label"]  # flagged, but the model agrees
@@ -105,7 +106,21 @@ def test_statuses_are_explained_and_a_flagged_image_suggested_its_own_label_is_u
     at = open_page("export", run_id=fake_run.run_id)
     assert not at.exception
     counts = {m.label: m.value for m in at.metric}
-    assert (counts["auto-relabeled"], counts["unchanged"]) == ("8", "22")
-    unchanged = "label kept as given (not flagged, or flagged but the suggestion is the given label)"
-    assert next(m for m in at.metric if m.label == "unchanged").help == unchanged
-    assert any(f"**unchanged**: {unchanged}" in c.value for c in at.caption)
+    assert (counts["auto-relabeled"], counts["needs-review"], counts["unchanged"]) == ("8", "1", "21")
+    help_text = "flagged, not reviewed: the given label is kept until you decide"
+    assert next(m for m in at.metric if m.label == "needs-review").help == help_text
+    assert any(f"**needs-review**: {help_text}" in c.value for c in at.caption)
+
+
+def test_the_automatic_changes_rule_decides_the_download_and_is_said_before_it(fake_run, downloads):
+    at = open_page("export", run_id=fake_run.run_id)
+    # the fake: 9 flagged, 3 truly mislabeled (the suggestion is right for those 3, wrong for the other 6)
+    assert at.info[0].value == ("Labels right: given 90.0% → exported 80.0% (against the truth file); "
+                                "9 labels change, 9 of them automatically.")
+    at.radio(key="export_policy").set_value("never").run()
+    counts = {m.label: m.value for m in at.metric}
+    assert (counts["auto-relabeled"], counts["needs-review"]) == ("0", "9")
+    assert at.info[0].value.startswith("Labels right: given 90.0% → exported 90.0%")
+    csv = pd.read_csv(io.BytesIO(download(at, "download_csv", downloads)), keep_default_na=False)
+    assert (csv["label"] == csv["original_label"]).all() and set(csv["status"]) == {"needs-review", "unchanged"}
+    assert any("--auto-relabel never" in c.value for c in at.caption)

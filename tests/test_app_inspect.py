@@ -104,3 +104,14 @@ def test_a_run_still_training_has_no_evidence_yet(fake_run):
     at = open_page("inspect", run_id=fake_run.run_id)
     assert any("still training" in i.value for i in at.info)
     worker.close()
+
+
+def test_inspect_says_how_right_the_labels_are_and_why_nothing_changes_by_itself(fake_run):
+    at = open_page("inspect", run_id=fake_run.run_id)
+    assert any(i.value.startswith("Labels right: given 90.0% → exported 80.0% (against the truth file)")
+               for i in at.info)
+    split = json.loads(fake_run.run.split.read_text())
+    split.update(competence=0.55, min_competence=0.9)
+    fake_run.run.split.write_text(json.dumps(split))
+    at = open_page("inspect", run_id=fake_run.run_id)
+    assert any("agrees with the labels 55% of the time (held out), below the 90%" in c.value for c in at.caption)

@@ -16,14 +16,15 @@ from engine.review.export import ExportError, corrected_labels, export_labels, s
 from engine.runs.atomic import atomic_write_json
 from engine.runs.rundir import RunDir
 
-ROWS = [  # path, given, suggested, flagged
-    ("cat/1.png", "cat", "dog", 1),  # human keeps cat
-    ("cat/2.png", "cat", "dog", 1),  # flagged, undecided -> auto-relabeled
-    ("dog/3.png", "dog", "dog", 0),  # unchanged
-    ("dog/4.png", "dog", "cat", 1),  # human relabels to =SUM(A1)
-    ("dog/5.png", "dog", "cat", 0),  # human discards
-    ("dog/6.png", "dog", "dog", 1),  # flagged but suggestion == given -> unchanged
-    ("dog/7.png", "dog", "cat", 1),  # human accepts suggestion (relabel cat)
+ROWS = [  # path, given, suggested, flagged, auto_relabel (the suggestion cleared the worker's bar)
+    ("cat/1.png", "cat", "dog", 1, 1),  # human keeps cat
+    ("cat/2.png", "cat", "dog", 1, 1),  # flagged, undecided, cleared the bar -> auto-relabeled
+    ("dog/3.png", "dog", "dog", 0, 0),  # unchanged
+    ("dog/4.png", "dog", "cat", 1, 0),  # human relabels to =SUM(A1)
+    ("dog/5.png", "dog", "cat", 0, 0),  # human discards
+    ("dog/6.png", "dog", "dog", 1, 0),  # flagged but suggestion == given -> needs-review, label kept
+    ("dog/7.png", "dog", "cat", 1, 1),  # human accepts suggestion (relabel cat)
+    ("cat/8.png", "cat", "dog", 1, 0),  # flagged, undecided, below the bar -> needs-review, label kept
 ]
 
 
@@ -38,8 +39,8 @@ def run(tmp_path: Path) -> RunDir:
     atomic_write_json(run.source, {"data": str(root), "root": str(root), "kind": "folder",
                                    "classes": ["=SUM(A1)", "cat", "dog"]})
     pd.DataFrame(
-        [{"path": p, "given_label": g, "suggested_label": s, "flagged": f, "clean_prob": 0.2 if f else 0.9}
-         for p, g, s, f in ROWS]
+        [{"path": p, "given_label": g, "suggested_label": s, "flagged": f, "clean_prob": 0.2 if f else 0.9,
+          "auto_relabel": a} for p, g, s, f, a in ROWS]
     ).to_csv(run.samples, index=False)
     store = DecisionStore(run.decisions)
     store.decide(["cat/1.png"], "keep", "cat")
@@ -56,10 +57,32 @@ def test_precedence_and_statuses(run: RunDir) -> None:
     assert t.loc["dog/3.png", ["label", "status"]].tolist() == ["dog", "unchanged"]
     assert t.loc["dog/4.png", ["label", "status"]].tolist() == ["=SUM(A1)", "relabeled"]
     assert t.loc["dog/5.png", ["label", "status"]].tolist() == ["", "discarded"]
-    assert t.loc["dog/6.png", ["label", "status"]].tolist() == ["dog", "unchanged"]
+    assert t.loc["dog/6.png", ["label", "status"]].tolist() == ["dog", "needs-review"]
+    assert t.loc["cat/8.png", ["label", "status"]].tolist() == ["cat", "needs-review"]
     assert t.loc["dog/7.png", ["label", "status"]].tolist() == ["cat", "relabeled"]
     assert (t["original_label"] == [r[1] for r in ROWS]).all()
     assert t.loc["cat/1.png", "decided_at"] != "" and t.loc["cat/2.png", "decided_at"] == ""
+
+
+def test_auto_relabel_policies(run: RunDir) -> None:
+    """confident: only what cleared the bar changes; never: nothing; all: every flagged suggestion."""
+    def undecided(policy: str) -> list[list[str]]:
+        t = corrected_labels(run.path, auto_relabel=policy).set_index("path")
+        return [t.loc[p, ["label", "status"]].tolist() for p in ("cat/2.png", "cat/8.png", "dog/6.png")]
+
+    assert undecided("confident") == [["dog", "auto-relabeled"], ["cat", "needs-review"], ["dog", "needs-review"]]
+    assert undecided("never") == [["cat", "needs-review"], ["cat", "needs-review"], ["dog", "needs-review"]]
+    assert undecided("all") == [["dog", "auto-relabeled"], ["dog", "auto-relabeled"], ["dog", "needs-review"]]
+    with pytest.raises(ExportError, match="--auto-relabel must be one of confident, never, all"):
+        corrected_labels(run.path, auto_relabel="sometimes")
+
+
+def test_a_run_without_the_bar_changes_nothing_by_itself(run: RunDir) -> None:
+    """samples.csv written before the bar existed has no auto_relabel column: confident changes nothing."""
+    pd.read_csv(run.samples).drop(columns=["auto_relabel"]).to_csv(run.samples, index=False)
+    t = corrected_labels(run.path).set_index("path")
+    assert t.loc["cat/2.png", ["label", "status"]].tolist() == ["cat", "needs-review"]
+    assert corrected_labels(run.path, auto_relabel="all").set_index("path").loc["cat/2.png", "label"] == "dog"
 
 
 def test_csv_defuses_formulas(run: RunDir, tmp_path: Path) -> None:
@@ -80,10 +103,10 @@ def test_json_keeps_exact_labels(run: RunDir, tmp_path: Path) -> None:
 def test_folder_export_sorts_copies_and_leaves_out_discarded(run: RunDir, tmp_path: Path) -> None:
     out = export_labels(run.path, tmp_path / "sorted", "folder")
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert files == ["=SUM(A1)/4.png", "cat/1.png", "cat/7.png", "dog/2.png", "dog/3.png", "dog/6.png"]
+    assert files == ["=SUM(A1)/4.png", "cat/1.png", "cat/7.png", "cat/8.png", "dog/2.png", "dog/3.png", "dog/6.png"]
     assert (out / "cat" / "7.png").read_bytes() == b"img:dog/7.png"
     listing = pd.read_csv(out / "labels.csv", dtype=str)
-    assert len(listing) == 6 and set(listing["source_path"]) == {p for p, *_ in ROWS} - {"dog/5.png"}
+    assert len(listing) == 7 and set(listing["source_path"]) == {p for p, *_ in ROWS} - {"dog/5.png"}
     assert (tmp_path / "data" / "dog" / "7.png").exists()  # source untouched
 
 
@@ -122,7 +145,8 @@ def test_numeric_labels_and_paths_stay_exact(tmp_path: Path) -> None:
                   {"path": "+1/b.png", "given_label": "+1", "suggested_label": "+1", "flagged": 0, "clean_prob": 0.9},
                   {"path": "-x/c.png", "given_label": "-x", "suggested_label": "-x", "flagged": 0, "clean_prob": 0.9}]
                  ).to_csv(run.samples, index=False)
-    e = pd.read_csv(export_labels(run.path, tmp_path / "l.csv", "csv"), dtype=str, keep_default_na=False)
+    e = pd.read_csv(export_labels(run.path, tmp_path / "l.csv", "csv", auto_relabel="all"), dtype=str,
+                    keep_default_na=False)
     assert e["path"].tolist() == ["-1/a.png", "+1/b.png", "-x/c.png"]
     assert e["label"].tolist() == ["+1", "+1", "'-x"] and e["original_label"].tolist() == ["-1", "+1", "'-x"]
 

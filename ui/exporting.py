@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.review.decisions import load_decisions
-from engine.review.export import corrected_labels, export_labels
+from engine.review.export import AUTO_RELABEL, corrected_labels, export_labels
 from engine.runs.rundir import RunDir
 from ui import readers, workspace
 
@@ -41,12 +41,12 @@ def run_stamp(run: RunDir) -> tuple:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _labels(run_path: str, stamp: tuple) -> pd.DataFrame:
-    return corrected_labels(Path(run_path))
+def _labels(run_path: str, stamp: tuple, policy: str) -> pd.DataFrame:
+    return corrected_labels(Path(run_path), auto_relabel=policy)
 
 
-def labels_table(run: RunDir) -> pd.DataFrame:
-    return _labels(str(run.path), run_stamp(run))
+def labels_table(run: RunDir, policy: str = AUTO_RELABEL[0]) -> pd.DataFrame:
+    return _labels(str(run.path), run_stamp(run), policy)
 
 
 def _export_dir(run: RunDir) -> Path:
@@ -56,19 +56,19 @@ def _export_dir(run: RunDir) -> Path:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _file_bytes(run_path: str, fmt: str, stamp: tuple) -> bytes:
+def _file_bytes(run_path: str, fmt: str, stamp: tuple, policy: str) -> bytes:
     run = RunDir(Path(run_path))
     with tempfile.TemporaryDirectory(dir=_export_dir(run)) as tmp:
-        out = export_labels(run.path, Path(tmp) / f"labels.{fmt}", fmt)
+        out = export_labels(run.path, Path(tmp) / f"labels.{fmt}", fmt, auto_relabel=policy)
         return out.read_bytes()
 
 
-def file_bytes(run: RunDir, fmt: str) -> bytes:
+def file_bytes(run: RunDir, fmt: str, policy: str = AUTO_RELABEL[0]) -> bytes:
     """The CSV or JSON export of the run as bytes."""
-    return _file_bytes(str(run.path), fmt, run_stamp(run))
+    return _file_bytes(str(run.path), fmt, run_stamp(run), policy)
 
 
-def folder_zip(run: RunDir) -> Path:
+def folder_zip(run: RunDir, policy: str = AUTO_RELABEL[0]) -> Path:
     """The re-sorted folder (class folders of the corrected labels, labels.csv) as a zip file on disk.
 
     Lives at `WORKSPACE/exports/<run>/<run>_corrected.<state>.zip`, where <state> digests `run_stamp`: an
@@ -78,12 +78,12 @@ def folder_zip(run: RunDir) -> Path:
     """
     folder = _export_dir(run)
     name = f"{run.path.name}_corrected"
-    state = hashlib.sha256(repr(run_stamp(run)).encode()).hexdigest()[:16]
+    state = hashlib.sha256(repr((run_stamp(run), policy)).encode()).hexdigest()[:16]
     target = folder / f"{name}.{state}.zip"
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        tree = export_labels(run.path, Path(tmp) / name, "folder")
+        tree = export_labels(run.path, Path(tmp) / name, "folder", auto_relabel=policy)
         archive = shutil.make_archive(str(Path(tmp) / name), "zip", root_dir=tmp, base_dir=tree.name)
         os.replace(archive, target)
     for stale in folder.glob(f"{name}.*.zip"):
@@ -92,13 +92,13 @@ def folder_zip(run: RunDir) -> Path:
     return target
 
 
-def folder_zip_data(run: RunDir) -> bytes:
+def folder_zip_data(run: RunDir, policy: str = AUTO_RELABEL[0]) -> bytes:
     """The zip's content for the download button.
 
     Streamlit reads whatever `st.download_button` gets (bytes or a file object) into one bytes object in
     its media store; reading the file here gives that same single copy and closes the file at once.
     """
     try:
-        return folder_zip(run).read_bytes()
+        return folder_zip(run, policy).read_bytes()
     except FileNotFoundError:  # a download of a newer state, built at the same moment, removed this one
-        return folder_zip(run).read_bytes()
+        return folder_zip(run, policy).read_bytes()

@@ -9,7 +9,7 @@ Commands (flags are a contract; add to them, never rename):
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
         [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory]
     finetune RUN [--truth CSV] [--device ...] [--epochs N]
-    export RUN --out PATH --format csv|json|folder [--overwrite]
+    export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all]
     decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
     decisions import RUN CSV [--no-memory]           ... and back in
     status RUN [--json]
@@ -97,6 +97,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--format", choices=["csv", "json", "folder"], default="csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file, or an earlier folder export")
+    p.add_argument("--auto-relabel", choices=["confident", "never", "all"], default="confident",
+                   help="which flagged images take the suggested label without a review: confident (default: "
+                        "only where the evidence clears the measured bar), never, or all")
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:

@@ -362,11 +362,23 @@ def cmd_export(args: Namespace) -> int:
     from engine.review.export import ExportError, export_labels
 
     try:
-        out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+        out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite,
+                            auto_relabel=args.auto_relabel)
     except (ExportError, UserError) as e:
         return _fail(str(e))
     print(f"wrote {out}")
+    _print_export_summary(args.run_dir, args.auto_relabel)
     return 0
+
+
+def _print_export_summary(run_dir: Path, policy: str) -> None:
+    """What the export changed by itself, and what waits for a person: said plainly after every export."""
+    from engine.review.export import corrected_labels
+
+    counts = corrected_labels(run_dir, auto_relabel=policy)["status"].value_counts()
+    parts = [f"{int(counts[s])} {s}" for s in ("auto-relabeled", "needs-review", "relabeled", "kept", "discarded")
+             if counts.get(s)]
+    print("  " + (", ".join(parts) if parts else "no label changed") + f" (--auto-relabel {policy})")
 
 
 def cmd_status(args: Namespace) -> int:

@@ -81,6 +81,7 @@ def detection_metrics(
     auroc = float(roc_auc_score(wrong, 1.0 - clean_prob[known])) if 0 < wrong.sum() < len(wrong) else float("nan")
     c = corrected[known]
     kept = np.array([v is not None and v == v for v in c])  # None/NaN = discarded
+    changed = kept & (c != g)  # exported labels that differ from the given ones
     return {
         "n": int(known.sum()),
         "n_mislabeled": int(wrong.sum()),
@@ -92,4 +93,19 @@ def detection_metrics(
         "corrected_accuracy": round(float((c[kept] == t[kept]).mean()) if kept.any() else float("nan"), 4),
         "pseudo_label_accuracy": round(float((predicted[known] == t).mean()), 4),
         "given_label_accuracy": round(float((~wrong).mean()), 4),
+        # Does the export help? Changes it makes (decisions included) and how many of them are right.
+        "n_changed": int(changed.sum()),
+        "changed_precision": round(float((c[changed] == t[changed]).mean()) if changed.any() else float("nan"), 4),
+        "flagged_per_mislabeled": round(float(f.sum() / wrong.sum()), 4) if wrong.any() else None,
+        **_noise_estimate_error(g, wrong, f),
     }
+
+
+def _noise_estimate_error(given: np.ndarray, wrong: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """How far the per-class noise estimate (flagged share of each given class) is from the truth, in
+    points: the largest and the mean absolute error over the classes."""
+    errors = [abs(flagged[given == c].mean() - wrong[given == c].mean()) for c in np.unique(given)]
+    if not errors:
+        return {"noise_estimate_max_error": float("nan"), "noise_estimate_mean_error": float("nan")}
+    return {"noise_estimate_max_error": round(100 * float(max(errors)), 2),
+            "noise_estimate_mean_error": round(100 * float(np.mean(errors)), 2)}

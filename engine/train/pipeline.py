@@ -32,6 +32,7 @@ from engine.method.augment import BatchAugment
 from engine.method.embed import umap_2d
 from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
+from engine.method.relabel import RelabelEvidence, confident_relabels
 from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
 from engine.review.decisions import Decision, load_decisions
 from engine.review.export import corrected_labels
@@ -357,8 +358,12 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     s = ctx.cfg.split
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
                            tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
-    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result)
+    relabel = confident_relabels(preds.probs, ctx.prepared.labels, result.flagged, result.clean_prob,
+                                 preds.features, ctx.cfg.relabel, seed=seed)
+    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel)
     atomic_write_json(ctx.run.split, {
+        "competence": relabel.competence, "min_competence": ctx.cfg.relabel.min_competence,
+        "n_auto_relabel": int(relabel.auto.sum()),
         "means": list(result.means), "stds": list(result.stds), "weights": list(result.weights),
         "threshold": result.threshold, "loss_threshold": result.loss_threshold,
         "n_flagged": int(result.flagged.sum()), "n": len(result.flagged), "degenerate": result.degenerate,
@@ -368,7 +373,8 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     return result
 
 
-def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult) -> None:
+def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult,
+                  relabel: RelabelEvidence) -> None:
     classes = np.array(ctx.classes, dtype=object)
     given = ctx.prepared.labels
     probs = preds.probs
@@ -390,6 +396,8 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
         "suggested_prob": probs[rows, pseudo].round(6),
         "given_prob": probs[rows, given].round(6),
         "suspicion": np.round(suspicion(split.clean_prob, probs, given), 6),
+        "neighbour_agreement": np.round(relabel.agreement, 4),  # share of neighbours labelled as suggested
+        "auto_relabel": relabel.auto.astype(int),  # the suggestion cleared the bar (export --auto-relabel confident)
     })
     for k in range(min(3, probs.shape[1])):
         df[f"top{k + 1}_label"] = classes[top[:, k]]
