@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -168,6 +169,23 @@ class RunConfig:
     device: DeviceName = "auto"
     precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     finetune_after_fit: bool = False  # `fit --finetune`: run phase (b) right after (a)
+    # `fit --budget`: seconds phase (a) may take; the epochs a person did not set are sized to fill it
+    # (engine.train.budget). 0: no budget, the epochs as given. AUTO_BUDGET: the profile's own rule.
+    budget_s: float = 0.0
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_budget(text: str) -> float:
+    """Seconds from "600", "600s", "10m", "10min", "1.5h". Raises ConfigError otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", str(text))
+    if not m:
+        raise ConfigError(f"--budget must be a duration such as 10m, 600s or 1h, got {text!r}")
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    if not 10 <= seconds <= 7 * 24 * 3600:
+        raise ConfigError(f"--budget must be between 10 s and 7 days, got {text!r}")
+    return seconds
 
 
 def profile_for(device: str) -> RunConfig:
@@ -232,6 +250,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.embed.fit_sample >= 100, "embed.fit_sample must be >= 100"),
         (all(0.0 <= v <= 1.0 for v in (cfg.relabel.min_competence, cfg.relabel.min_prob, cfg.relabel.min_agreement)),
          "relabel.min_competence, min_prob and min_agreement must be in [0, 1]"),
+        (cfg.budget_s == 0 or 10 <= cfg.budget_s <= 7 * 24 * 3600,
+         f"budget_s must be 0 (no budget) or between 10 s and 7 days, got {cfg.budget_s}"),
         (cfg.relabel.neighbours >= 1, f"relabel.neighbours must be >= 1, got {cfg.relabel.neighbours}"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}"),
         # numpy and scikit-learn take seeds in [0, 2**32); outside it a run would fail only after training.

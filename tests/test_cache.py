@@ -253,9 +253,9 @@ def test_prepare_command_takes_a_worker_count(tmp_path, make_image_folder, capsy
     from engine.cli import main
 
     root = make_image_folder(tmp_path / "data", per_class=3)
-    assert main(["prepare", str(root), "--out", str(tmp_path / "c"), "--image-size", "6", "--workers", "2"]) == 0
-    assert "prepared 6 images of 2 classes at 6x6 px" in capsys.readouterr().out
-    assert load_prepared(tmp_path / "c").images.shape == (6, 6, 6, 3)
+    assert main(["prepare", str(root), "--out", str(tmp_path / "c"), "--image-size", "8", "--workers", "2"]) == 0
+    assert "prepared 6 images of 2 classes at 8x8 px" in capsys.readouterr().out
+    assert load_prepared(tmp_path / "c").images.shape == (6, 8, 8, 3)
     assert main(["prepare", str(root), "--out", str(tmp_path / "d"), "--workers", "-1"]) == 2
     assert "workers must be at least 1 (or 0 for every core), got -1" in capsys.readouterr().err
 

@@ -7,7 +7,7 @@ Commands (flags are a contract; add to them, never rename):
     noise DATA --out OUT --kind K --rate R --seed S [--mapping cifar10|cifar100|FILE]
     fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
-        [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory]
+        [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory] [--budget 10m]
     finetune RUN [--truth CSV] [--device ...] [--epochs N]
     export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all]
     decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
@@ -74,6 +74,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=Path, default=None, help="clean labelled folder: adds test accuracy")
     p.add_argument("--truth", type=Path, default=None, help="CSV path,true_label: detection metrics")
     p.add_argument("--finetune", action="store_true", help="also run phase (b) right after")
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="time phase (a) may take, e.g. 10m: the epochs not set by flags are sized to fill it")
     p.add_argument("--config", type=Path, default=None, help="a config.json to start from")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

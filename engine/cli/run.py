@@ -75,8 +75,15 @@ def fit_overrides(args: Namespace) -> dict[str, Any]:
         o["seed"] = args.seed
     if args.finetune:
         o["finetune_after_fit"] = True
+    if getattr(args, "budget", None) is not None:
+        o["budget_s"] = config_mod.parse_budget(args.budget)
     o.update(_parse_sets(args.set))
     return o
+
+
+# The epochs a budget sizes: a run with a budget keeps the epochs it planned (config.json), so a later
+# invocation that asks for the same budget is the same run, whatever the flags' profile epochs say.
+_PLANNED_KEYS = ("pretrain.epochs", "classify.epochs")
 
 
 def _base_config(args: Namespace, overrides: dict[str, Any]) -> RunConfig:
@@ -136,7 +143,8 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
         # A finished or interrupted run continues with its own settings; flags may only repeat them
         # (flags left out keep the run's values, so `fit DATA --run-dir RUN --finetune` works on any run).
         wanted = fit_config(args) if args.config is not None else config_mod.with_overrides(existing, overrides)
-        diff = [d for d in _config_diff(existing, wanted) if d.split(" ")[0] not in _INVOCATION_KEYS]
+        ignored = _INVOCATION_KEYS + (_PLANNED_KEYS if existing.budget_s else ())
+        diff = [d for d in _config_diff(existing, wanted) if d.split(" ")[0] not in ignored]
         if diff:
             raise UserError(f"{run.path} already holds a run with other settings ({'; '.join(diff[:4])}). "
                             "Use a new --run-dir, or --resume without changing settings.")
@@ -207,6 +215,7 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     record = scan(Path(args.data), root=args.root, extract_to=run.source_dir, check="header")
     # Written once the data is known to be usable, so that a refused first attempt leaves no settings behind.
     if not run.config.exists():
+        cfg = _planned(cfg, args, len(record.samples), len(record.classes), progress)
         config_mod.save(replace(cfg, finetune_after_fit=False), run.config)
     # A resumed run keeps the truth and test files it was started with (the app resumes without them).
     kept_truth, kept_test = _path(source.get("truth")), _path(source.get("test"))
@@ -225,6 +234,22 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
         run.write_status(phase="finetune")
         summary = pipeline.run_finetune(ctx)
     return summary
+
+
+def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress) -> RunConfig:
+    """A new run with a budget: measure this machine's speed and size the epochs (engine.train.budget)."""
+    if not cfg.budget_s:
+        return cfg
+    from engine.train import budget
+    from engine.train.device import make_runtime
+
+    costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
+    hand = frozenset(k for k in fit_overrides(args) if k in _PLANNED_KEYS)
+    planned = budget.plan(cfg, n, costs, set_by_hand=hand)
+    progress.note(f"budget {cfg.budget_s:.0f} s for {n:,} images: {planned.pretrain.epochs} pre-training and "
+                  f"{planned.classify.epochs} classifier epochs (about "
+                  f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)")
+    return planned
 
 
 def _path(value: str | None) -> Path | None:

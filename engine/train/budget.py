@@ -1,0 +1,145 @@
+"""`fit --budget 10m`: size the epochs so that phase (a) ends within the time a person gives it.
+
+The machine's speed is measured, not assumed: a few training steps of each kind (a SimCLR step on two
+views, a classifier step, an evaluation pass) are timed on random images of the run's size and batch,
+after one untimed step that pays for the first-call costs. Then
+
+    seconds(a) = fixed + e_p * N * t_simclr + e_c * N * t_classifier + min(k, e_c) * N * t_score
+
+where `fixed` is the work that does not depend on the epochs (decoding, the warm-up's one feature pass,
+the final predictions, the mixture, the bar's folds and the map), and the pre-training and classifier
+epochs keep the ratio of the profile the run starts from (e_p / e_c), which is what its defaults were
+tuned with. The sized epochs are written into config.json with the budget, so a resumed run trains
+exactly what was planned, whatever the machine's speed is then.
+
+The budget sizes only the epochs a person did not set: `--epochs` or `--pretrain-epochs` on the same
+command keep their values, and the budget goes to the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from engine.config import RunConfig
+from engine.method.augment import BatchAugment, supervised_augment, to_model_input
+from engine.method.losses import nt_xent
+from engine.method.models import build_network
+from engine.train.device import Runtime, autocast
+
+_TIMED_STEPS = 3
+# Work that does not scale with the epochs, per image (decoding at the working size, the bar's folds,
+# the map's neighbour graph), plus a constant for the mixture and the map's set-up. Measured on two
+# CPU cores (bench/results/budget.md); generous, since finishing early is better than late.
+_FIXED_PER_IMAGE_S = 0.004
+_FIXED_S = 20.0
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Seconds per image of each kind of work, on this machine, at this size and batch."""
+
+    simclr: float  # one SimCLR step (two augmented views, forward + backward)
+    classifier: float  # one classifier step (augmented, forward + backward)
+    score: float  # one evaluation pass (forward only)
+
+
+def measure(cfg: RunConfig, rt: Runtime, num_classes: int) -> StepCosts:
+    """Time the three kinds of work on random images (the network is thrown away afterwards)."""
+    size, batch = cfg.data.image_size, max(2, cfg.classify.batch_size)
+    net = build_network(cfg.model, image_size=size, num_classes=num_classes, device_type=rt.device.type)
+    net = net.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=rt.device)
+    y = torch.randint(0, num_classes, (batch,), device=rt.device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    aug = BatchAugment(cfg.augment, out_size=size, mean=mean, std=std)
+
+    def simclr() -> None:
+        with autocast(rt):
+            z = net.project(torch.cat([aug(x), aug(x)]))
+        loss = nt_xent(*z.float().chunk(2), temperature=cfg.pretrain.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def classifier() -> None:
+        net.train()
+        with autocast(rt, classifier=True):
+            logits = net(supervised_augment(x, out_size=size, mean=mean, std=std))
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def score() -> None:
+        net.eval()
+        net.classifier(net.features(to_model_input(x, out_size=size, mean=mean, std=std)))
+
+    return StepCosts(_per_image(simclr, rt, batch), _per_image(classifier, rt, batch), _per_image(score, rt, batch))
+
+
+def _per_image(step: Callable[[], None], rt: Runtime, batch: int) -> float:
+    step()  # first-call costs (allocations, kernel choice) are not the run's speed
+    _sync(rt)
+    t0 = time.perf_counter()
+    for _ in range(_TIMED_STEPS):
+        step()
+    _sync(rt)
+    return (time.perf_counter() - t0) / (_TIMED_STEPS * batch)
+
+
+def _sync(rt: Runtime) -> None:
+    if rt.is_cuda:
+        torch.cuda.synchronize(rt.device)
+
+
+def fixed_seconds(cfg: RunConfig, n: int, costs: StepCosts) -> float:
+    """Phase (a)'s work that does not depend on the epochs."""
+    warmup_pass = n * costs.score if cfg.pretrain.enabled and cfg.classify.warmup_epochs else 0.0
+    return _FIXED_S + n * _FIXED_PER_IMAGE_S + warmup_pass + n * costs.score  # + the final predictions
+
+
+def estimate_seconds(cfg: RunConfig, n: int, costs: StepCosts) -> float:
+    """What phase (a) should take with `cfg`'s epochs."""
+    pretrain = cfg.pretrain.epochs * n * costs.simclr if cfg.pretrain.enabled else 0.0
+    train = cfg.classify.epochs * n * costs.classifier
+    scoring = min(cfg.split.average_last, cfg.classify.epochs) * n * costs.score
+    return fixed_seconds(cfg, n, costs) + pretrain + train + scoring
+
+
+def plan(cfg: RunConfig, n: int, costs: StepCosts, *, set_by_hand: frozenset[str] = frozenset()) -> RunConfig:
+    """`cfg` with the epochs that fill `cfg.budget_s` for `n` images (at least one of each that runs).
+
+    set_by_hand: the dotted keys ("pretrain.epochs", "classify.epochs") a person chose; they stay.
+    """
+    budget = cfg.budget_s
+    if budget <= 0 or n < 2:
+        return cfg
+    pretrain_on = cfg.pretrain.enabled and "pretrain.epochs" not in set_by_hand
+    classify_free = "classify.epochs" not in set_by_hand
+    ratio = cfg.pretrain.epochs / max(cfg.classify.epochs, 1) if cfg.pretrain.enabled else 0.0
+    left = budget - fixed_seconds(cfg, n, costs)
+    if not pretrain_on and cfg.pretrain.enabled:
+        left -= cfg.pretrain.epochs * n * costs.simclr
+    if not classify_free:
+        left -= cfg.classify.epochs * n * (costs.classifier + costs.score)
+    per_classify_epoch = n * (costs.classifier + costs.score / 2)  # the scoring passes of the last epochs, spread
+    if classify_free and pretrain_on:
+        e_c = left / (ratio * n * costs.simclr + per_classify_epoch)
+        e_p = ratio * e_c
+    elif classify_free:
+        e_c, e_p = left / per_classify_epoch, float(cfg.pretrain.epochs)
+    elif pretrain_on:
+        e_c, e_p = float(cfg.classify.epochs), left / (n * costs.simclr)
+    else:
+        return cfg
+    return replace(cfg, pretrain=replace(cfg.pretrain, epochs=max(1, math.floor(e_p)) if pretrain_on
+                                         else cfg.pretrain.epochs),
+                   classify=replace(cfg.classify, epochs=max(1, math.floor(e_c)) if classify_free
+                                    else cfg.classify.epochs))
