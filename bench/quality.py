@@ -8,8 +8,7 @@ than the given ones.
     python bench/quality.py --case real         # real human noise + clean data (six cases, see README)
     python bench/quality.py --case real --rows last      # the same on images the defaults were not tuned on
     python bench/quality.py --case all-real     # + Imagenette 1 % / 50 % and CIFAR-10 40 % symmetric
-    python bench/quality.py --case cifar10n-worst --n-per-class 10 --pretrain-epochs 1 --epochs 1 --folds 2 \
-        --cnn-epochs 1                          # a quick look at one real-noise case
+    python bench/quality.py --case cifar10n-worst --n-per-class 10 --pretrain-epochs 1 --epochs 1 --cnn-epochs 1  # quick
     python bench/quality.py --case cifar10 --grid paper
     python bench/quality.py --case cifar10 --n-per-class 500 --noise asymmetric --rate 0.4
     python bench/quality.py --case digits --pretrain-epochs 1 --epochs 1 --folds 2     # a quick look
@@ -57,7 +56,6 @@ from bench import quality_baselines as qb  # noqa: E402
 from bench import quality_clean as qc  # noqa: E402
 from bench import quality_methods as qm  # noqa: E402
 from bench import quality_report as report  # noqa: E402
-from bench.quality_cnn import run_cleanlab_cnn  # noqa: E402
 from bench.quality_data import DATA_ROOT, Case, CaseData, make_cases, materialise, parse_grid  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -178,6 +176,8 @@ def run_method(method: str, case: Case, data: CaseData, s: qm.Settings, *, image
     if method in ("cleanlab", "cleanlab-cnn"):
         cfg = qc.resolved_config(qc.fit_argv(data, work / "clean", s, image_size))
         if method == "cleanlab-cnn":
+            from bench.quality_cnn import run_cleanlab_cnn  # imports torch: only when it runs
+
             return [run_cleanlab_cnn(data, work / "cleanlab-cnn", cfg, s, say=say)]
         return [qb.run_cleanlab(data, work / "cleanlab", cfg, s, say=say)]
     from engine.runs.rundir import RunDir

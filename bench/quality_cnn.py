@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.quality_baselines import cleanlab_verdict
 from bench.quality_data import CaseData
 from bench.quality_labels import scores_of_arrays
 from bench.quality_methods import LABELS, Row, Settings, load_test_split, prepare_case, release_memory, score
@@ -138,7 +139,6 @@ def run_cleanlab_cnn(data: CaseData, work: Path, cfg: Any, s: Settings, say: Cal
     (its default, self_confidence); exported label of a flagged image: argmax of its out-of-fold
     probabilities. Test accuracy: the mean over the K fold models.
     """
-    from bench.quality_baselines import cleanlab_verdict
     from engine.train.device import resolve_device
 
     shutil.rmtree(work, ignore_errors=True)

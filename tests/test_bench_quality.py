@@ -266,6 +266,7 @@ def test_small_cnn_takes_cifar_and_imagenette_sizes_and_augments_per_image():
     assert not torch.equal(a, x)
 
 
+@pytest.mark.slow  # seconds of training, and importing cleanlab alone takes seconds
 def test_cleanlab_cnn_runs_at_toy_size(tmp_path, one_thread):
     train = make_digits(tmp_path / "train", n=60, size=16, rate=0.4, test_out=tmp_path / "test", n_test=20)
     cfg = qc.resolved_config(qc.fit_argv(qd.CaseData(train, train / "truth.csv", tmp_path / "test"), tmp_path / "r",
