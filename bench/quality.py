@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """Label-error detectors side by side on the same images, noise and seed: CLeaN and its variants, cleanlab
-on cross-validated probabilities of the same network, and a kNN vote on CLeaN's SimCLR features.
+on cross-validated probabilities of a plain small CNN (the baseline a user would run) and of the same
+network, and a kNN vote on CLeaN's SimCLR features; and whether the labels each one exports are better
+than the given ones.
 
     python bench/quality.py                     # the standard CPU run (below), est. 45-60 min on 2 cores
+    python bench/quality.py --case real         # real human noise + clean data (six cases, see README)
+    python bench/quality.py --case real --rows last      # the same on images the defaults were not tuned on
+    python bench/quality.py --case all-real     # + Imagenette 1 % / 50 % and CIFAR-10 40 % symmetric
+    python bench/quality.py --case cifar10n-worst --n-per-class 10 --pretrain-epochs 1 --epochs 1 --cnn-epochs 1  # quick
     python bench/quality.py --case cifar10 --grid paper
     python bench/quality.py --case cifar10 --n-per-class 500 --noise asymmetric --rate 0.4
     python bench/quality.py --case digits --pretrain-epochs 1 --epochs 1 --folds 2     # a quick look
@@ -15,7 +21,11 @@ Default (no flags): CIFAR-10, 5,000 train images (500 per class) with 40 % symme
 split of 1,000 images, then the 3,000 jittered digits (bench/digits.py) with 40 % symmetric noise and 1,000
 clean test digits; every method; the engine's CPU defaults (or its GPU profile on a GPU).
 
-Methods (--methods, comma list): clean, clean-ce, clean-nflrce, no-pretrain, cleanlab, knn (see
+Cases (--case, comma list): cifar10, cifar10n-worst, cifar10n-aggre, cifar10n-random1, cifar10-clean, digits,
+sample, imagenette1, imagenette5, imagenette25, imagenette50, folder, clean-folder, and the presets real and
+all-real (bench/quality_data.py).
+
+Methods (--methods, comma list): clean, clean-ce, clean-nflrce, no-pretrain, cleanlab, cleanlab-cnn, knn (see
 bench/quality_methods.py; the definitions are also written under every results table).
 
 CLeaN runs leave out the UMAP map (not scored) unless --map. Pre-training is label-free, so it runs once
@@ -63,16 +73,20 @@ DRY_RUN_PRESET: dict[str, Any] = {"device": "cpu", "n_per_class": 20, "test_per_
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", default=None, help="comma list: cifar10, digits, sample, imagenette25, imagenette50, "
-                   "folder, clean-folder (default: cifar10,digits)")
+    p.add_argument("--case", default=None, help="comma list of cases or presets (real, all-real; see above) "
+                   "(default: cifar10,digits)")
+    p.add_argument("--rows", default="first", choices=["first", "last"], help="CIFAR-10N and cifar10-clean cases: "
+                   "the first or the last N images of each class of the labelled rows 0..44,999")
     p.add_argument("--methods", default=None, help=f"comma list of {', '.join(qm.METHODS)} (default: all)")
     p.add_argument("--noise", default="symmetric", choices=["symmetric", "asymmetric", "pair"])
     p.add_argument("--rate", type=float, default=0.4)
     p.add_argument("--grid", default=None, help="'paper' (symmetric 0.2/0.4/0.6/0.8, asymmetric 0.2/0.4) or a "
                    "list like symmetric:0.2,asymmetric:0.4; replaces --noise/--rate")
     p.add_argument("--mapping", default=None, help="asymmetric noise on non-CIFAR-10 classes: engine noise --mapping")
-    p.add_argument("--n-per-class", type=int, default=None, help="train images per class (cifar10 500, digits 300)")
-    p.add_argument("--test-per-class", type=int, default=None, help="test images per class (cifar10/digits 100)")
+    p.add_argument("--n-per-class", type=int, default=None,
+                   help="train images per class (CIFAR-10 cases 500, digits 300, Imagenette 200)")
+    p.add_argument("--test-per-class", type=int, default=None,
+                   help="test images per class (CIFAR-10 cases and digits 100, Imagenette 50)")
     p.add_argument("--data", type=Path, default=None, help="folder / clean-folder cases: the class-folder tree")
     p.add_argument("--test", type=Path, default=None, help="folder / clean-folder cases: a clean test folder")
     p.add_argument("--image-size", type=int, default=None)
@@ -85,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise, training and fold seed")
     p.add_argument("--folds", type=int, default=3, help="cleanlab cross-validation folds K")
     p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--cnn-epochs", type=int, default=20, help="cleanlab-cnn: epochs per fold")
     p.add_argument("--no-finetune", action="store_true", help="CLeaN default without phase (b)")
     p.add_argument("--no-share-pretrain", action="store_true",
                    help="every CLeaN run pre-trains itself (default: once per image set, see quality_methods)")
@@ -158,8 +173,12 @@ def run_method(method: str, case: Case, data: CaseData, s: qm.Settings, *, image
     if method in qm.FIT_FLAGS:
         return qc.run_clean(method, data, work / method, s, image_size=image_size, images=case.images, pool=pool,
                             deadline=deadline, say=say)
-    if method == "cleanlab":
+    if method in ("cleanlab", "cleanlab-cnn"):
         cfg = qc.resolved_config(qc.fit_argv(data, work / "clean", s, image_size))
+        if method == "cleanlab-cnn":
+            from bench.quality_cnn import run_cleanlab_cnn  # imports torch: only when it runs
+
+            return [run_cleanlab_cnn(data, work / "cleanlab-cnn", cfg, s, say=say)]
         return [qb.run_cleanlab(data, work / "cleanlab", cfg, s, say=say)]
     from engine.runs.rundir import RunDir
 
@@ -190,12 +209,14 @@ def case_result(case: Case, data: CaseData, rows: list[qm.Row], s: qm.Settings, 
                      "pretrain_epochs": cfg.pretrain.epochs,
                      "warmup_epochs": cfg.classify.warmup_epochs, "classify_epochs": cfg.classify.epochs,
                      "finetune_epochs": cfg.finetune.epochs if s.finetune else 0, "batch_size": cfg.classify.batch_size,
-                     "folds": s.folds, "knn_k": s.knn_k, "sets": list(s.sets), "share_pretrain": s.share_pretrain,
+                     "folds": s.folds, "knn_k": s.knn_k, "cnn_epochs": s.cnn_epochs, "sets": list(s.sets), "share_pretrain": s.share_pretrain,
                      "skip_map": s.skip_map},
         "budget": {"image_passes": qm.training_budget(cfg, n), "fold_epochs": fold_e,
-                   "cleanlab_passes": fold_e * (s.folds - 1) * n},  # each image trains in K-1 folds
+                   "cleanlab_passes": fold_e * (s.folds - 1) * n,  # each image trains in K-1 folds
+                   "cnn_passes": s.cnn_epochs * (s.folds - 1) * n},
         "rows": [asdict(r) for r in rows],
         "target": report.target_check([asdict(r) for r in rows]),
+        "never_worse": report.never_worse([asdict(r) for r in rows]),
         "data": {"train": str(data.train), "truth": str(data.truth), "test": str(data.test) if data.test else None},
     }
 
@@ -207,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         methods = selected_methods(args.methods)
         grid = parse_grid(args.grid, args.noise, args.rate)
         cases = make_cases(args.case.split(","), grid, n_per_class=args.n_per_class,
-                           test_per_class=args.test_per_class, data=args.data, test=args.test, mapping=args.mapping)
-        if args.folds < 2 or args.knn_k < 1:
-            raise ValueError(f"--folds must be >= 2 and --knn-k >= 1, got {args.folds} and {args.knn_k}")
+                           test_per_class=args.test_per_class, data=args.data, test=args.test, mapping=args.mapping,
+                           rows=args.rows)
+        if args.folds < 2 or args.knn_k < 1 or args.cnn_epochs < 1:
+            raise ValueError(f"--folds must be >= 2, --knn-k and --cnn-epochs >= 1, got {args.folds}, {args.knn_k} "
+                             f"and {args.cnn_epochs}")
         if args.device == "cuda" and not _cuda_available():
             raise ValueError("--device cuda (or --gpu) needs a CUDA GPU and none is visible; "
                              "rehearse with --gpu --dry-run")
@@ -222,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/quality.py" + (" " + shlex.join(argv) if argv else "")
     s = qm.Settings(seed=args.seed, device=args.device, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
                     batch_size=args.batch_size, sets=tuple(args.set), folds=args.folds, knn_k=args.knn_k,
-                    finetune=not args.no_finetune, share_pretrain=not args.no_share_pretrain,
+                    cnn_epochs=args.cnn_epochs, finetune=not args.no_finetune, share_pretrain=not args.no_share_pretrain,
                     skip_map=not args.map, quiet=args.quiet)
     deadline = qc.Deadline(None if args.deadline_s is None else time.monotonic() + args.deadline_s)
     pool = qc.PretrainPool()
@@ -253,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
     for r in results:
-        for line in report.table(r["rows"]):
+        print(f"\n{r['case']['name']}: {r['case']['title']}")
+        for line in [*report.table(r["rows"]), "", *report.check_lines(r)]:
             print(line)
     return 0
 

@@ -1,5 +1,6 @@
-"""The two detectors bench/quality.py compares CLeaN with: cleanlab on cross-validated probabilities of the
-same network, and a k-nearest-neighbour vote on the SimCLR features of the clean run's encoder."""
+"""Detectors bench/quality.py compares CLeaN with: cleanlab on cross-validated probabilities of the same
+network, and a k-nearest-neighbour vote on the SimCLR features of the clean run's encoder (cleanlab on a
+small CNN, the baseline a user would run, is bench/quality_cnn.py; it shares cleanlab_verdict)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.quality_data import CaseData
+from bench.quality_labels import scores_of_arrays
 from bench.quality_methods import (
     LABELS,
     Row,
@@ -36,8 +38,6 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
     probabilities is in the note.
     """
     import torch
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
     from sklearn.model_selection import StratifiedKFold
 
     from engine.method.losses import classification_loss
@@ -87,11 +87,7 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
             eval_seconds += time.perf_counter() - t_test
         del net
         release_memory()
-    probs /= probs.sum(axis=1, keepdims=True)  # cleanlab checks that rows sum to 1; fp32 softmax is off by ~1e-7
-    flagged = find_label_issues(d.labels, probs)
-    quality = get_label_quality_scores(d.labels, probs, method="self_confidence")
-    predicted = probs.argmax(axis=1)
-    corrected = np.where(flagged, predicted, d.labels)
+    flagged, quality, predicted, corrected = cleanlab_verdict(d.labels, probs)
     seconds = time.perf_counter() - t0 - eval_seconds
     test_acc, note = None, f"{s.folds} folds x {epochs} epochs from scratch, CE"
     if test is not None:
@@ -101,7 +97,22 @@ def run_cleanlab(data: CaseData, work: Path, cfg: Any, s: Settings, say: Callabl
         note += f"; test acc of the averaged fold models {ensemble:.4f}"
     metrics = score(d, flagged, quality, predicted, corrected)
     return Row(f"{LABELS['cleanlab']} ({s.folds}-fold)", "cleanlab", metrics, test_acc, round(seconds, 1),
-               round(time.perf_counter() - t0, 1), note, "cleanlab.filter.find_label_issues(labels, pred_probs)")
+               round(time.perf_counter() - t0, 1), note, "cleanlab.filter.find_label_issues(labels, pred_probs)",
+               export=scores_of_arrays(d.classes, d.labels, d.truth, flagged, corrected))
+
+
+def cleanlab_verdict(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flagged, label quality, predicted, corrected) from out-of-sample probabilities, as a user of cleanlab
+    gets them: find_label_issues with its default filter (prune_by_noise_rate), get_label_quality_scores with
+    its default method (self_confidence), and the argmax as the suggestion for each flagged image."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = probs / probs.sum(axis=1, keepdims=True)  # cleanlab checks that rows sum to 1; fp32 softmax is off by ~1e-7
+    flagged = find_label_issues(labels, probs)
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    predicted = probs.argmax(axis=1)
+    return flagged, quality, predicted, np.where(flagged, predicted, labels)
 
 
 # ============================================================================================ kNN vote
@@ -182,4 +193,5 @@ def run_knn(data: CaseData, clean_run: Path, work: Path, s: Settings, *, pretrai
     metrics = score(d, flagged, agreement, vote, vote)
     return Row(f"{LABELS['knn']} (k={k})", "knn", metrics, test_acc, round(seconds, 1),
                round(time.perf_counter() - t0 + pretrain_seconds, 1),
-               f"incl. {pretrain_seconds:.0f} s of the clean run's pre-training", "")
+               f"incl. {pretrain_seconds:.0f} s of the clean run's pre-training", "",
+               export=scores_of_arrays(d.classes, d.labels, d.truth, flagged, vote))

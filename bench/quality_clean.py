@@ -2,7 +2,9 @@
 process, with label-free pre-training shared between runs on the same images and an optional deadline.
 
 The engine is called as engine.cli.main(argv): the interpreter start and the torch import are paid once,
-as for cleanlab and kNN, and each row records the equivalent `python -m engine fit ...` command.
+as for cleanlab and kNN, and each row records the equivalent `python -m engine fit ...` command. After
+the fit, `python -m engine export RUN --out F --format csv` writes the labels a user would get, and that
+file is what the "labels right" columns score (bench/quality_labels.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality_data import CaseData
+from bench.quality_labels import export_command, phase_a_view, score_export
 from bench.quality_methods import FIT_FLAGS, LABELS, Row, Settings, release_memory
 
 
@@ -138,13 +141,32 @@ def run_clean(key: str, data: CaseData, run: Path, s: Settings, *, image_size: i
     seconds_a = t["prepare"] + t["fit"] - t["embed_fit"] + shared
     phase_a = run / "metrics_phase_a.json" if finetune else run / "metrics.json"
     wall += shared
+    exports = run.parent / "exports"
+    # Phase (a)'s labels as `export` gives them after a `fit` without --finetune (quality_labels.phase_a_view).
+    run_a = phase_a_view(run, exports / f"{key}-phase-a-run") if finetune else run
     rows = [Row(f"{name}, after (a)", key, _read_json(phase_a), t.get("test_fit"), round(seconds_a, 1),
-                round(wall, 1), note, command)]
+                round(wall, 1), note, command, export=export_and_score(run_a, exports / f"{key}-a.csv", data))]
     if finetune:
         seconds_b = seconds_a + t["finetune"] - t["embed_finetune"]
         rows.append(Row(f"{name}, after (b)", key, _read_json(run / "metrics.json"), t.get("test_finetune"),
-                        round(seconds_b, 1), round(wall, 1), note, command))
+                        round(seconds_b, 1), round(wall, 1), note, command,
+                        export=export_and_score(run, exports / f"{key}-b.csv", data)))
     return rows
+
+
+def export_and_score(run: Path, out: Path, data: CaseData) -> dict[str, Any]:
+    """`python -m engine export RUN --out OUT --format csv`, then the scores of that file (with the
+    export's file and command, so a reader can open what was scored)."""
+    from engine.cli import main
+    from engine.runs.rundir import RunDir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)  # a fresh file, as the app writes it: no --overwrite
+    argv = export_command(run, out)
+    if main(argv) != 0:
+        raise RuntimeError(f"`python -m engine {shlex.join(argv)}` failed")
+    return {**score_export(RunDir(run).samples, out, data.truth), "file": str(out),
+            "command": "python -m engine " + shlex.join(argv)}
 
 
 def run_timings(events: list[dict[str, Any]]) -> dict[str, Any]:

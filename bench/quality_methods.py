@@ -6,11 +6,14 @@
     clean-nflrce  the same with --loss nfl+rce
     no-pretrain   the paper's baseline: the same classifier without pre-training (--no-pretrain)
     cleanlab      cleanlab.filter.find_label_issues on out-of-sample probabilities from K-fold cross-
-                  validation of the same network trained from scratch with cross-entropy
+                  validation of the same network trained from scratch with cross-entropy, same budget
+    cleanlab-cnn  the baseline a user would run instead: cleanlab on K-fold out-of-sample probabilities of
+                  a plain small CNN, 20 epochs per fold (bench/quality_cnn.py)
     knn           a k-nearest-neighbour vote on the SimCLR features of the clean run's pre-trained encoder
 
-CLeaN runs: bench/quality_clean.py; cleanlab and kNN: bench/quality_baselines.py; this module holds
-what they share (settings, result rows, the training budget, data loading and scoring).
+CLeaN runs: bench/quality_clean.py; cleanlab and kNN: bench/quality_baselines.py; the small CNN:
+bench/quality_cnn.py; scores of the exported labels: bench/quality_labels.py; this module holds what
+they share (settings, result rows, the training budget, data loading and scoring).
 
 Time of a method = its own work: for CLeaN runs the run's stage times (prepare + the fit/finetune
 summary seconds) without the UMAP map's stage (a picture for people, not part of the detection); for cleanlab
@@ -31,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-METHODS: tuple[str, ...] = ("clean", "clean-ce", "clean-nflrce", "no-pretrain", "cleanlab", "knn")
+METHODS: tuple[str, ...] = ("clean", "clean-ce", "clean-nflrce", "no-pretrain", "cleanlab", "cleanlab-cnn", "knn")
 FIT_FLAGS: dict[str, list[str]] = {
     "clean": [], "clean-ce": ["--loss", "ce"], "clean-nflrce": ["--loss", "nfl+rce"], "no-pretrain": ["--no-pretrain"],
 }
 LABELS: dict[str, str] = {
     "clean": "CLeaN default (ELR)", "clean-ce": "CLeaN, CE loss", "clean-nflrce": "CLeaN, NFL+RCE loss",
-    "no-pretrain": "no pre-training (ELR)", "cleanlab": "cleanlab, CV", "knn": "kNN vote, SimCLR",
+    "no-pretrain": "no pre-training (ELR)", "cleanlab": "cleanlab, CV", "cleanlab-cnn": "cleanlab, small CNN, CV",
+    "knn": "kNN vote, SimCLR",
 }
 
 
@@ -53,6 +57,7 @@ class Settings:
     sets: tuple[str, ...] = ()
     folds: int = 3
     knn_k: int = 10
+    cnn_epochs: int = 20  # cleanlab-cnn: epochs per fold
     finetune: bool = True
     share_pretrain: bool = True
     skip_map: bool = True  # leave out the UMAP map of CLeaN runs (quality_clean._without_map)
@@ -72,6 +77,7 @@ class Row:
     note: str = ""
     command: str = ""
     error: str | None = None
+    export: dict[str, Any] = field(default_factory=dict)  # quality_labels.label_scores of the exported labels
 
 
 def release_memory() -> None:
