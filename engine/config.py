@@ -174,6 +174,8 @@ class RunConfig:
     budget_s: float = 0.0
 
 
+# The epochs a budget sizes (engine.train.budget); a value a person sets for one of them keeps it.
+BUDGET_SIZED: tuple[str, ...] = ("pretrain.epochs", "classify.epochs")
 _DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
 
 

@@ -138,3 +138,18 @@ def write_pattern_folder(root: Path, *, per_class: int = 12, size: int = 16, fli
 @pytest.fixture
 def pattern_folder(tmp_path: Path) -> Path:
     return write_pattern_folder(tmp_path / "patterns")
+
+
+# ----------------------------------------------------------------------------- GPU tests
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a CUDA GPU the `gpu` tests are deselected, not skipped: they are bench/gpu_check.sh's, run on
+    a GPU machine (where nvidia-smi exists), and a CPU run has nothing to say about them."""
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

@@ -511,3 +511,16 @@ def test_loss_histogram_uses_a_log_scale_where_a_spike_would_hide_the_noisy_comp
     assert noisy_peak < max(fig.data[0].y) / 10  # on a linear axis it would be a flat line at the bottom
     even = charts.loss_histogram_figure(rng.uniform(0, 1, 400), {**split, "weights": [0.5, 0.5], "stds": [0.2, 0.2]})
     assert even.layout.yaxis.type is None and even.layout.yaxis.title.text == "images"  # no spike: linear counts
+
+
+def test_with_a_budget_the_form_leaves_the_epochs_to_it():
+    from engine.cli import build_parser
+    from engine.cli.run import fit_overrides
+    from ui.train_form import fit_flags, initial_values
+
+    values = initial_values("cpu", "cpu")
+    keys = set(fit_overrides(build_parser().parse_args(["fit", "d", "--run-dir", "r", *fit_flags(values)])))
+    assert {"pretrain.epochs", "classify.epochs"} <= keys  # no budget: the epochs shown are the epochs trained
+    values["budget_s"] = 600.0
+    overrides = fit_overrides(build_parser().parse_args(["fit", "d", "--run-dir", "r", *fit_flags(values)]))
+    assert overrides["budget_s"] == 600.0 and not {"pretrain.epochs", "classify.epochs"} & set(overrides)

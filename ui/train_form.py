@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.config import RunConfig, profile_for
+from engine.config import BUDGET_SIZED, RunConfig, profile_for
 
 LOSS_NAMES = {
     "elr": "ELR — early-learning regularisation (recommended)",
@@ -56,6 +56,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data.image_size", "Image size (px)", 2, minimum=8, maximum=512,
             help="Every image is resized to this square size once, before training"),
     Setting("seed", "Seed", 2, minimum=0, maximum=2**31 - 1),
+    Setting("budget_s", "Time budget (s)", 2, minimum=0, maximum=7 * 24 * 3600,
+            help="Seconds phase (a) may take: the pre-training and classifier epochs are sized from this "
+                 "machine's measured speed to fill it (0 = no budget, the epochs above as given)"),
 )
 
 
@@ -116,9 +119,15 @@ def set_value_text(value: Any) -> str:
 
 
 def fit_flags(values: Mapping[str, Any], *, truth: str | None = None, finetune: bool = False) -> list[str]:
-    """`fit` flags for the form's values: one `--set key=value` each, then `--truth` and `--finetune`."""
+    """`fit` flags for the form's values: one `--set key=value` each, then `--truth` and `--finetune`.
+
+    With a time budget the epochs are the budget's to size: the form's epoch values are not sent.
+    """
     flags: list[str] = []
+    budgeted = float(values.get("budget_s") or 0) > 0
     for key, value in values.items():
+        if budgeted and key in BUDGET_SIZED:
+            continue
         flags += ["--set", f"{key}={set_value_text(value)}"]
     if truth:
         flags += ["--truth", str(Path(truth).expanduser())]

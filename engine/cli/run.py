@@ -81,9 +81,9 @@ def fit_overrides(args: Namespace) -> dict[str, Any]:
     return o
 
 
-# The epochs a budget sizes: a run with a budget keeps the epochs it planned (config.json), so a later
-# invocation that asks for the same budget is the same run, whatever the flags' profile epochs say.
-_PLANNED_KEYS = ("pretrain.epochs", "classify.epochs")
+# A run with a budget keeps the epochs it planned (config.json), so a later invocation that asks for the
+# same budget is the same run, whatever the flags' profile epochs say.
+_PLANNED_KEYS = config_mod.BUDGET_SIZED
 
 
 def _base_config(args: Namespace, overrides: dict[str, Any]) -> RunConfig:
