@@ -6,7 +6,7 @@ the app can build and validate configs without loading the training stack.
 
 Defaults are the CPU profile (sized so that the bundled sample finishes in about two minutes on two
 cores); `gpu_profile` swaps in the GPU one. Learning rates are given for a batch of 256
-and scaled linearly with the batch size (the paper's convention, algorithms.md §1.2).
+and scaled linearly with the batch size (Goyal et al. 2017's rule, as the paper's published code does).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class ClassifyConfig:
     nfl_alpha: float = 1.0  # NFL+RCE: CIFAR-10 settings (use 10 / 0.1 for 100 classes)
     rce_beta: float = 1.0
     nfl_gamma: float = 0.5
-    rce_log_zero: float = -9.2103  # ln(1e-4), as in the reference code (paper text: -4), algorithms.md §3.2
+    rce_log_zero: float = -9.2103  # ln(1e-4), as in the Active-Passive Losses code (Ma et al. 2020); paper text: -4
     augment: bool = True  # light crop + flip during supervised epochs
     grad_clip: float = 5.0  # max gradient norm per step, as the Active-Passive Losses code (0 = off)
 

@@ -1,4 +1,5 @@
-"""Losses against naive per-sample loop references (algorithms.md §2, §3, §5, §6) plus properties."""
+"""Losses against naive per-sample loop references (SimCLR, Chen et al. 2020; ELR, Liu et al. 2020; Active-Passive
+Losses, Ma et al. 2020; SupCon, Khosla et al. 2020; paper eq. 8) plus properties."""
 
 from __future__ import annotations
 

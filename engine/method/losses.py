@@ -29,7 +29,7 @@ Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
 WEIGHTINGS: tuple[str, ...] = ("paper", "reference")
 
-# Probability clamps of the reference implementations (algorithms.md §2.1, §3.2).
+# Probability clamps of the reference implementations (ELR, Liu et al. 2020; Active-Passive Losses, Ma et al. 2020).
 ELR_CLAMP = 1e-4
 RCE_CLAMP = 1e-7
 
@@ -280,7 +280,7 @@ class ELRLoss(ClassificationLoss):
 
     t_i is a temporal ensemble (EMA with momentum beta) of the model's normalised, detached
     predictions for image i, kept in the buffer ``target`` of shape (num_samples, num_classes), so it is
-    saved with ``state_dict()``. Semantics of the reference code (algorithms.md §2.1): p is clamped to
+    saved with ``state_dict()``. Semantics of the reference code (ELR, Liu et al. 2020): p is clamped to
     [1e-4, 1 - 1e-4], the buffer starts at zero (no bias correction) and rows ``index`` are updated
     BEFORE the loss of the same step; the gradient flows through p only. The buffer is updated only
     in training mode (``loss.eval()`` evaluates without touching it).
@@ -370,7 +370,7 @@ def weighted_supcon(
     min_weight: float = 0.01,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    """Weighted supervised contrastive loss (eq. 8 of Ciortan et al.; algorithms.md §5.3).
+    """Weighted supervised contrastive loss (Ciortan et al. 2021, eq. 8).
 
     Anchors are the 2B views; positives of anchor a are the other views with the same (pseudo-)label,
     its own other view included. For anchor a,

@@ -1,7 +1,7 @@
 """(b2) weighted supervised contrastive fine-tuning on pseudo-labels, (b3) targets for a fresh head.
 
 Weights follow the paper: a second Gaussian mixture, fitted on each image's loss against its own
-pseudo-label, gives the probability that the pseudo-label is right (algorithms.md §1.3 step 3).
+pseudo-label, gives the probability that the pseudo-label is right (the paper's published code does so).
 Human review overrides the machine: a decided image trains with its decided label and weight 1, and
 a discarded image is left out of training altogether.
 """
