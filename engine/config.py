@@ -22,10 +22,12 @@ LossName = Literal["ce", "nfl+rce", "elr"]
 Stem = Literal["auto", "small", "standard"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 SupConWeighting = Literal["paper", "reference"]
+SupConForm = Literal["mean-log", "paper"]
 Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
+SUPCON_FORMS: tuple[str, ...] = typing.get_args(SupConForm)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.07
     weighting: SupConWeighting = "paper"  # eq. 8 (own view 1) or the reference code's column weights
+    # "mean-log": -sum_p w log softmax / sum_p w (SupCon's L_out, weighted); "paper": eq. 8 as printed,
+    # -log(sum_p w softmax / |P|) (SupCon's L_in, weighted). See engine.method.losses.weighted_supcon.
+    form: SupConForm = "mean-log"
     head_epochs: int = 8  # fresh classifier head on the pseudo-labels, encoder frozen ...
     head_lr: float = 0.05
     full_epochs: int = 4  # ... then encoder + head together (the paper's warm-up-then-full schedule)
@@ -190,6 +195,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
         (cfg.model.stem in ("auto", "small", "standard"), f"unknown stem {cfg.model.stem!r}"),
         (cfg.finetune.weighting in ("paper", "reference"), f"unknown weighting {cfg.finetune.weighting!r}"),
+        (cfg.finetune.form in SUPCON_FORMS,
+         f"finetune.form must be {' or '.join(SUPCON_FORMS)}, got {cfg.finetune.form!r}"),
         (0.0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1.0, "crop_scale must be 0 < lo <= hi <= 1"),
         (0.0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1], "crop_ratio must be 0 < lo <= hi"),
         (all(0.0 <= p <= 1.0 for p in (cfg.augment.flip_p, cfg.augment.jitter_p, cfg.augment.gray_p)),

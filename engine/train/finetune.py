@@ -113,7 +113,7 @@ def finetune_supcon(
                 z = net.project(torch.cat([v0, v1]))
             z0, z1 = z.float().chunk(2)
             loss = weighted_supcon(z0, z1, labels.index_select(0, index), weights.index_select(0, index),
-                                   temperature=cfg.temperature, weighting=cfg.weighting)
+                                   temperature=cfg.temperature, weighting=cfg.weighting, form=cfg.form)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
