@@ -609,3 +609,46 @@ def test_every_loss_has_the_shape_of_its_reduction(reduction: str) -> None:
         expected = {"none": per_sample[name], "mean": per_sample[name].mean(), "sum": per_sample[name].sum()}
         torch.testing.assert_close(value, expected[reduction], msg=name)
 
+
+# ----------------------------------------------------------------------------- the fine-tuning stage's call
+
+
+@pytest.mark.parametrize(("weighting", "form", "min_weight"), [("reference", "paper", 0.0), ("paper", "mean-log", 0.2)])
+def test_finetune_passes_its_loss_settings_to_weighted_supcon(tmp_path, monkeypatch, weighting: str, form: str,
+                                                              min_weight: float) -> None:
+    """finetune.min_weight, form, weighting and temperature reach the loss (min_weight used to be dropped,
+    so the reference weighting clipped at its own 0.01)."""
+    import numpy as np
+
+    from engine.config import AugmentConfig, FinetuneConfig, ModelConfig
+    from engine.method.augment import BatchAugment
+    from engine.method.models import build_network
+    from engine.runs.progress import Progress
+    from engine.train import finetune
+    from engine.train.device import make_runtime
+    from engine.train.trainset import TrainSet
+
+    calls: list[dict] = []
+
+    def spy(z0, z1, labels, weights, **kwargs):
+        calls.append({"weights": weights.clone(), **kwargs})
+        return weighted_supcon(z0, z1, labels, weights, **kwargs)
+
+    monkeypatch.setattr(finetune, "weighted_supcon", spy)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 1] * 4)
+    rt = make_runtime("cpu", "fp32")
+    net = build_network(ModelConfig(stem="standard"), image_size=16, num_classes=2, device_type="cpu")
+    targets = finetune.FinetuneTargets(labels=labels, weights=np.array([0.0, 1.0] * 4, np.float32),
+                                       keep=np.ones(8, bool), n_decided=0, n_discarded=0)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, temperature=0.2, weighting=weighting, form=form,
+                         min_weight=min_weight)
+    aug = BatchAugment(AugmentConfig(), out_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    finetune.finetune_supcon(net, TrainSet.from_numpy(images, labels, rt.device), targets, cfg, aug, rt, seed=0,
+                             last_ckpt=tmp_path / "supcon.last.pt", progress=Progress.silent())
+    assert len(calls) == 1  # 8 images, batch 8, one epoch: one step
+    settings = {key: calls[0].get(key, "not passed") for key in ("temperature", "weighting", "form", "min_weight")}
+    assert settings == {"temperature": 0.2, "weighting": weighting, "form": form, "min_weight": min_weight}
+    assert sorted(calls[0]["weights"].tolist()) == [0.0] * 4 + [1.0] * 4

@@ -113,7 +113,8 @@ def finetune_supcon(
                 z = net.project(torch.cat([v0, v1]))
             z0, z1 = z.float().chunk(2)
             loss = weighted_supcon(z0, z1, labels.index_select(0, index), weights.index_select(0, index),
-                                   temperature=cfg.temperature, weighting=cfg.weighting, form=cfg.form)
+                                   temperature=cfg.temperature, weighting=cfg.weighting, form=cfg.form,
+                                   min_weight=cfg.min_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
