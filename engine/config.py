@@ -6,7 +6,7 @@ the app can build and validate configs without loading the training stack.
 
 Defaults are the CPU profile (sized so that the bundled sample finishes in about two minutes on two
 cores); `gpu_profile` swaps in the GPU one. Learning rates are given for a batch of 256
-and scaled linearly with the batch size (the paper's convention, algorithms.md §1.2).
+and scaled linearly with the batch size (Goyal et al. 2017's rule, as the paper's published code does).
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ LossName = Literal["ce", "nfl+rce", "elr"]
 Stem = Literal["auto", "small", "standard"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 SupConWeighting = Literal["paper", "reference"]
+SupConForm = Literal["mean-log", "paper"]
 Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
+SUPCON_FORMS: tuple[str, ...] = typing.get_args(SupConForm)
+
 # A config.json is about 2 KB; anything this large is not one, and is refused before it is read.
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -99,7 +102,7 @@ class ClassifyConfig:
     nfl_alpha: float = 1.0  # NFL+RCE: CIFAR-10 settings (use 10 / 0.1 for 100 classes)
     rce_beta: float = 1.0
     nfl_gamma: float = 0.5
-    rce_log_zero: float = -9.2103  # ln(1e-4), as in the reference code (paper text: -4), algorithms.md §3.2
+    rce_log_zero: float = -9.2103  # ln(1e-4), as in the Active-Passive Losses code (Ma et al. 2020); paper text: -4
     augment: bool = True  # light crop + flip during supervised epochs
     grad_clip: float = 5.0  # max gradient norm per step, as the Active-Passive Losses code (0 = off)
 
@@ -126,6 +129,9 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.07
     weighting: SupConWeighting = "paper"  # eq. 8 (own view 1) or the reference code's column weights
+    # "mean-log": -sum_p w log softmax / sum_p w (SupCon's L_out, weighted); "paper": eq. 8 as printed,
+    # -log(sum_p w softmax / |P|) (SupCon's L_in, weighted). See engine.method.losses.weighted_supcon.
+    form: SupConForm = "mean-log"
     head_epochs: int = 8  # fresh classifier head on the pseudo-labels, encoder frozen ...
     head_lr: float = 0.05
     full_epochs: int = 4  # ... then encoder + head together (the paper's warm-up-then-full schedule)
@@ -237,6 +243,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
         (cfg.model.stem in ("auto", "small", "standard"), f"unknown stem {cfg.model.stem!r}"),
         (cfg.finetune.weighting in ("paper", "reference"), f"unknown weighting {cfg.finetune.weighting!r}"),
+        (cfg.finetune.form in SUPCON_FORMS,
+         f"finetune.form must be {' or '.join(SUPCON_FORMS)}, got {cfg.finetune.form!r}"),
         (0.0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1.0, "crop_scale must be 0 < lo <= hi <= 1"),
         (0.0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1], "crop_ratio must be 0 < lo <= hi"),
         (all(0.0 <= p <= 1.0 for p in (cfg.augment.flip_p, cfg.augment.jitter_p, cfg.augment.gray_p)),

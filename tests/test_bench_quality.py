@@ -235,9 +235,9 @@ def test_a_clean_run_is_scored_from_its_engine_export(tmp_path):
     (run / "source.json").write_text(json.dumps({"data": str(data), "root": str(data), "classes": ["a", "b"]}))
     with open(run / "samples.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "given_label", "suggested_label", "clean_prob", "flagged"])
-        w.writerows([["a/1.png", "a", "b", 0.2, 1], ["a/2.png", "a", "b", 0.1, 1], ["b/3.png", "b", "b", 0.3, 1],
-                     ["b/4.png", "b", "a", 0.9, 0]])
+        w.writerow(["path", "given_label", "suggested_label", "clean_prob", "flagged", "auto_relabel"])
+        w.writerows([["a/1.png", "a", "b", 0.2, 1, 1], ["a/2.png", "a", "b", 0.1, 1, 1], ["b/3.png", "b", "b", 0.3, 1, 0],
+                     ["b/4.png", "b", "a", 0.9, 0, 0]])
     scores = qc.export_and_score(run, tmp_path / "out" / "labels.csv", qd.CaseData(data, truth, None))
     assert scores["command"] == f"python -m engine export {run} --out {tmp_path / 'out' / 'labels.csv'} --format csv"
     assert (scores["n_flagged"], scores["auto_changed"], scores["auto_changed_right"]) == (3, 2, 1)

@@ -1,4 +1,5 @@
-"""Losses against naive per-sample loop references (algorithms.md §2, §3, §5, §6) plus properties."""
+"""Losses against naive per-sample loop references (SimCLR, Chen et al. 2020; ELR, Liu et al. 2020; Active-Passive
+Losses, Ma et al. 2020; SupCon, Khosla et al. 2020; paper eq. 8) plus properties."""
 
 from __future__ import annotations
 
@@ -53,16 +54,20 @@ def _naive_nt_xent(z0: torch.Tensor, z1: torch.Tensor, tau: float) -> list[float
     return [(per_anchor[i] + per_anchor[i + n]) / 2 for i in range(n)]
 
 
-def _naive_supcon(z0, z1, labels, weights, tau: float, mode: str) -> list[float]:
-    """Weighted SupCon per image; mode "plain" (|P| average), "paper" (own view 1, others w_anchor),
-    "reference" (every positive weighted by its own clipped w)."""
+def _naive_supcon(
+    z0, z1, labels, weights, tau: float, mode: str, *, form: str = "mean-log", min_weight: float = 0.01
+) -> list[float]:
+    """Weighted SupCon per image with plain loops; mode "plain" (all weights 1), "paper" (own view 1,
+    others w_anchor), "reference" (every positive weighted by its own clipped w). form "mean-log":
+    -sum_p w log q_p / sum_p w; form "paper": -log( sum_p w q_p / |P| ), q_p the softmax of positive p."""
     n = z0.shape[0]
     z = _unit_rows(torch.cat([z0, z1]))
     y = labels.tolist() * 2
     w = weights.double().tolist() * 2
     per_anchor = []
     for a in range(2 * n):
-        num = den = 0.0
+        weighted_log = weighted_prob = weight_sum = 0.0
+        count = 0
         for p in range(2 * n):
             if p == a or y[p] != y[a]:
                 continue
@@ -71,10 +76,18 @@ def _naive_supcon(z0, z1, labels, weights, tau: float, mode: str) -> list[float]
             elif mode == "paper":
                 wp = 1.0 if p == (a + n) % (2 * n) else w[a]
             else:
-                wp = max(w[p], 0.01)
-            num += wp * _log_softmax_contrast(z, a, p, tau)
-            den += wp
-        per_anchor.append(-num / den)
+                wp = max(w[p], min_weight)
+            log_q = _log_softmax_contrast(z, a, p, tau)
+            weighted_log += wp * log_q
+            weighted_prob += wp * math.exp(log_q)
+            weight_sum += wp
+            count += 1
+        if weight_sum == 0:
+            per_anchor.append(0.0)
+        elif form == "paper":
+            per_anchor.append(-math.log(weighted_prob / count))
+        else:
+            per_anchor.append(-weighted_log / weight_sum)
     return [(per_anchor[i] + per_anchor[i + n]) / 2 for i in range(n)]
 
 
@@ -424,53 +437,134 @@ def _supcon_inputs(n: int, dim: int, classes: int, seed: int):
 
 @pytest.mark.parametrize(("n", "dim", "classes"), [(2, 4, 1), (6, 8, 3), (10, 5, 4)])
 @pytest.mark.parametrize("tau", [0.07, 0.5])
-def test_weighted_supcon_with_unit_weights_is_plain_supcon(n: int, dim: int, classes: int, tau: float) -> None:
+@pytest.mark.parametrize("form", ["mean-log", "paper"])
+def test_weighted_supcon_with_unit_weights_is_plain_supcon(n: int, dim: int, classes: int, tau: float,
+                                                           form: str) -> None:
     z0, z1, labels, _ = _supcon_inputs(n, dim, classes, n + dim)
     ones = torch.ones(n)
-    expected = _naive_supcon(z0, z1, labels, ones, tau, "plain")
+    expected = _naive_supcon(z0, z1, labels, ones, tau, "plain", form=form)
     for weighting in ("paper", "reference"):
-        got = weighted_supcon(z0, z1, labels, ones, temperature=tau, weighting=weighting, reduction="none")
+        got = weighted_supcon(z0, z1, labels, ones, temperature=tau, weighting=weighting, form=form,
+                              reduction="none")
         _close(got, expected)
 
 
 @pytest.mark.parametrize(("n", "classes"), [(6, 2), (9, 3)])
 @pytest.mark.parametrize("weighting", ["paper", "reference"])
-def test_weighted_supcon_matches_naive_loop(n: int, classes: int, weighting: str) -> None:
+@pytest.mark.parametrize("form", ["mean-log", "paper"])
+def test_weighted_supcon_matches_naive_loop(n: int, classes: int, weighting: str, form: str) -> None:
     z0, z1, labels, weights = _supcon_inputs(n, 8, classes, 3 * n)
     weights[0] = 0.0  # exercises the 0.01 clip of the reference variant
-    expected = _naive_supcon(z0, z1, labels, weights, 0.07, weighting)
-    got = weighted_supcon(z0, z1, labels, weights, weighting=weighting, reduction="none")
+    expected = _naive_supcon(z0, z1, labels, weights, 0.07, weighting, form=form)
+    kwargs = {"weighting": weighting, "form": form}
+    _close(weighted_supcon(z0, z1, labels, weights, reduction="none", **kwargs), expected)
+    _close(weighted_supcon(z0, z1, labels, weights, **kwargs), [sum(expected) / n])
+    _close(weighted_supcon(z0, z1, labels, weights, reduction="sum", **kwargs), [sum(expected)])
+
+
+@pytest.mark.parametrize("form", ["mean-log", "paper"])
+@pytest.mark.parametrize("min_weight", [0.0, 0.3])
+def test_reference_weighting_clips_at_the_given_min_weight(form: str, min_weight: float) -> None:
+    z0, z1, _, weights = _supcon_inputs(8, 8, 2, 21)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    weights[:3] = torch.tensor([0.0, 0.005, 0.2])  # below both 0.01 and 0.3
+    expected = _naive_supcon(z0, z1, labels, weights, 0.07, "reference", form=form, min_weight=min_weight)
+    got = weighted_supcon(z0, z1, labels, weights, weighting="reference", form=form, min_weight=min_weight,
+                          reduction="none")
     _close(got, expected)
-    _close(weighted_supcon(z0, z1, labels, weights, weighting=weighting), [sum(expected) / n])
-    _close(weighted_supcon(z0, z1, labels, weights, weighting=weighting, reduction="sum"), [sum(expected)])
+    default_clip = weighted_supcon(z0, z1, labels, weights, weighting="reference", form=form, reduction="none")
+    assert (got[:4] - default_clip[:4]).abs().max() > 1e-3  # the clip is not the default 0.01 one
 
 
-def test_paper_weighting_keeps_own_view_weight_one() -> None:
-    """An anchor with clean probability 0 keeps only its instance-discrimination (NT-Xent) term."""
+def test_paper_form_is_below_mean_log_form_with_unit_weights() -> None:
+    """Jensen: -log(mean q) <= -mean(log q), equal for an anchor with a single positive (its own view)."""
+    z0, z1, _, _ = _supcon_inputs(10, 6, 1, 5)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 3])  # image 9 is alone in its class
+    ones = torch.ones(10)
+    paper = weighted_supcon(z0, z1, labels, ones, form="paper", reduction="none")
+    mean_log = weighted_supcon(z0, z1, labels, ones, form="mean-log", reduction="none")
+    assert (paper[:9] < mean_log[:9] - 1e-4).all()
+    torch.testing.assert_close(paper[9], mean_log[9])
+    torch.testing.assert_close(paper[9], nt_xent(z0, z1, temperature=0.07, reduction="none")[9])
+
+
+def test_forms_agree_when_every_anchor_has_only_its_own_view() -> None:
+    """Distinct labels: |P| = 1 with weight 1, so both forms are NT-Xent whatever the weights."""
+    z0, z1, _, weights = _supcon_inputs(6, 8, 2, 17)
+    labels = torch.arange(6)
+    instance = nt_xent(z0, z1, temperature=0.1, reduction="none")
+    for form in ("mean-log", "paper"):
+        torch.testing.assert_close(weighted_supcon(z0, z1, labels, weights, temperature=0.1, form=form,
+                                                   reduction="none"), instance)
+
+
+@pytest.mark.parametrize("form", ["mean-log", "paper"])
+def test_paper_weighting_keeps_own_view_weight_one(form: str) -> None:
+    """An anchor with clean probability 0 keeps only its instance-discrimination (NT-Xent) term; the
+    paper form still divides by |P(i)| = 11 (a constant: the gradient is NT-Xent's)."""
     z0, z1, _, weights = _supcon_inputs(6, 8, 2, 11)
     labels = torch.zeros(6, dtype=torch.long)  # every other view is a positive
     weights[2] = 0.0
-    got = weighted_supcon(z0, z1, labels, weights, temperature=0.2, reduction="none")
+    got = weighted_supcon(z0, z1, labels, weights, temperature=0.2, form=form, reduction="none")
     instance = nt_xent(z0, z1, temperature=0.2, reduction="none")
-    torch.testing.assert_close(got[2], instance[2])
-    assert not torch.allclose(got[3], instance[3])  # weighted positives change the others
+    offset = math.log(11) if form == "paper" else 0.0
+    torch.testing.assert_close(got[2], instance[2] + offset)
+    assert not torch.allclose(got[3], instance[3] + offset)  # weighted positives change the others
 
 
-def test_weighted_supcon_is_finite_with_fp32_gradients_at_low_temperature() -> None:
-    z0, z1, labels, weights = _supcon_inputs(8, 16, 2, 12)
+@pytest.mark.parametrize("form", ["mean-log", "paper"])
+def test_zero_weights_drop_out_of_the_reference_weighting(form: str) -> None:
+    """min_weight 0: an anchor whose positives all weigh 0 contributes 0 and no gradient; an anchor with
+    some weighted positives only sees those (the paper form still counts all of P(i))."""
+    z0, z1, _, _ = _supcon_inputs(4, 8, 2, 19)
+    z0.requires_grad_(True)
+    labels = torch.tensor([0, 0, 1, 1])
+    weights = torch.tensor([0.0, 0.0, 0.0, 0.5])
+    got = weighted_supcon(z0, z1, labels, weights, weighting="reference", form=form, min_weight=0.0,
+                          reduction="none")
+    expected = _naive_supcon(z0.detach(), z1, labels, weights, 0.07, "reference", form=form, min_weight=0.0)
+    _close(got, expected)
+    assert got[0] == 0 and got[1] == 0 and got[2] > 0
+    (unweighted,) = torch.autograd.grad(got[:2].sum(), z0, retain_graph=True)
+    assert (unweighted == 0).all()  # the rows of images 0 and 1 give no gradient, not NaN
+    got.sum().backward()
+    assert torch.isfinite(z0.grad).all() and z0.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("form", ["mean-log", "paper"])
+@pytest.mark.parametrize(("weighting", "min_weight"), [("reference", 0.01), ("reference", 0.0), ("paper", 0.01)])
+def test_weighted_supcon_is_finite_with_fp32_gradients_at_low_temperature(form: str, weighting: str,
+                                                                         min_weight: float) -> None:
+    z0, z1, labels, _ = _supcon_inputs(8, 16, 2, 12)
     a = (z0 * 1e3).requires_grad_(True)
     b = (z0 * 1e3 + 1e-3 * z1).requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = weighted_supcon(a, b, labels, torch.zeros(8), temperature=0.07, weighting="reference")
+        loss = weighted_supcon(a, b, labels, torch.zeros(8), temperature=0.07, weighting=weighting, form=form,
+                               min_weight=min_weight)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_finetune_form_is_a_checked_setting() -> None:
+    from dataclasses import replace
+
+    from engine.config import RunConfig, validate, with_overrides
+
+    cfg = RunConfig()
+    assert cfg.finetune.form == "mean-log"
+    assert with_overrides(cfg, {"finetune.form": "paper"}).finetune.form == "paper"
+    with pytest.raises(ValueError, match=r"finetune.form must be one of \('mean-log', 'paper'\), got 'mean'"):
+        with_overrides(cfg, {"finetune.form": "mean"})
+    with pytest.raises(ValueError, match="finetune.form must be mean-log or paper, got 'log'"):
+        validate(replace(cfg, finetune=replace(cfg.finetune, form="log")))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"weighting": "column"}, "weighting must be one of paper, reference"),
+        ({"form": "mean"}, "form must be one of mean-log, paper"),
         ({"labels": torch.zeros(3, dtype=torch.long)}, r"labels and weights must have shape \(4,\)"),
         ({"weights": torch.ones(4, 1)}, r"labels and weights must have shape \(4,\)"),
         ({"temperature": 0.0}, "temperature must be > 1e-8"),
@@ -502,6 +596,7 @@ def _all_losses(reduction: str) -> dict[str, torch.Tensor]:
         "elr": ELRLoss(5, 4)(logits, targets, index, reduction=reduction),
         "supcon_paper": weighted_supcon(z0, z1, labels, weights, reduction=reduction),
         "supcon_reference": weighted_supcon(z0, z1, labels, weights, weighting="reference", reduction=reduction),
+        "supcon_paper_form": weighted_supcon(z0, z1, labels, weights, form="paper", reduction=reduction),
     }
 
 
@@ -513,3 +608,47 @@ def test_every_loss_has_the_shape_of_its_reduction(reduction: str) -> None:
         assert value.dtype == torch.float32, name
         expected = {"none": per_sample[name], "mean": per_sample[name].mean(), "sum": per_sample[name].sum()}
         torch.testing.assert_close(value, expected[reduction], msg=name)
+
+
+# ----------------------------------------------------------------------------- the fine-tuning stage's call
+
+
+@pytest.mark.parametrize(("weighting", "form", "min_weight"), [("reference", "paper", 0.0), ("paper", "mean-log", 0.2)])
+def test_finetune_passes_its_loss_settings_to_weighted_supcon(tmp_path, monkeypatch, weighting: str, form: str,
+                                                              min_weight: float) -> None:
+    """finetune.min_weight, form, weighting and temperature reach the loss (min_weight used to be dropped,
+    so the reference weighting clipped at its own 0.01)."""
+    import numpy as np
+
+    from engine.config import AugmentConfig, FinetuneConfig, ModelConfig
+    from engine.method.augment import BatchAugment
+    from engine.method.models import build_network
+    from engine.runs.progress import Progress
+    from engine.train import finetune
+    from engine.train.device import make_runtime
+    from engine.train.trainset import TrainSet
+
+    calls: list[dict] = []
+
+    def spy(z0, z1, labels, weights, **kwargs):
+        calls.append({"weights": weights.clone(), **kwargs})
+        return weighted_supcon(z0, z1, labels, weights, **kwargs)
+
+    monkeypatch.setattr(finetune, "weighted_supcon", spy)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 1] * 4)
+    rt = make_runtime("cpu", "fp32")
+    net = build_network(ModelConfig(stem="standard"), image_size=16, num_classes=2, device_type="cpu")
+    targets = finetune.FinetuneTargets(labels=labels, weights=np.array([0.0, 1.0] * 4, np.float32),
+                                       keep=np.ones(8, bool), n_decided=0, n_discarded=0)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, temperature=0.2, weighting=weighting, form=form,
+                         min_weight=min_weight)
+    aug = BatchAugment(AugmentConfig(), out_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    finetune.finetune_supcon(net, TrainSet.from_numpy(images, labels, rt.device), targets, cfg, aug, rt, seed=0,
+                             last_ckpt=tmp_path / "supcon.last.pt", progress=Progress.silent())
+    assert len(calls) == 1  # 8 images, batch 8, one epoch: one step
+    settings = {key: calls[0].get(key, "not passed") for key in ("temperature", "weighting", "form", "min_weight")}
+    assert settings == {"temperature": 0.2, "weighting": weighting, "form": form, "min_weight": min_weight}
+    assert sorted(calls[0]["weights"].tolist()) == [0.0] * 4 + [1.0] * 4

@@ -18,6 +18,7 @@ from engine.runs.progress import Progress
 from engine.train import trainset
 from engine.train.classify import Normalisation, predict
 from engine.train.device import make_runtime
+from engine.train.loop import Rng
 from engine.train.pretrain import pretrain_simclr
 from engine.train.trainset import TrainSet, choose_placement
 
@@ -108,7 +109,7 @@ def test_streamed_and_in_memory_training_are_bit_identical(tmp_path, one_thread)
     for name, data in (("memory", memory), ("streamed", streamed)):
         torch.manual_seed(0)
         net = build_network(replace(cfg.model, stem="standard"), image_size=8, num_classes=3, device_type="cpu")
-        history = pretrain_simclr(net, data, pre, aug, rt, seed=5, last_ckpt=tmp_path / f"{name}.last.pt",
+        history = pretrain_simclr(net, data, pre, aug, rt, rng=Rng.for_stream(5, "pretrain", "cpu"), last_ckpt=tmp_path / f"{name}.last.pt",
                                   progress=Progress.silent())
         results.append((net.state_dict(), [h.loss for h in history], predict(net, data, norm, rt)))
     (w_mem, loss_mem, p_mem), (w_str, loss_str, p_str) = results

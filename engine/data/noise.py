@@ -46,7 +46,7 @@ KINDS: tuple[str, ...] = ("symmetric", "asymmetric", "pair")
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
-# Source -> target class names of the CIFAR-10 asymmetric protocol (Ma et al. 2020, algorithms.md §3.4).
+# Source -> target class names of the CIFAR-10 asymmetric protocol (Active-Passive Losses, Ma et al. 2020).
 CIFAR10_CONFUSIONS: tuple[tuple[str, str], ...] = (
     ("truck", "automobile"), ("bird", "airplane"), ("deer", "horse"), ("cat", "dog"), ("dog", "cat"),
 )

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.config import ClassifyConfig
+from engine.config import SUPCON_FORMS, ClassifyConfig
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
 WEIGHTINGS: tuple[str, ...] = ("paper", "reference")
 
-# Probability clamps of the reference implementations (algorithms.md §2.1, §3.2).
+# Probability clamps of the reference implementations (ELR, Liu et al. 2020; Active-Passive Losses, Ma et al. 2020).
 ELR_CLAMP = 1e-4
 RCE_CLAMP = 1e-7
 
@@ -280,7 +280,7 @@ class ELRLoss(ClassificationLoss):
 
     t_i is a temporal ensemble (EMA with momentum beta) of the model's normalised, detached
     predictions for image i, kept in the buffer ``target`` of shape (num_samples, num_classes), so it is
-    saved with ``state_dict()``. Semantics of the reference code (algorithms.md §2.1): p is clamped to
+    saved with ``state_dict()``. Semantics of the reference code (ELR, Liu et al. 2020): p is clamped to
     [1e-4, 1 - 1e-4], the buffer starts at zero (no bias correction) and rows ``index`` are updated
     BEFORE the loss of the same step; the gradient flows through p only. The buffer is updated only
     in training mode (``loss.eval()`` evaluates without touching it).
@@ -367,23 +367,29 @@ def weighted_supcon(
     *,
     temperature: float = 0.07,
     weighting: Literal["paper", "reference"] = "paper",
+    form: Literal["mean-log", "paper"] = "mean-log",
     min_weight: float = 0.01,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    """Weighted supervised contrastive loss (eq. 8 of Ciortan et al.; algorithms.md §5.3).
+    """Weighted supervised contrastive loss (Ciortan et al. 2021, eq. 8).
 
-    Anchors are the 2B views; positives of anchor a are the other views with the same (pseudo-)label,
-    its own other view included. For anchor a,
+    Anchors are the 2B views; positives P(a) of anchor a are the other views with the same
+    (pseudo-)label, its own other view included. With s_ap = log softmax_a(p), the softmax running over
+    all 2B - 1 other views (denominator unweighted), the loss of anchor a is
 
-        loss_a = - sum_p W_ap log softmax_a(p) / sum_p W_ap,
+        form "mean-log": - sum_p W_ap s_ap / sum_p W_ap            (weighted mean of the logs)
+        form "paper":    - log( (1 / |P(a)|) sum_p W_ap exp(s_ap) ) (eq. 8 as printed: log outside)
 
-    where softmax_a runs over all 2B - 1 other views (denominator unweighted) and W_ap is
-        "paper":     1 for the anchor's own other view, the ANCHOR's clean probability w_i otherwise;
-        "reference": the positive's own weight w_p for every positive, own view included, with weights
-                     clipped to >= min_weight (the published code's variant, which also down-weights a
-                     noisy anchor's instance-discrimination term).
-    With all weights 1 both reduce to SupCon (Khosla et al.). Unlike SupContrast we do not multiply by
-    tau / base_tau (= 1 at the default tau = 0.07).
+    and W_ap is
+        weighting "paper":     1 for the anchor's own other view, the ANCHOR's clean probability w_i
+                               otherwise (eq. 8's w~);
+        weighting "reference": the positive's own weight w_p for every positive, own view included, with
+                               weights clipped to >= min_weight (the published code's variant, which also
+                               down-weights a noisy anchor's instance-discrimination term).
+    With all weights 1, "mean-log" is SupCon's L_out and "paper" its L_in (Khosla et al. 2020, eqs. 2
+    and 3); by Jensen's inequality L_in <= L_out, with equality when an anchor has one positive. An
+    anchor whose positives all weigh 0 (only possible with "reference" and min_weight = 0) contributes
+    0 in both forms. Unlike SupContrast we do not multiply by tau / base_tau (= 1 at tau = 0.07).
 
     Args:
         z0, z1: projections of the two views. Shape: (B, D).
@@ -391,6 +397,7 @@ def weighted_supcon(
         weights: clean probabilities in [0, 1]. Shape: (B,).
         temperature: tau > 1e-8.
         weighting: "paper" or "reference".
+        form: "mean-log" or "paper".
         min_weight: lower clip of the weights for "reference".
         reduction: "none" gives per image the mean of its two anchors, shape (B,); "mean"; "sum".
     """
@@ -404,15 +411,35 @@ def weighted_supcon(
         )
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    if form not in SUPCON_FORMS:
+        raise ValueError(f"form must be one of {', '.join(SUPCON_FORMS)}, got {form!r}")
     with _fp32(z0):
         logits = _similarity_logits(z0, z1, temperature)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         positive = _positives(labels)
         pair_weights = _pair_weights(weights.float(), positive, weighting, min_weight)
         # masked_fill, not a product: log_prob is -inf on the diagonal and 0 * -inf is NaN.
-        weighted = (pair_weights * log_prob.masked_fill(~positive, 0.0)).sum(dim=1)
-        per_anchor = -weighted / pair_weights.sum(dim=1).clamp_min(1e-12)
+        log_prob = log_prob.masked_fill(~positive, 0.0)
+        if form == "paper":
+            per_anchor = _log_of_mean(log_prob, pair_weights, positive)
+        else:
+            per_anchor = -(pair_weights * log_prob).sum(dim=1) / pair_weights.sum(dim=1).clamp_min(1e-12)
     return _reduce(_per_image(per_anchor), reduction)
+
+
+def _log_of_mean(log_prob: Tensor, pair_weights: Tensor, positive: Tensor) -> Tensor:
+    """-log( (1/|P(a)|) sum_p W_ap exp(log_prob_ap) ) per anchor, by logsumexp. Shape: (2B,).
+
+    log W is -inf outside the positives and for zero weights, so those pairs drop out of the sum. A row
+    with no weighted positive would give log 0: it is replaced by a row of zeros before logsumexp (which
+    keeps its gradient finite) and its loss set to 0.
+    """
+    weighted = pair_weights > 0
+    has_positive = weighted.any(dim=1)
+    terms = torch.where(weighted, pair_weights.clamp_min(1e-30).log() + log_prob, float("-inf"))
+    terms = terms.masked_fill(~has_positive[:, None], 0.0)
+    log_mean = torch.logsumexp(terms, dim=1) - positive.sum(dim=1).clamp_min(1).float().log()
+    return torch.where(has_positive, -log_mean, torch.zeros_like(log_mean))
 
 
 def _positives(labels: Tensor) -> Tensor:

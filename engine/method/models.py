@@ -1,6 +1,6 @@
 """The network of the method: ResNet-18 encoder, SimCLR projection head, classifier head.
 
-Shapes follow the paper's code (algorithms.md §1.1): the encoder gives 512-d pooled features h; the
+Shapes follow the paper's published code (Ciortan et al. 2021): the encoder gives 512-d pooled features h; the
 projection head maps h to a 128-d unit vector z (used by NT-Xent and weighted SupCon); the classifier
 (the paper's "multilayer" head) maps h to C logits. Weights are never downloaded: every network starts
 from random initialisation.

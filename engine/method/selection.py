@@ -2,7 +2,7 @@
 
 The "small-loss trick": images whose given label is right are fitted early and keep a small loss;
 wrong labels keep a large one. Losses are min-max normalised per evaluation (the mixture's reg_covar
-is absolute, so its scale must be fixed: algorithms.md §4), optionally averaged over the last k
+is absolute, so its scale must be fixed, as in DivideMix, Li et al. 2020), optionally averaged over the last k
 evaluations to smooth epoch-to-epoch jitter, and the lower-mean component is the clean one.
 """
 

@@ -1,7 +1,7 @@
 """(b2) weighted supervised contrastive fine-tuning on pseudo-labels, (b3) targets for a fresh head.
 
 Weights follow the paper: a second Gaussian mixture, fitted on each image's loss against its own
-pseudo-label, gives the probability that the pseudo-label is right (algorithms.md §1.3 step 3).
+pseudo-label, gives the probability that the pseudo-label is right (the paper's published code does so).
 Human review overrides the machine: a decided image trains with its decided label and weight 1, and
 a discarded image is left out of training altogether.
 """
@@ -112,7 +112,8 @@ def finetune_supcon(
                 z = net.project(torch.cat([v0, v1]))
             z0, z1 = z.float().chunk(2)
             loss = weighted_supcon(z0, z1, labels.index_select(0, index), weights.index_select(0, index),
-                                   temperature=cfg.temperature, weighting=cfg.weighting)
+                                   temperature=cfg.temperature, weighting=cfg.weighting, form=cfg.form,
+                                   min_weight=cfg.min_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

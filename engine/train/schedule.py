@@ -9,7 +9,7 @@ import torch
 
 
 def scaled_lr(lr_per_256: float, batch_size: int) -> float:
-    """Learning rates are configured for a batch of 256 and scaled linearly (paper, algorithms.md §1.2)."""
+    """Learning rates are given for a batch of 256 and scaled linearly (Goyal et al. 2017, as in the paper's code)."""
     return lr_per_256 * batch_size / 256
 
 
