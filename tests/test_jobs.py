@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs import jobs, worker_lock
+from engine.runs import jobs, owner, worker_lock
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 
@@ -206,7 +206,7 @@ def test_resume_continues_with_the_same_data(ws, worker, monkeypatch):
 def test_finetune_needs_phase_a_and_runs_finetune(ws, worker, monkeypatch):
     monkeypatch.setenv("FAKE_WORKER_MODE", "finish")
     run_dir = ws / "runs" / jobs.new_run_id()
-    run_dir.mkdir()
+    owner.claim(RunDir(run_dir))  # a run the app made (its marker), whose phase (a) has not finished
     with pytest.raises(jobs.JobError, match="no samples.csv"):
         jobs.start_finetune(run_dir, command_prefix=worker)
     (run_dir / "samples.csv").write_text("index,path\n")
@@ -294,7 +294,7 @@ def test_the_engine_adopts_the_lock_and_records_why_it_refused(ws, tmp_path):
     from engine.config import RunConfig, save
 
     run = RunDir(ws / "runs" / jobs.new_run_id())
-    run.path.mkdir()
+    owner.claim(run)
     save(RunConfig(), run.config)  # 12 classifier epochs
     pid = jobs.start(tmp_path / "data", run.path, ["--epochs", "5"])
     wait_for(lambda: state(run.path) == "failed", timeout=120)
