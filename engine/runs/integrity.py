@@ -122,7 +122,8 @@ def find_damage(run: RunDir, *, checkpoint_problem: CheckpointCheck | None = Non
         reason = _problem(run, path, kind, n, checkpoint_problem, verify)
         if reason is not None:
             found.append(Damage(path, reason, owner(run, path, done)))
-    return found
+    order = {s.name: i for i, s in enumerate(stages.STAGES)}
+    return sorted(found, key=lambda d: -1 if d.stage is None else order[d.stage])  # stable: status.json first
 
 
 def _completed(status: dict) -> tuple[str, ...]:
