@@ -183,7 +183,7 @@ def _damage(run: RunDir, *, resume: bool, phase: str) -> integrity.Plan | None:
     cfg = _config_or_none(run)
     plan = integrity.plan(run, found, cfg)
     if not resume or (phase == FINETUNE and plan.fit_needed):
-        raise UserError(integrity.sentence(run, plan, cfg))
+        raise integrity.DamagedRun(integrity.sentence(run, plan, cfg), plan.phase)
     return plan
 
 
@@ -224,7 +224,7 @@ def cmd_fit(args: Namespace) -> int:
         if overlap:
             raise UserError(overlap)
     except UserError as e:  # ConfigError too: a setting no stage can run with
-        return _refused(run, launched, str(e))
+        return _refused(run, launched, e)
     return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet,
                        lock=launched, repair=repair)
 
@@ -244,12 +244,14 @@ def _launched_worker(run: RunDir) -> WorkerLock | None:
     return lock
 
 
-def _refused(run: RunDir, launched: WorkerLock | None, message: str) -> int:
+def _refused(run: RunDir, launched: WorkerLock | None, error: UserError) -> int:
     """Bad input found before the work starts. Typed in a shell, the command changes nothing; a worker the
-    app launched records why its run stopped (the app shows it)."""
+    app launched records why its run stopped (the app shows it), and for a damaged run file which command
+    repairs it (`repair`: what the app's Resume runs)."""
+    message = str(error)
     if launched is not None:
         with launched:
-            run.write_status(state=FAILED, error=message, message=message)
+            run.write_status(state=FAILED, error=message, message=message, repair=getattr(error, "repair", None))
     return _fail(message)
 
 
@@ -310,8 +312,8 @@ def cmd_finetune(args: Namespace) -> int:
         return _not_ours(foreign)
     launched = _launched_worker(run)
     if not run.config.exists() or not run.source.exists():
-        return _refused(run, launched, f"{run.path} is not a fitted run (no {run.config.name}/{run.source.name}); "
-                                       "run `python -m engine fit` first")
+        return _refused(run, launched, UserError(f"{run.path} is not a fitted run (no {run.config.name}/"
+                                                 f"{run.source.name}); run `python -m engine fit` first"))
     try:
         _require_inputs(args.truth)
         repair = _damage(run, resume=args.resume, phase=FINETUNE)
@@ -328,7 +330,7 @@ def cmd_finetune(args: Namespace) -> int:
 
         resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
     except UserError as e:
-        return _refused(run, launched, str(e))
+        return _refused(run, launched, e)
     return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet,
                        lock=launched, repair=repair)
 
@@ -377,7 +379,7 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
             _note_repair(run, repair, quiet=quiet)
         progress = Progress(run, show=not quiet)
         progress.install_signal_handlers()
-        run.write_status(state=RUNNING, phase=phase, pid=os.getpid(), started_at=now_iso(), error=None,
+        run.write_status(state=RUNNING, phase=phase, pid=os.getpid(), started_at=now_iso(), error=None, repair=None,
                          message=f"{phase} started")
         try:
             summary = body(progress)
@@ -389,7 +391,8 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
         except GpuOutOfMemory as e:
             return _end(run, progress, FAILED, str(e), 3)
         except DamagedFile as e:  # found while a stage loaded it: named with its repair
-            return _end(run, progress, FAILED, _damage_sentence(run, e), 2)
+            message, repair_phase = _damage_sentence(run, e)
+            return _end(run, progress, FAILED, message, 2, repair=repair_phase)
         except UserError as e:
             return _end(run, progress, FAILED, str(e), 2)
         except Exception as e:  # a bug, not bad input (a plain ValueError included)
@@ -400,10 +403,10 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
     return 0
 
 
-def _end(run: RunDir, progress: Progress, state: str, message: str, code: int) -> int:
+def _end(run: RunDir, progress: Progress, state: str, message: str, code: int, *, repair: str | None = None) -> int:
     progress.stage_end(state)
     run.write_status(state=state, error=None if state == CANCELLED else message, message=message,
-                     eta_s=None, run_eta_s=None)
+                     eta_s=None, run_eta_s=None, repair=repair)
     if state == CANCELLED:
         print("stopped; the run continues from its last finished epoch with --resume", file=sys.stderr)
         return code
@@ -418,15 +421,17 @@ def _note_repair(run: RunDir, repair: integrity.Plan, *, quiet: bool) -> None:
         print(f"repairing {names}{redo}", file=sys.stderr)
 
 
-def _damage_sentence(run: RunDir, error: DamagedFile) -> str:
-    """One sentence for a damaged file found while a stage ran: with the repair when it is a run file."""
+def _damage_sentence(run: RunDir, error: DamagedFile) -> tuple[str, str | None]:
+    """One sentence for a damaged file found while a stage ran, with the repair (and the phase whose
+    command repairs it) when it is a run file."""
     try:
         error.path.resolve().relative_to(run.path.resolve())
     except (ValueError, OSError):
-        return str(error)
+        return str(error), None
     found = integrity.damage_of(run, error.path, error.reason)
     cfg = _config_or_none(run)
-    return integrity.sentence(run, integrity.plan(run, [found], cfg), cfg)
+    plan = integrity.plan(run, [found], cfg)
+    return integrity.sentence(run, plan, cfg), plan.phase
 
 
 def _num(v: float | None) -> str:

@@ -64,6 +64,16 @@ _MAX_SAMPLES_BYTES = 4 << 30
 _SPLIT_KEYS = ("means", "stds", "weights", "threshold")
 
 
+class DamagedRun(UserError):
+    """A command refused because of a damaged run file: the one sentence, and the phase whose command
+    (`fit --resume` or `finetune --resume`) repairs it, which a launched worker records in status.json
+    (`repair`) for the app's Resume."""
+
+    def __init__(self, message: str, repair: str) -> None:
+        super().__init__(message)
+        self.repair = repair
+
+
 @dataclass(frozen=True)
 class Damage:
     path: Path

@@ -130,8 +130,10 @@ def resume(
     run_dir = Path(run_dir).resolve()
     rd = RunDir(run_dir)
     status = rd.read_status()
+    # What the worker said when it stopped on a damaged file (it loads checkpoints as torch does), else
+    # what the files show now.
     damage = integrity.find_damage(rd)
-    fit_needed = bool(damage) and integrity.plan(rd, damage).fit_needed
+    fit_needed = status.get("repair") == "fit" or (bool(damage) and integrity.plan(rd, damage).fit_needed)
     if status.get("phase") == "finetune" and not fit_needed:
         return start_finetune(run_dir, ["--resume"], workspace=workspace, command_prefix=command_prefix)
     data = run_data_path(run_dir)
