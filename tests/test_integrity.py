@@ -192,8 +192,8 @@ def test_a_map_the_settings_turn_off_is_only_removed(run: RunDir) -> None:
     run.umap.write_bytes(b"\x93NUMPY garbage")
     plan = integrity.plan(run, integrity.find_damage(run), cfg)
     assert "umap.npy is damaged" in integrity.sentence(run, plan, cfg)
-    assert integrity.sentence(run, plan, cfg).endswith("--resume` removes it (the embed stage is off in this "
-                                                       "run's settings)")
+    assert plan.phase == FIT and integrity.sentence(run, plan, cfg).endswith(
+        f"--run-dir {run.path} --resume` removes it (the embed stage is off in this run's settings)")
 
 
 def test_a_short_samples_file_is_found_even_when_cut_at_a_line_end(run: RunDir) -> None:

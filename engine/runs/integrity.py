@@ -57,9 +57,9 @@ from engine.runs.stages import FINETUNE, FIT
 
 CheckpointCheck = Callable[[Path], "str | None"]  # a deeper look at a checkpoint (torch's load), or None
 
-# Columns of samples.csv every reader relies on (the full list is in the README).
-SAMPLES_COLUMNS = ("index", "id", "path", "given_label", "predicted_label", "clean_prob", "flagged",
-                   "suggested_label")
+# Columns of samples.csv that every reader relies on (the export needs no more; the full list the engine
+# writes is in the README).
+SAMPLES_COLUMNS = ("path", "given_label")
 _MAX_SAMPLES_BYTES = 4 << 30
 _SPLIT_KEYS = ("means", "stds", "weights", "threshold")
 
@@ -119,7 +119,7 @@ def find_damage(run: RunDir, *, checkpoint_problem: CheckpointCheck | None = Non
     """
     found: list[Damage] = []
     try:
-        done = _completed(run.load_status())
+        done = _completed(run)
     except DamagedFile as e:
         found.append(Damage(run.status_file, e.reason, stages.STAGES[0].name))
         done = None
@@ -136,10 +136,11 @@ def find_damage(run: RunDir, *, checkpoint_problem: CheckpointCheck | None = Non
     return sorted(found, key=lambda d: -1 if d.stage is None else order[d.stage])  # stable: status.json first
 
 
-def _completed(status: dict) -> tuple[str, ...]:
-    value = status.get("completed_stages", [])
+def _completed(run: RunDir) -> tuple[str, ...]:
+    """The stages status.json records done; DamagedFile when it cannot say."""
+    value = run.load_status().get("completed_stages", [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DamagedFile(Path("status.json"), "completed_stages is not a list of stage names")
+        raise DamagedFile(run.status_file, "completed_stages is not a list of stage names")
     return tuple(value)
 
 
@@ -210,7 +211,7 @@ def _kind(run: RunDir, path: Path) -> str:
         return "split"
     if path == run.umap:
         return "map"
-    return {".pt": "checkpoint", ".json": "json"}.get(path.suffix, "other")
+    return "checkpoint" if RunDir.checkpoint_of(path) else "json"  # the stages' other files: metrics.json
 
 
 def _problem(run: RunDir, path: Path, kind: str, n: int | None, checkpoint_problem: CheckpointCheck | None,
@@ -312,7 +313,7 @@ def damage_of(run: RunDir, path: Path, reason: str) -> Damage:
     if path == run.config or path == run.source:
         return Damage(path, reason, None)
     try:
-        done: tuple[str, ...] | None = _completed(run.load_status())
+        done: tuple[str, ...] | None = _completed(run)
     except DamagedFile:
         done = None
     if path.parent in (run.data,) or path == run.status_file:
@@ -333,13 +334,12 @@ def plan(run: RunDir, damage: list[Damage] | tuple[Damage, ...], cfg: RunConfig 
         if s.name in start or any(_depends(run, s.name, t) for t in redo if not _off(cfg, t)):
             redo.append(s.name)
     try:
-        recorded = set(_completed(run.load_status()))
+        recorded = set(_completed(run))
     except DamagedFile:
         recorded = set()
     done = tuple(name for name in redo if name in recorded)
     special = any(d.stage is None or d.path == run.status_file for d in damage)
-    fit = special or any(stages.stage(name).phase == FIT and not _off(cfg, name) for name in start)
-    fit = fit or any(stages.stage(name).phase == FIT for name in done)
+    fit = special or any(stages.stage(name).phase == FIT for name in (*start, *done))
     return Plan(tuple(damage), tuple(redo), done, FIT if fit else FINETUNE)
 
 

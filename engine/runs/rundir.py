@@ -176,6 +176,15 @@ class RunDir:
     def checkpoint(self, stage: str, last: bool = False) -> Path:
         return self.checkpoints / (f"{stage}.last.pt" if last else f"{stage}.pt")
 
+    @staticmethod
+    def checkpoint_of(path: Path) -> tuple[str, bool] | None:
+        """(stage, last) of a path `checkpoint` names, or None: the inverse of `checkpoint`."""
+        name = Path(path).name
+        for last, suffix in ((True, ".last.pt"), (False, ".pt")):
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name.removesuffix(suffix), last
+        return None
+
     def named_files(self) -> tuple[Path, ...]:
         """Every file of a run named by a property here (checkpoints of stages: engine.runs.stages)."""
         names = [n for n, v in vars(RunDir).items() if isinstance(v, property) and n not in FOLDERS]

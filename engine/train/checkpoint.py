@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from engine.runs.atomic import DamagedFile
+from engine.runs.rundir import RunDir
 
 # The checkpoints that record a finished stage carry these; an epoch checkpoint (<stage>.last.pt) these.
 FINAL_KEYS = ("net", "stage")
@@ -71,11 +72,10 @@ def checkpoint_problem(path: Path) -> str | None:
         return None
     except DamagedFile as e:
         return e.reason
-    epoch = path.name.endswith(".last.pt")
+    stage, epoch = RunDir.checkpoint_of(path) or (path.stem, False)
     missing = [k for k in (EPOCH_KEYS if epoch else FINAL_KEYS) if k not in state]
     if missing:
         return f"it lacks {', '.join(missing)}"
-    stage = path.name.removesuffix(".pt")
     if not epoch and state.get("stage") != stage:
         return f"it is the checkpoint of {state.get('stage')!r}, not of {stage}"
     return None
