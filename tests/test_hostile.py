@@ -7,9 +7,8 @@ attacks live in test_intake.py, test_cli_data.py, test_export.py and test_decisi
 what a user's script sees from the commands.
 
 Cases that need a trained run share one tiny fit made once for the module (2 classes x 6 images of 16 px,
-one epoch per stage, no map), copied into each case's scene. Cases marked `pending` describe how a run
-folder must behave once it is owned by the run (refusing a folder the user already has, naming a damaged
-run file and its repair); they fail today and are strict xfails: whoever makes one pass removes its mark.
+one epoch per stage, no map), copied into each case's scene. Run folders are CLeaN's: a folder the user
+already has is refused with nothing in it touched, and a damaged run file is named with its repair.
 """
 
 from __future__ import annotations
@@ -39,16 +38,11 @@ from hostile_harness import (
 
 pytestmark = pytest.mark.slow
 
-PENDING = "run-folder ownership: pending"
 FIT = ("fit", "{data}", "--run-dir", "{run}", "--device", "cpu", "--quiet")
 REFIT = ("fit", "{data}", "--run-dir", "{run}", "--quiet")  # the shared run again, with its own settings
 TINY_FIT = ("fit", "{data}", "--run-dir", "{out}", "--device", "cpu", "--quiet", "--pretrain-epochs", "1", "--epochs",
             "1", "--batch-size", "8", "--image-size", "16", "--set", "embed.enabled=false")
 EXPORT = ("export", "{run}", "--out")
-
-
-def pending(case: Case) -> pytest.param:
-    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=PENDING), id=case.id)
 
 
 # ----------------------------------------------------------------------------- setups used by several cases
@@ -98,6 +92,21 @@ def foreign_checkpoint(scene: Scene) -> None:
     path = scene.out / "checkpoints" / "pretrain.pt"
     path.parent.mkdir(parents=True)
     torch.save({"net": collections.Counter(a=1), "note": "someone else's model"}, path)
+
+
+def foreign_pickle(rel: str) -> object:
+    """A pickle that torch's weights_only loader refuses, put in place of a run's checkpoint."""
+
+    def make(scene: Scene) -> None:
+        import fractions
+
+        import torch
+
+        path = scene.root / rel
+        path.unlink()
+        torch.save({"net": fractions.Fraction(1, 3), "stage": path.stem}, path)
+
+    return make
 
 
 def user_folder(*extra: object) -> object:
@@ -226,10 +235,13 @@ FIT_CASES = [
          setup=write("c.json", '{"warp": 9}')),
     Case("fit-config-not-an-object", (*FIT, "--config", "{scene}/c.json"), "must be an object",
          setup=write("c.json", "[1, 2, 3]")),
+    # Refused at once, before the run folder exists (writes=()): not after the prepare stage.
     Case("fit-truth-fifo", (*FIT, "--truth", "{scene}/t.csv"), "truth file {scene}/t.csv is not a regular file",
-         setup=fifo("t.csv"), timeout=120),
+         setup=fifo("t.csv"), timeout=60, writes=()),
     Case("fit-test-fifo", (*FIT, "--test", "{scene}/test.zip"), "test.zip is not a regular file",
-         setup=fifo("test.zip"), timeout=120),
+         setup=fifo("test.zip"), timeout=60, writes=()),
+    Case("fit-truth-missing", (*FIT, "--truth", "{scene}/t.csv"), "truth file {scene}/t.csv does not exist",
+         writes=()),
     Case("fit-resume-nothing", (*FIT, "--resume"), "nothing to resume"),
     Case("fit-run-on-other-data", ("fit", "{scene}/other", "--run-dir", "{run}", "--quiet"), "use a new --run-dir",
          run=True, setup=copy_data("other")),
@@ -238,17 +250,37 @@ FIT_CASES = [
          setup=damage("run/config.json", "garbage")),
     Case("fit-run-config-half", REFIT, "config.json is not readable JSON", run=True,
          setup=damage("run/config.json", "half")),
-    # A folder the user already has, named as --run-dir: refused, and nothing of theirs touched (today the
-    # temp-file clean-up deletes .draft.tmp, status.json and data/manifest.csv are overwritten, and the foreign
-    # checkpoint is taken for a finished stage, then fails to load with torch's weights_only advice).
-    pending(Case("fit-user-folder", TINY_FIT, "{out}", writes=(), timeout=180, setup=user_folder(
+    # A folder the user already has, named as --run-dir: refused, and nothing of theirs touched (not their
+    # .draft.tmp by the temp-file clean-up, not their status.json or data/manifest.csv, and their checkpoint is
+    # not taken for a finished stage).
+    Case("fit-user-folder", TINY_FIT, "{out}", writes=(), timeout=180, setup=user_folder(
         write("out/.draft.tmp", "my draft\n"), write("out/samples.csv", "path,label\nmine.png,x\n"),
         write("out/status.json", '{"mine": true}'), write("out/data/manifest.csv", "index,id,path,label\n"),
-        foreign_checkpoint))),
-    # A damaged run file: exit 2 and one sentence that names the file (and the repair); a damaged cache is
-    # not a change of the images.
-    pending(Case("fit-damaged-cache", REFIT, "images.npy", run=True, setup=damage("run/data/images.npy", "half"),
-                 forbid=("changed since",), timeout=120)),
+        foreign_checkpoint)),
+    Case("fit-run-dir-is-a-file", ("fit", "{data}", "--run-dir", "{scene}/afile", "--quiet"),
+         "--run-dir {scene}/afile is a file, not a folder", setup=write("afile", "mine\n"), writes=()),
+    Case("fit-folder-with-look-alike-files", TINY_FIT, "{out} is a folder CLeaN did not make", writes=(),
+         setup=user_folder(write("out/config.json", "{}"), write("out/status.json", '{"state": "done"}'))),
+    Case("fit-run-of-a-newer-format", REFIT, "is a run of a newer CLeaN (run format 99", run=True, changes=(),
+         setup=write("run/.clean-run", '{"clean_run": 99}')),
+    # A damaged run file: exit 2 and one sentence that names the file and the repair, nothing changed (not
+    # even the journal: a command typed in a shell records nothing it refused); a damaged cache is not a
+    # change of the images.
+    Case("fit-damaged-cache", REFIT, "data/images.npy is damaged", run=True,
+         setup=damage("run/data/images.npy", "half"), forbid=("changed since",), timeout=120, changes=()),
+    Case("fit-damaged-intake", REFIT, "data/intake.json is damaged", run=True,
+         setup=damage("run/data/intake.json", "half"), forbid=("changed since",), timeout=120, changes=()),
+    Case("fit-damaged-status", REFIT, "status.json is damaged (not UTF-8 text): `python -m engine fit", run=True,
+         setup=damage("run/status.json", "garbage"), timeout=120, changes=()),
+    Case("fit-fifo-status", REFIT, "status.json is damaged (a named pipe, not a regular file)", run=True,
+         setup=steps(remove("run/status.json"), fifo("run/status.json")), timeout=120, changes=()),
+    Case("fit-damaged-train-checkpoint", REFIT, "checkpoints/train.pt is damaged (not a complete checkpoint "
+         "archive)", run=True, setup=damage("run/checkpoints/train.pt", "half"), timeout=120, changes=()),
+    Case("fit-foreign-checkpoint-in-run", REFIT, "checkpoints/warmup.pt is damaged (it holds objects a CLeaN "
+         "checkpoint never holds)", run=True, setup=foreign_pickle("run/checkpoints/warmup.pt"), timeout=120,
+         changes=()),
+    Case("fit-damaged-loss-history", REFIT, "checkpoints/train_losses.npz is damaged", run=True,
+         setup=damage("run/checkpoints/train_losses.npz", "garbage"), timeout=120, changes=()),
 ]
 
 FINETUNE = [
@@ -259,10 +291,17 @@ FINETUNE = [
          "the network of a fitted run cannot change", run=True),
     Case("finetune-config-garbage", ("finetune", "{run}"), "config.json is not readable JSON", run=True,
          setup=damage("run/config.json", "garbage")),
-    pending(Case("finetune-damaged-train-checkpoint", ("finetune", "{run}", "--quiet"), "train.pt", run=True,
-                 setup=damage("run/checkpoints/train.pt", "garbage"), timeout=120)),
-    pending(Case("finetune-damaged-predictions", ("finetune", "{run}", "--quiet"), "predictions.npz", run=True,
-                 setup=damage("run/predictions.npz", "half"), timeout=120)),
+    Case("finetune-damaged-train-checkpoint", ("finetune", "{run}", "--quiet"), "train.pt", run=True,
+         setup=damage("run/checkpoints/train.pt", "garbage"), timeout=120),
+    Case("finetune-damaged-predictions", ("finetune", "{run}", "--quiet"), "predictions.npz", run=True,
+         setup=damage("run/predictions.npz", "half"), timeout=120),
+    Case("finetune-resume-cannot-redo-phase-a", ("finetune", "{run}", "--resume", "--quiet"),
+         "checkpoints/pretrain.pt is damaged", run=True, setup=damage("run/checkpoints/pretrain.pt", "garbage"),
+         timeout=120, changes=()),
+    Case("finetune-user-folder", ("finetune", "{out}"), "{out} is a folder CLeaN did not make", writes=(),
+         setup=user_folder(write("out/config.json", "{}"), write("out/source.json", "{}"))),
+    Case("finetune-truth-fifo", ("finetune", "{run}", "--truth", "{scene}/t.csv"),
+         "truth file {scene}/t.csv is not a regular file", run=True, setup=fifo("t.csv"), timeout=60, changes=()),
 ]
 
 STORE_CHANGES = ("run/decisions.sqlite",)  # opening a valid store for reading may write to it (WAL, schema)
@@ -308,10 +347,14 @@ EXPORT_CASES = [
          setup=store_without_checks("maybe"), changes=STORE_CHANGES),
     Case("export-source-gone", (*EXPORT, "{out}/sorted", "--format", "folder"), "source images are not available",
          run=True, setup=remove("data")),
-    pending(Case("export-garbage-samples", (*EXPORT, "{out}/l.csv"), "samples.csv", run=True,
-                 setup=damage("run/samples.csv", "garbage"))),
-    pending(Case("export-half-samples", (*EXPORT, "{out}/l.csv"), "samples.csv", run=True,
-                 setup=damage("run/samples.csv", "half"))),
+    Case("export-garbage-samples", (*EXPORT, "{out}/l.csv"), "samples.csv", run=True,
+         setup=damage("run/samples.csv", "garbage")),
+    Case("export-half-samples", (*EXPORT, "{out}/l.csv"), "samples.csv", run=True,
+         setup=damage("run/samples.csv", "half")),
+    Case("export-fifo-samples", (*EXPORT, "{out}/l.csv"), "samples.csv is damaged (a named pipe", run=True,
+         setup=steps(remove("run/samples.csv"), fifo("run/samples.csv")), timeout=20),
+    Case("export-damaged-source", (*EXPORT, "{out}/l.csv"), "source.json is damaged", run=True,
+         setup=damage("run/source.json", "garbage")),
 ]
 
 # `status` is how a script asks about a run: a damaged run file is reported there, not read as "no run".
@@ -319,16 +362,26 @@ STATUS = [
     Case("status-not-a-run", ("status", "{out}"), "holds no run", setup=folder("out")),
     Case("status-done", ("status", "{run}"), "{run}: done", code=0, run=True, changes=()),
     Case("status-json-done", ("status", "{run}", "--json"), '"effective_state": "done"', code=0, run=True, changes=()),
-    pending(Case("status-garbage-status", ("status", "{run}"), "status.json", run=True,
-                 setup=damage("run/status.json", "garbage"), changes=())),
-    pending(Case("status-deep-status", ("status", "{run}"), "status.json", run=True,
-                 setup=write("run/status.json", "[" * 200_000), changes=())),
-    pending(Case("status-fifo-status", ("status", "{run}"), "status.json", run=True,
-                 setup=steps(remove("run/status.json"), fifo("run/status.json")), changes=(), timeout=10)),
-    pending(Case("status-garbage-split", ("status", "{run}"), "split.json", run=True,
-                 setup=damage("run/split.json", "garbage"), changes=())),
-    pending(Case("status-garbage-umap", ("status", "{run}"), "umap.npy", run=True,
-                 setup=write("run/umap.npy", b"\x93NUMPY garbage"), changes=())),
+    Case("status-garbage-status", ("status", "{run}"), "status.json", run=True,
+         setup=damage("run/status.json", "garbage"), changes=()),
+    Case("status-deep-status", ("status", "{run}"), "status.json", run=True,
+         setup=write("run/status.json", "[" * 200_000), changes=()),
+    Case("status-fifo-status", ("status", "{run}"), "status.json", run=True,
+         setup=steps(remove("run/status.json"), fifo("run/status.json")), changes=(), timeout=10),
+    Case("status-garbage-split", ("status", "{run}"), "split.json", run=True,
+         setup=damage("run/split.json", "garbage"), changes=()),
+    Case("status-garbage-umap", ("status", "{run}"), "umap.npy", run=True,
+         setup=write("run/umap.npy", b"\x93NUMPY garbage"), changes=()),
+    Case("status-damaged-config", ("status", "{run}"), "config.json is not readable JSON", run=True,
+         setup=damage("run/config.json", "half"), changes=()),
+    Case("status-garbage-checkpoint", ("status", "{run}"), "checkpoints/pretrain.pt is damaged", run=True,
+         setup=damage("run/checkpoints/pretrain.pt", "garbage"), changes=()),
+    Case("status-half-predictions", ("status", "{run}"), "predictions.npz is damaged", run=True,
+         setup=damage("run/predictions.npz", "half"), changes=()),
+    Case("status-json-garbage-events", ("status", "{run}", "--json"), '"effective_state": "done"', code=0,
+         run=True, setup=write("run/events.jsonl", bytes(range(7, 251)) * 16), changes=()),
+    Case("status-fifo-lock", ("status", "{run}"), "{run}: done", code=0, run=True, timeout=20, changes=(),
+         setup=steps(remove("run/.worker.lock"), fifo("run/.worker.lock"))),
 ]
 
 DEVICES = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs import jobs, worker_lock
+from engine.runs import integrity, jobs, owner, worker_lock
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 
@@ -206,7 +206,7 @@ def test_resume_continues_with_the_same_data(ws, worker, monkeypatch):
 def test_finetune_needs_phase_a_and_runs_finetune(ws, worker, monkeypatch):
     monkeypatch.setenv("FAKE_WORKER_MODE", "finish")
     run_dir = ws / "runs" / jobs.new_run_id()
-    run_dir.mkdir()
+    owner.claim(RunDir(run_dir))  # a run the app made (its marker), whose phase (a) has not finished
     with pytest.raises(jobs.JobError, match="no samples.csv"):
         jobs.start_finetune(run_dir, command_prefix=worker)
     (run_dir / "samples.csv").write_text("index,path\n")
@@ -294,7 +294,7 @@ def test_the_engine_adopts_the_lock_and_records_why_it_refused(ws, tmp_path):
     from engine.config import RunConfig, save
 
     run = RunDir(ws / "runs" / jobs.new_run_id())
-    run.path.mkdir()
+    owner.claim(run)
     save(RunConfig(), run.config)  # 12 classifier epochs
     pid = jobs.start(tmp_path / "data", run.path, ["--epochs", "5"])
     wait_for(lambda: state(run.path) == "failed", timeout=120)
@@ -302,3 +302,42 @@ def test_the_engine_adopts_the_lock_and_records_why_it_refused(ws, tmp_path):
     assert status["pid"] == pid  # written by the worker itself
     assert "already holds a run with other settings" in status["error"]
     assert not worker_lock.is_held(run)
+
+
+@pytest.mark.slow
+def test_resume_runs_the_command_that_repairs_a_damaged_run(ws, worker, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "finish")
+    run = RunDir(ws / "runs" / jobs.new_run_id())
+    owner.claim(run)
+    (run.path / "source.json").write_text(json.dumps({"data": "/data/sample", "root": "/data/sample"}))
+    (run.path / "samples.csv").write_text(",".join(integrity.SAMPLES_COLUMNS) + "\n")
+
+    def resumed_with() -> str:
+        jobs.resume(run.path, command_prefix=worker)
+        wait_for(lambda: state(run.path) == "done" and not worker_lock.is_held(run))  # written "done", exited
+        return run.log.read_text().splitlines()[-1]  # the worker's own first line
+
+    # phase (b) failed, nothing damaged: fine-tuning continues (and may repair its own files)
+    run.write_status(state="failed", phase="finetune", completed_stages=["split"])
+    assert resumed_with() == f"worker args: finetune {run.path} --resume --quiet"
+    # the worker said a phase (a) file is damaged (one only torch's loader finds): `fit --resume` repairs it
+    run.write_status(state="failed", phase="finetune", repair="fit")
+    assert resumed_with() == f"worker args: fit /data/sample --run-dir {run.path} --resume --quiet"
+    # a phase (a) file that is visibly damaged: the same, whatever the worker said
+    run.checkpoint("train").parent.mkdir(exist_ok=True)
+    run.checkpoint("train").write_bytes(b"garbage")
+    run.write_status(state="failed", phase="finetune", repair=None)
+    assert resumed_with() == f"worker args: fit /data/sample --run-dir {run.path} --resume --quiet"
+
+
+def test_the_launcher_refuses_a_folder_that_is_not_a_run_and_marks_a_new_one(ws, worker):
+    mine = ws / "runs" / "2026-01-01T00-00-00_mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(jobs.JobError, match="is a folder CLeaN did not make"):
+        jobs.start(Path("/d"), mine, command_prefix=worker)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    new = ws / "runs" / "2026-01-01T00-00-01_new0"
+    jobs.start(Path("/d"), new, command_prefix=worker)
+    assert owner.is_marked(RunDir(new))
+    wait_for(lambda: state(new) == "done")

@@ -8,7 +8,7 @@ Commands (flags are a contract; add to them, never rename):
     fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
         [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory] [--budget 10m]
-    finetune RUN [--truth CSV] [--device ...] [--epochs N]
+    finetune RUN [--truth CSV] [--device ...] [--epochs N] [--set KEY=VALUE ...] [--resume]
     export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all]
     decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
     decisions import RUN CSV [--no-memory]           ... and back in
@@ -70,7 +70,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint, repairing a damaged run file")
     p.add_argument("--test", type=Path, default=None, help="clean labelled folder: adds test accuracy")
     p.add_argument("--truth", type=Path, default=None, help="CSV path,true_label: detection metrics")
     p.add_argument("--finetune", action="store_true", help="also run phase (b) right after")
@@ -90,6 +91,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--epochs", type=int, default=None, help="weighted SupCon epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true",
+                   help="also repair a damaged fine-tuning file, redoing the stages that depend on it")
     p.add_argument("--quiet", action="store_true")
 
 

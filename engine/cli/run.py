@@ -2,6 +2,11 @@
 
 Exit codes: 0 done, 1 unexpected error (traceback in the log), 2 bad input or settings (one clear
 sentence on stderr), 3 GPU out of memory, 130 stopped by request (resumable with --resume).
+
+Before a command works on a run folder it checks that the folder is CLeaN's (engine.runs.owner: a
+folder of the user's own is refused with nothing in it changed) and that no run file is damaged
+(engine.runs.integrity: a damaged file is named with the command that repairs it; `--resume` carries
+out that repair, redoing the stage that wrote the file and the stages that depend on it).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import config as config_mod
-from engine.config import RunConfig
+from engine.config import ConfigError, RunConfig
 from engine.errors import UserError, bug_message
-from engine.runs import worker_lock
-from engine.runs.atomic import now_iso, read_json
+from engine.filekind import require_regular_file
+from engine.runs import integrity, owner, worker_lock
+from engine.runs.atomic import DamagedFile, now_iso, read_json
 from engine.runs.rundir import RunDir
+from engine.runs.stages import FINETUNE, FIT
 from engine.runs.status import CANCELLED, DONE, FAILED, RUNNING, effective_state
 from engine.runs.worker_lock import WorkerLock
 
@@ -136,10 +143,11 @@ def _concrete(cfg: RunConfig) -> RunConfig:
 _INVOCATION_KEYS = ("finetune_after_fit", "data.prepare_workers", "data.memory_budget_gb")
 
 
-def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
+def _resolve_config(args: Namespace, run: RunDir, repair: integrity.Plan | None = None) -> RunConfig:
     overrides = fit_overrides(args)
-    if run.config.exists():
-        existing = config_mod.load(run.config)
+    restoring = repair is not None and any(d.path == run.config for d in repair.damage)
+    existing = _restored_config(run) if restoring else config_mod.load(run.config) if run.config.exists() else None
+    if existing is not None:
         # A finished or interrupted run continues with its own settings; flags may only repeat them
         # (flags left out keep the run's values, so `fit DATA --run-dir RUN --finetune` works on any run).
         wanted = fit_config(args) if args.config is not None else config_mod.with_overrides(existing, overrides)
@@ -149,9 +157,57 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
             raise UserError(f"{run.path} already holds a run with other settings ({'; '.join(diff[:4])}). "
                             "Use a new --run-dir, or --resume without changing settings.")
         return replace(existing, finetune_after_fit=wanted.finetune_after_fit)
-    if args.resume:
+    if args.resume and not restoring:
         raise UserError(f"nothing to resume: {run.path} holds no run (no config.json)")
-    return fit_config(args)
+    return fit_config(args)  # a new run, or a damaged config.json no checkpoint can restore: the flags
+
+
+def _restored_config(run: RunDir) -> RunConfig | None:
+    """The settings of a run whose config.json is damaged, from the checkpoint of a finished phase (a)
+    stage (each saves the config it ran with); None when no checkpoint holds a valid one."""
+    from engine.train.checkpoint import saved_config
+
+    saved = saved_config([run.checkpoint(name) for name in ("train", "warmup", "pretrain")])
+    if saved is None:
+        return None
+    try:
+        return replace(config_mod.validate(config_mod.from_dict(saved)), finetune_after_fit=False)
+    except ConfigError:
+        return None
+
+
+def _damage(run: RunDir, *, resume: bool, phase: str) -> integrity.Plan | None:
+    """The repair of a damaged run, checked before a phase starts (checkpoints loaded as torch will).
+
+    Returns None for a healthy run, the plan to carry out with --resume; raises UserError with the one
+    sentence that names the file and the repair otherwise (or when `phase` cannot repair it).
+    """
+    from engine.train.checkpoint import checkpoint_problem
+
+    found = integrity.find_damage(run, checkpoint_problem=checkpoint_problem, verify=True)
+    if not found:
+        return None
+    cfg = _config_or_none(run)
+    plan = integrity.plan(run, found, cfg)
+    if not resume or (phase == FINETUNE and plan.fit_needed):
+        raise integrity.DamagedRun(integrity.sentence(run, plan, cfg), plan.phase)
+    return plan
+
+
+def _config_or_none(run: RunDir) -> RunConfig | None:
+    try:
+        return config_mod.load(run.config)
+    except UserError:
+        return None
+
+
+def _require_inputs(truth: Path | None, test: Path | None = None) -> None:
+    """Files named on the command line are looked at before anything runs: a named pipe as --truth or
+    --test would otherwise block the command after the prepare stage."""
+    if truth is not None:
+        require_regular_file(truth, "truth file", "a CSV file with path,true_label columns")
+    if test is not None and not Path(test).is_dir():
+        require_regular_file(test, "test set", "a folder of class folders or a .zip of one")
 
 
 # ================================================================================================ fit
@@ -159,10 +215,15 @@ def _resolve_config(args: Namespace, run: RunDir) -> RunConfig:
 
 def cmd_fit(args: Namespace) -> int:
     run = RunDir(args.run_dir)
+    foreign = owner.ownership_problem(run.path)
+    if foreign:  # data inside the folder is the sharper reason to refuse it
+        return _not_ours(_run_data_overlap(run.path, args) or foreign)
     launched = _launched_worker(run)
     try:
-        cfg = _resolve_config(args, run)
-        source = read_json(run.source, {}) or {}
+        _require_inputs(args.truth, args.test)
+        repair = _damage(run, resume=args.resume, phase=FIT)
+        cfg = _resolve_config(args, run, repair)
+        source = read_json(run.source, {}) or {}  # a damaged one is being repaired: written again below
         if source and Path(source.get("data", "")) != Path(args.data).resolve():
             raise UserError(f"{run.path} holds a run on {source['data']}, not {Path(args.data).resolve()}; "
                             "use a new --run-dir for other data")
@@ -170,9 +231,16 @@ def cmd_fit(args: Namespace) -> int:
         if overlap:
             raise UserError(overlap)
     except UserError as e:  # ConfigError too: a setting no stage can run with
-        return _refused(run, launched, str(e))
+        return _refused(run, launched, e)
     return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet,
-                       lock=launched)
+                       lock=launched, repair=repair)
+
+
+def _not_ours(message: str) -> int:
+    """A folder that is not CLeaN's: refused before anything is written in it. A launcher passes its lock
+    only into a folder it claimed, so an inherited lock here is dropped without a word to that folder."""
+    os.environ.pop(worker_lock.FD_VARIABLE, None)
+    return _fail(message)
 
 
 def _launched_worker(run: RunDir) -> WorkerLock | None:
@@ -183,12 +251,14 @@ def _launched_worker(run: RunDir) -> WorkerLock | None:
     return lock
 
 
-def _refused(run: RunDir, launched: WorkerLock | None, message: str) -> int:
+def _refused(run: RunDir, launched: WorkerLock | None, error: UserError) -> int:
     """Bad input found before the work starts. Typed in a shell, the command changes nothing; a worker the
-    app launched records why its run stopped (the app shows it)."""
+    app launched records why its run stopped (the app shows it), and for a damaged run file which command
+    repairs it (`repair`: what the app's Resume runs)."""
+    message = str(error)
     if launched is not None:
         with launched:
-            run.write_status(state=FAILED, error=message, message=message)
+            run.write_status(state=FAILED, error=message, message=message, repair=getattr(error, "repair", None))
     return _fail(message)
 
 
@@ -261,11 +331,16 @@ def _path(value: str | None) -> Path | None:
 
 def cmd_finetune(args: Namespace) -> int:
     run = RunDir(args.run_dir)
+    foreign = owner.ownership_problem(run.path, flag="run folder")
+    if foreign:
+        return _not_ours(foreign)
     launched = _launched_worker(run)
     if not run.config.exists() or not run.source.exists():
-        return _refused(run, launched, f"{run.path} is not a fitted run (no {run.config.name}/{run.source.name}); "
-                                       "run `python -m engine fit` first")
+        return _refused(run, launched, UserError(f"{run.path} is not a fitted run (no {run.config.name}/"
+                                                 f"{run.source.name}); run `python -m engine fit` first"))
     try:
+        _require_inputs(args.truth)
+        repair = _damage(run, resume=args.resume, phase=FINETUNE)
         cfg = config_mod.load(run.config)
         overrides = _parse_sets(args.set)
         if args.device is not None:
@@ -279,9 +354,9 @@ def cmd_finetune(args: Namespace) -> int:
 
         resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
     except UserError as e:
-        return _refused(run, launched, str(e))
+        return _refused(run, launched, e)
     return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet,
-                       lock=launched)
+                       lock=launched, repair=repair)
 
 
 def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) -> dict:
@@ -304,26 +379,31 @@ def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) 
 
 
 def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, quiet: bool,
-                lock: WorkerLock | None = None) -> int:
+                lock: WorkerLock | None = None, repair: integrity.Plan | None = None) -> int:
     """Run one phase as the run's worker: one worker per run (its lock, held to the end), status.json
     bookkeeping, cancellation, and failures reported as one sentence (bad input) or with a traceback (a bug).
 
     lock: the run's lock when the launcher passed it on; a worker started from a shell takes it here.
+    repair: the damaged files to repair first (--resume), as engine.runs.integrity planned it.
     """
     import torch
 
     from engine.runs.progress import Cancelled, Progress
     from engine.train.device import GpuOutOfMemory
 
+    owner.claim(run)  # the folder was found to be CLeaN's (or new): it gets its marker before anything else
     lock = lock or worker_lock.acquire(run, wait_s=2.0)  # a reader probing the lock holds it for microseconds
     if lock is None:
         other = run.read_status().get("pid")
         return _fail(f"another worker{f' (pid {other})' if other else ''} is already running on {run.path}")
     with lock:  # released after the last status write: a reader never sees "running" without a worker
-        _remove_stale_temp_files(run)
+        owner.remove_stale_temp_files(run)
+        if repair is not None:
+            integrity.repair(run, repair)
+            _note_repair(run, repair, quiet=quiet)
         progress = Progress(run, show=not quiet)
         progress.install_signal_handlers()
-        run.write_status(state=RUNNING, phase=phase, pid=os.getpid(), started_at=now_iso(), error=None,
+        run.write_status(state=RUNNING, phase=phase, pid=os.getpid(), started_at=now_iso(), error=None, repair=None,
                          message=f"{phase} started")
         try:
             summary = body(progress)
@@ -334,6 +414,9 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
                                                                   "--batch-size or --image-size")), 3)
         except GpuOutOfMemory as e:
             return _end(run, progress, FAILED, str(e), 3)
+        except DamagedFile as e:  # found while a stage loaded it: named with its repair
+            message, repair_phase = _damage_sentence(run, e)
+            return _end(run, progress, FAILED, message, 2, repair=repair_phase)
         except UserError as e:
             return _end(run, progress, FAILED, str(e), 2)
         except Exception as e:  # a bug, not bad input (a plain ValueError included)
@@ -344,21 +427,35 @@ def _run_worker(run: RunDir, phase: str, body: Callable[[Progress], dict], *, qu
     return 0
 
 
-def _end(run: RunDir, progress: Progress, state: str, message: str, code: int) -> int:
+def _end(run: RunDir, progress: Progress, state: str, message: str, code: int, *, repair: str | None = None) -> int:
     progress.stage_end(state)
     run.write_status(state=state, error=None if state == CANCELLED else message, message=message,
-                     eta_s=None, run_eta_s=None)
+                     eta_s=None, run_eta_s=None, repair=repair)
     if state == CANCELLED:
         print("stopped; the run continues from its last finished epoch with --resume", file=sys.stderr)
         return code
     return _fail(message, code)
 
 
-def _remove_stale_temp_files(run: RunDir) -> None:
-    """Temp files of atomic writes a kill -9 interrupted (possibly a cache-sized .npy)."""
-    for folder in (run.path, run.data, run.checkpoints):
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+def _note_repair(run: RunDir, repair: integrity.Plan, *, quiet: bool) -> None:
+    names = ", ".join(run.relative(d.path) for d in repair.damage)
+    redo = f"; redoing {', '.join(repair.redo)}" if repair.redo else ""
+    run.append_event(kind="repair", files=[run.relative(d.path) for d in repair.damage], redo=list(repair.redo))
+    if not quiet:
+        print(f"repairing {names}{redo}", file=sys.stderr)
+
+
+def _damage_sentence(run: RunDir, error: DamagedFile) -> tuple[str, str | None]:
+    """One sentence for a damaged file found while a stage ran, with the repair (and the phase whose
+    command repairs it) when it is a run file."""
+    try:
+        error.path.resolve().relative_to(run.path.resolve())
+    except (ValueError, OSError):
+        return str(error), None
+    found = integrity.damage_of(run, error.path, error.reason)
+    cfg = _config_or_none(run)
+    plan = integrity.plan(run, [found], cfg)
+    return integrity.sentence(run, plan, cfg), plan.phase
 
 
 def _num(v: float | None) -> str:
@@ -386,6 +483,12 @@ def _print_summary(summary: dict) -> None:
 def cmd_export(args: Namespace) -> int:
     from engine.review.export import ExportError, export_labels
 
+    run = RunDir(args.run_dir)
+    # What the export reads: a damaged samples.csv or source.json is named with its repair, not parsed.
+    found = [d for d in integrity.find_damage(run) if d.path in (run.samples, run.source)]
+    if found:
+        cfg = _config_or_none(run)
+        return _fail(integrity.sentence(run, integrity.plan(run, found, cfg), cfg))
     try:
         out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite,
                             auto_relabel=args.auto_relabel)
@@ -408,9 +511,16 @@ def _print_export_summary(run_dir: Path, policy: str) -> None:
 
 def cmd_status(args: Namespace) -> int:
     run = RunDir(args.run_dir)
-    status = run.read_status()
+    try:
+        status = run.load_status()
+    except DamagedFile:
+        status = {"damaged": True}  # named below, with every other damaged file
     if not status:
         return _fail(f"{run.path} holds no run")
+    found = integrity.find_damage(run)  # a script asks `status` whether a run is sound: read-only, quick
+    if found:
+        cfg = _config_or_none(run)
+        return _fail(integrity.sentence(run, integrity.plan(run, found, cfg), cfg))
     status["effective_state"] = effective_state(run, status)
     if args.json:
         print(json.dumps({"status": status, "events": run.read_events()[-10:]}, indent=2))

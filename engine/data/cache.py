@@ -14,6 +14,11 @@ Every file is written to a temporary name and moved into place (os.replace). int
 first and written last, so it marks a complete cache: `is_prepared` compares its fingerprint (paths,
 labels, file sizes and modification times, working size) to let a rerun skip decoding.
 
+A cache can also be damaged from outside (cut short, overwritten). `cache_problem` checks the cache
+against itself — intake.json readable, images.npy's header and size against intake.json's count and
+size, manifest.csv's rows — before anything compares fingerprints, so a damaged cache is named as such
+and never mistaken for a cache of other images.
+
 Decoding runs in up to `workers` processes (default: every core this process may use): this one and
 workers - 1 spawned helpers, each writing its rows straight into the memory-mapped output, so no pixels
 are copied between them and the bytes are those of a one-process run. Threads would share one GIL, and
@@ -48,7 +53,15 @@ import numpy as np
 from engine.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from engine.data.intake import DatasetRecord, IntakeError, Skipped
 from engine.errors import UserError
-from engine.runs.atomic import atomic_write_json, atomic_write_text, now_iso
+from engine.runs.atomic import (
+    DamagedFile,
+    atomic_write_json,
+    atomic_write_text,
+    load_json,
+    now_iso,
+    npy_header,
+    read_regular_bytes,
+)
 
 CACHE_FORMAT = 1
 # The cache's own files, named here only (a cache lives in RUN/data/ or wherever `prepare --out` puts it).
@@ -196,18 +209,76 @@ def load_prepared(out_dir: Path) -> PreparedData:
 
 
 def is_prepared(out_dir: Path, record: DatasetRecord, image_size: int) -> bool:
-    """True when `out_dir` holds a complete cache of exactly this record at this size."""
+    """True when `out_dir` holds a complete, undamaged cache of exactly this record at this size."""
+    out_dir = Path(out_dir)
+    if cache_problem(out_dir) is not None:
+        return False
+    meta = load_json(out_dir / INTAKE_FILE)
+    return (meta.get("format") == CACHE_FORMAT and meta.get("image_size") == image_size
+            and meta.get("fingerprint") == fingerprint(record, image_size))
+
+
+MISSING = "missing"  # cache_problem's reason for a file that is not there
+_MAX_MANIFEST_BYTES = 1 << 30
+
+
+def cache_problem(out_dir: Path) -> tuple[str, str] | None:
+    """The first cache file in `out_dir` that is missing or damaged, and why (reason MISSING when it is
+    not there); None when the cache is complete and agrees with itself.
+
+    Cheap: intake.json, the header and size of images.npy, and manifest.csv are read; no pixel is.
+    """
     out_dir = Path(out_dir)
     try:
-        meta = json.loads((out_dir / INTAKE_FILE).read_text(encoding="utf-8"))
-        if meta.get("format") != CACHE_FORMAT or meta.get("image_size") != image_size:
-            return False
-        if meta.get("fingerprint") != fingerprint(record, image_size):
-            return False
-        shape = np.load(out_dir / IMAGES_FILE, mmap_mode="r").shape
-        return shape == (meta["n_images"], image_size, image_size, 3) and (out_dir / MANIFEST_FILE).exists()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        meta = load_json(out_dir / INTAKE_FILE)
+    except FileNotFoundError:
+        return INTAKE_FILE, MISSING
+    except DamagedFile as e:
+        return INTAKE_FILE, e.reason
+    problem = _meta_problem(meta)
+    if problem:
+        return INTAKE_FILE, problem
+    n, size = meta["n_images"], meta["image_size"]
+    try:
+        shape, dtype = npy_header(out_dir / IMAGES_FILE)
+    except FileNotFoundError:
+        return IMAGES_FILE, MISSING
+    except DamagedFile as e:
+        return IMAGES_FILE, e.reason
+    if dtype != np.uint8 or shape != (n, size, size, 3):
+        return IMAGES_FILE, f"it holds {shape} {dtype} where intake.json says ({n}, {size}, {size}, 3) uint8"
+    try:
+        text = read_regular_bytes(out_dir / MANIFEST_FILE, max_bytes=_MAX_MANIFEST_BYTES).decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except FileNotFoundError:
+        return MANIFEST_FILE, MISSING
+    except DamagedFile as e:
+        return MANIFEST_FILE, e.reason
+    except (UnicodeDecodeError, csv.Error) as e:
+        return MANIFEST_FILE, f"not a readable CSV file ({type(e).__name__})"
+    return _manifest_problem(rows, n, set(meta["classes"]))
+
+
+def _meta_problem(meta: Any) -> str | None:
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key in ("n_images", "image_size", "format"):
+        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
+            return f"no valid {key}"
+    if not isinstance(meta.get("classes"), list) or not all(isinstance(c, str) for c in meta["classes"]):
+        return "no valid list of classes"
+    return None
+
+
+def _manifest_problem(rows: list[list[str]], n: int, known: set[str]) -> tuple[str, str] | None:
+    if not rows or tuple(rows[0]) != MANIFEST_COLUMNS:
+        return MANIFEST_FILE, "it does not start with the header index,id,path,label"
+    if len(rows) - 1 != n:
+        return MANIFEST_FILE, f"it has {len(rows) - 1} rows where intake.json says {n} images"
+    for k, row in enumerate(rows[1:]):
+        if len(row) != 4 or row[0] != str(k) or row[3] not in known:
+            return MANIFEST_FILE, f"row {k + 1} is malformed or has an unknown label"
+    return None
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -15,6 +15,10 @@ refuse, never both start.
 The launcher writes status.json once, "queued" (or "failed" when the child cannot start), while it
 holds the run's lock and before the worker exists; from then on the worker is its only writer.
 
+A run folder is CLeaN's (engine.runs.owner): the launcher refuses a folder of anyone else's before it
+writes anything, and gives a new run its marker first. Resuming a run whose files are damaged repairs
+them: `resume` asks engine.runs.integrity which phase's command can, and passes `--resume`.
+
 This module imports neither torch nor streamlit.
 """
 
@@ -33,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.runs import worker_lock
+from engine.runs import integrity, owner, worker_lock
 from engine.runs.atomic import atomic_write_json, now_iso, read_json
 from engine.runs.rundir import RunDir
 from engine.runs.status import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, effective_state
@@ -121,11 +125,17 @@ def resume(
     workspace: Path | None = None,
     command_prefix: Sequence[str] | None = None,
 ) -> int:
-    """Continue an interrupted run: `fit DATA --run-dir RUN --resume`, or `finetune RUN` for phase (b)."""
+    """Continue an interrupted (or failed) run: `fit DATA --run-dir RUN --resume`, or `finetune RUN --resume`
+    for phase (b) — unless a damaged phase (a) file makes `fit` the command that repairs it."""
     run_dir = Path(run_dir).resolve()
-    status = RunDir(run_dir).read_status()
-    if status.get("phase") == "finetune":
-        return start_finetune(run_dir, workspace=workspace, command_prefix=command_prefix)
+    rd = RunDir(run_dir)
+    status = rd.read_status()
+    # What the worker said when it stopped on a damaged file (it loads checkpoints as torch does), else
+    # what the files show now.
+    damage = integrity.find_damage(rd)
+    fit_needed = status.get("repair") == "fit" or (bool(damage) and integrity.plan(rd, damage).fit_needed)
+    if status.get("phase") == "finetune" and not fit_needed:
+        return start_finetune(run_dir, ["--resume"], workspace=workspace, command_prefix=command_prefix)
     data = run_data_path(run_dir)
     if data is None:
         raise JobError(f"run {run_dir.name} does not say which dataset it used (no source.json or launch.json)")
@@ -153,12 +163,16 @@ def launch(
     """The one way a worker starts: take the run's lock, write "queued", start the child holding the lock."""
     run_dir = Path(run_dir).resolve()
     workspace = Path(workspace).resolve() if workspace else run_dir.parent.parent
+    foreign = owner.ownership_problem(run_dir, flag="run folder")
+    if foreign:
+        raise JobError(foreign)
     # Early, friendly refusal before anything is created; the run's own lock below settles races.
     busy = active_run(workspace)
     if busy is not None:
         raise JobError(_busy_message(busy))
     created = not run_dir.exists()
     rd = RunDir(run_dir)
+    owner.claim(rd)  # the marker first: the folder is a CLeaN run before anything else is in it
     lock = worker_lock.acquire(rd)
     other = active_run(workspace, besides=run_dir) if lock is not None else run_dir
     if lock is None or other is not None:

@@ -3,6 +3,8 @@
 Layout of `RUN/` (all writes atomic: temp file + os.replace, so a reader polling while training never
 sees half a file):
 
+    .clean-run         the marker: this folder is a CLeaN run (run format, creation time); written when
+                       the run is created, before anything else (engine.runs.owner)
     config.json        the full RunConfig, written once
     source.json        where the data came from (data path, kind, truth/test files)
     status.json        state, stage, step/total, message, ETAs, stages, updated_at, pid, completed_stages
@@ -19,6 +21,9 @@ sees half a file):
     decisions.sqlite   human review decisions (engine.decisions)
     metrics.json       detection metrics when a truth file is known
 
+A run folder belongs to CLeaN (engine.runs.owner): the engine writes, replaces and deletes only the
+files named here (and their temp files), and only in a folder that carries the marker.
+
 This module imports no torch: the app reads runs through it.
 """
 
@@ -31,7 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.runs.atomic import _json_default, atomic_write_json, now_iso, read_json
+from engine.runs.atomic import DamagedFile, _json_default, atomic_write_json, load_json, now_iso, read_json
+
+RUN_FORMAT = 1  # the layout version in the marker; a run of a newer format is refused, never rewritten
+# The properties below that name folders; every other Path property names one file.
+FOLDERS = ("data", "checkpoints", "source_dir", "test_source", "test_data")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,11 @@ class RunDir:
         object.__setattr__(self, "path", Path(self.path))
 
     # ---- paths
+    @property
+    def marker(self) -> Path:
+        """The sign that CLeaN made this folder: `{"clean_run": RUN_FORMAT, "created_at": ...}`."""
+        return self.path / ".clean-run"
+
     @property
     def config(self) -> Path:
         return self.path / "config.json"
@@ -162,9 +176,42 @@ class RunDir:
     def checkpoint(self, stage: str, last: bool = False) -> Path:
         return self.checkpoints / (f"{stage}.last.pt" if last else f"{stage}.pt")
 
+    @staticmethod
+    def checkpoint_of(path: Path) -> tuple[str, bool] | None:
+        """(stage, last) of a path `checkpoint` names, or None: the inverse of `checkpoint`."""
+        name = Path(path).name
+        for last, suffix in ((True, ".last.pt"), (False, ".pt")):
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name.removesuffix(suffix), last
+        return None
+
+    def named_files(self) -> tuple[Path, ...]:
+        """Every file of a run named by a property here (checkpoints of stages: engine.runs.stages)."""
+        names = [n for n, v in vars(RunDir).items() if isinstance(v, property) and n not in FOLDERS]
+        return tuple(getattr(self, n) for n in sorted(names))
+
+    def relative(self, path: Path) -> str:
+        """`path` as people see it in messages: relative to the run (checkpoints/train.pt), else as given."""
+        try:
+            return Path(path).relative_to(self.path).as_posix()
+        except ValueError:
+            return str(path)
+
     # ---- status
     def read_status(self) -> dict[str, Any]:
-        return read_json(self.status_file, default={}) or {}
+        """status.json, or {} when it is missing or damaged (pollers; `load_status` tells them apart)."""
+        status = read_json(self.status_file, default={})
+        return status if isinstance(status, dict) else {}
+
+    def load_status(self) -> dict[str, Any]:
+        """status.json; {} when there is none. Raises DamagedFile when it is there but unreadable."""
+        try:
+            status = load_json(self.status_file)
+        except FileNotFoundError:
+            return {}
+        if not isinstance(status, dict):
+            raise DamagedFile(self.status_file, f"a JSON {type(status).__name__}, not an object")
+        return status
 
     def write_status(self, **fields: Any) -> dict[str, Any]:
         """Merge fields into status.json. One writer at a time: the holder of the run's worker lock (the
@@ -202,12 +249,18 @@ class RunDir:
             f.write((line + "\n").encode("utf-8"))
 
     def read_events(self) -> list[dict[str, Any]]:
-        if not self.events.exists():
+        """The events that can be read; a line cut by a kill -9 (or any line that is not a JSON object)
+        is left out, so one bad line never hides the rest."""
+        try:
+            data = self.events.read_bytes() if self.events.is_file() else b""
+        except OSError:
             return []
         out = []
-        for line in self.events.read_text(encoding="utf-8").splitlines():
+        for line in data.splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill -9 mid-write
+                event = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 continue
+            if isinstance(event, dict):
+                out.append(event)
         return out

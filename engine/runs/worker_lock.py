@@ -111,7 +111,7 @@ def inherited(run: RunDir) -> WorkerLock | None:
 def is_held(run: RunDir) -> bool:
     """True while some process holds the run's lock: its worker (or launcher) is alive."""
     try:
-        fd = os.open(run.worker_lock, os.O_RDONLY)
+        fd = os.open(run.worker_lock, os.O_RDONLY | os.O_NONBLOCK)  # never waits, even on a pipe put there
     except (FileNotFoundError, NotADirectoryError):
         return False
     except PermissionError:

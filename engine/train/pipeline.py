@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 
 from engine import config as config_mod
 from engine.config import RunConfig
-from engine.data.cache import IMAGES_FILE, PreparedData, is_prepared, load_prepared, prepare
+from engine.data.cache import PreparedData, cache_problem, is_prepared, load_prepared, prepare
 from engine.data.intake import DatasetRecord, IntakeError, IntakeLimits, scan
 from engine.errors import UserError
 from engine.method.augment import BatchAugment
@@ -39,6 +40,7 @@ from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
 from engine.runs import stages
 from engine.runs.atomic import (
+    DamagedFile,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npy,
@@ -117,8 +119,14 @@ def write_source(run: RunDir, record: DatasetRecord, *, data: Path, truth: Path 
 
 def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress: Progress) -> PreparedData:
     size = cfg.data.image_size
-    current = is_prepared(run.data, record, size)
-    if not current and (run.data / IMAGES_FILE).exists() and run.checkpoints.exists():
+    # The cache is checked against itself first: a damaged cache is a damaged run file (redo prepare),
+    # never "other images"; only an intact cache is compared with the data's fingerprint.
+    problem = cache_problem(run.data)
+    if problem is not None and "prepare" in run.completed_stages():
+        name, reason = problem
+        raise DamagedFile(run.data / name, reason)
+    current = problem is None and is_prepared(run.data, record, size)
+    if problem is None and not current and run.checkpoints.exists():
         raise IntakeError(f"the images in {record.source} changed since this run started; start a new --run-dir")
     if current and stages.is_done(run, "prepare"):
         progress.stage_skipped("prepare", "decoded cache is up to date", done=True)
@@ -315,10 +323,22 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     _final_ckpt(ctx, "train", net)
 
 
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a run's .npz; DamagedFile (the worker names the file and the repair) when it cannot
+    be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise DamagedFile(path, f"not a readable .npz archive ({type(e).__name__})") from None
+
+
 def _read_history(path: Path, before_epoch: int) -> list[np.ndarray]:
     if not path.exists():
         return []
-    z = np.load(path)
+    z = load_npz(path)
     keep = z["losses"][: max(0, len(z["losses"]) - (int(z["upto"]) - before_epoch))]
     return list(keep)
 
@@ -330,7 +350,7 @@ def stage_predict(ctx: Context, net: Network) -> None:
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
     hist = ctx.run.loss_history
-    history = np.load(hist)["losses"] if hist.exists() else losses[None]
+    history = load_npz(hist)["losses"] if hist.exists() else losses[None]
     atomic_write_npz(ctx.run.predictions, probs=preds.probs, features=preds.features, losses=history)
     ctx.progress.advance(1, images=len(ctx.data))
     ctx.progress.stage_end()
@@ -338,7 +358,7 @@ def stage_predict(ctx: Context, net: Network) -> None:
 
 
 def _saved_predictions(ctx: Context) -> tuple[Predictions, np.ndarray]:
-    z = np.load(ctx.run.predictions)
+    z = load_npz(ctx.run.predictions)
     return Predictions(z["probs"], z["features"]), z["losses"]
 
 
@@ -531,7 +551,7 @@ def run_finetune(ctx: Context) -> dict:
         raise UserError(f"{run.path} has no finished phase (a); run (or resume) `python -m engine fit` first")
     snapshot_phase_a(run)
     decisions = load_decisions(run.decisions)
-    phase_a = np.load(run.predictions_before)
+    phase_a = load_npz(run.predictions_before)
     # Targets first: a decision the run cannot use fails here, before any phase (b) state is touched.
     targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, decisions, cfg.split,
                                min_weight=cfg.finetune.min_weight, seed=ctx.seed("supcon/weights"))
