@@ -139,6 +139,14 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """The review loop; nothing here changes what the network trains on."""
+
+    memory: bool = True  # start with the decisions the workspace remembers for these images (fit --no-memory)
+    rerank_every: int = 20  # re-rank the review queue after this many new decisions (0: only on request)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -148,6 +156,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     seed: int = 0
     device: DeviceName = "auto"
     precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
@@ -212,6 +221,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.finetune.head_epochs >= 0 and cfg.finetune.full_epochs >= 0, "epochs must be >= 0"),
         (cfg.embed.n_neighbors >= 2 and 0.0 <= cfg.embed.min_dist, "embed.n_neighbors must be >= 2, min_dist >= 0"),
         (cfg.embed.fit_sample >= 100, "embed.fit_sample must be >= 100"),
+        (cfg.review.rerank_every >= 0, f"review.rerank_every must be >= 0 (0: only on request), got "
+                                       f"{cfg.review.rerank_every}"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}"),
         # numpy and scikit-learn take seeds in [0, 2**32); outside it a run would fail only after training.
         (0 <= cfg.seed < 2**32, f"seed must be between 0 and {2**32 - 1}, got {cfg.seed}"),

@@ -75,6 +75,8 @@ def fit_overrides(args: Namespace) -> dict[str, Any]:
         o["seed"] = args.seed
     if args.finetune:
         o["finetune_after_fit"] = True
+    if args.no_memory:
+        o["review.memory"] = False  # recorded in config.json: the app and later commands respect the opt-out
     o.update(_parse_sets(args.set))
     return o
 
@@ -362,7 +364,7 @@ def cmd_export(args: Namespace) -> int:
     from engine.review.export import ExportError, export_labels
 
     try:
-        out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+        out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite, top=args.top)
     except (ExportError, UserError) as e:
         return _fail(str(e))
     print(f"wrote {out}")
