@@ -32,7 +32,9 @@ from engine.method.augment import BatchAugment
 from engine.method.embed import umap_2d
 from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
+from engine.method.neighbours import nearest_neighbours
 from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
+from engine.review import remembered
 from engine.review.decisions import Decision, load_decisions
 from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
@@ -134,6 +136,9 @@ def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress:
             done[0] = n
 
         prepared = prepare(record, run.data, image_size=size, progress=tick)  # refuses < 2 classes itself
+    # The review memory (engine.review.remembered): hash every image, start with its remembered decisions.
+    remembered.start_run(run.path, Path(record.root), prepared.paths, [prepared.classes[i] for i in prepared.labels],
+                         prepared.classes, use_memory=cfg.review.memory, note=progress.note)
     progress.stage_end()
     stages.mark_done(run, "prepare")
     return prepared
@@ -357,6 +362,7 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
                            tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
     write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result)
+    atomic_write_npy(ctx.run.neighbours, nearest_neighbours(preds.features))  # the review cards' nearest images
     atomic_write_json(ctx.run.split, {
         "means": list(result.means), "stds": list(result.stds), "weights": list(result.weights),
         "threshold": result.threshold, "loss_threshold": result.loss_threshold,
@@ -476,6 +482,7 @@ def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
 def finetune_fingerprint(decisions: dict[str, Decision], cfg: RunConfig) -> str:
     """Identifies what phase (b) depends on: the review decisions and the settings."""
     settings = config_mod.to_dict(replace(cfg, finetune_after_fit=False))  # how it was invoked does not matter
+    settings.pop("review")  # the review loop's settings (memory, re-ranking) do not change what phase (b) trains
     blob = json.dumps([sorted((p, d.action, d.label) for p, d in decisions.items()), settings])
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
