@@ -32,14 +32,16 @@ def brute_force(x: np.ndarray, k: int) -> np.ndarray:
 
 def test_nearest_neighbours_are_exact_cosine_without_the_image_itself(monkeypatch: pytest.MonkeyPatch):
     x = np.random.default_rng(0).normal(size=(300, 24)).astype(np.float32) * np.linspace(0.1, 10, 300)[:, None]
-    monkeypatch.setattr(nb, "BLOCK_BYTES", 4 * 300 * 7)  # blocks of 7 rows: every block edge is crossed
+    monkeypatch.setattr(nb, "BLOCK_BYTES", 4 * 7 * 7)  # blocks of 7 x 7: many block pairs, both orientations
     out = nb.nearest_neighbours(x)
     assert out.shape == (300, 5) and out.dtype == np.int32
     assert np.array_equal(out, brute_force(x, 5))  # scale does not matter: cosine
     assert not (out == np.arange(300)[:, None]).any()
 
 
-def test_ties_go_to_the_lower_row_and_small_runs_are_padded():
+@pytest.mark.parametrize("block_bytes", [4 * 2 * 2, nb.BLOCK_BYTES])  # ties inside a block and across blocks
+def test_ties_go_to_the_lower_row_and_small_runs_are_padded(block_bytes: int, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(nb, "BLOCK_BYTES", block_bytes)
     x = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
     assert nb.nearest_neighbours(x).tolist() == [[1, 2, 3, -1, -1], [0, 2, 3, -1, -1], [0, 1, 3, -1, -1],
                                                  [0, 1, 2, -1, -1]]
