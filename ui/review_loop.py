@@ -37,8 +37,7 @@ def memory_line(cfg: RunConfig, decisions: pd.DataFrame) -> None:
     n = int((decisions["source"] == MEMORY_SOURCE).sum()) if len(decisions) else 0
     if n:
         st.caption(f":material/history: This run started with **{n:,}** {'decision' if n == 1 else 'decisions'} "
-                   "remembered from earlier runs on the same images (matched by file content); they count as "
-                   "reviewed.")
+                   "remembered from earlier runs on the same images (matched by file content).")
 
 
 def rerank_bar(run: RunDir, cfg: RunConfig, decisions: dict) -> None:
