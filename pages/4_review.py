@@ -53,7 +53,7 @@ suggested_filter = f2.multiselect("Suggested class", classes, key="filter_sugges
                                   persist_state="session")
 status_filter = f3.multiselect("Status", review.STATUSES, key="filter_status", placeholder="any",
                                persist_state="session")
-show_reviewed, top = review_loop.queue_controls(n_flagged)
+show_reviewed, top = review_loop.queue_controls()
 review_loop.class_table(table, top)
 queue = review.review_queue(table, scope=scope, selection=selection.paths if selection else None,
                             given=given_filter, suggested=suggested_filter, statuses=status_filter,

@@ -118,7 +118,7 @@ def test_the_flags_of_start_give_the_run_exactly_the_values_on_the_form(app_work
 
 def test_a_run_can_start_without_the_remembered_decisions(app_workspace, fake_jobs, tmp_path, monkeypatch):
     at = open_page("train")
-    box = form_widget(at, "Start with remembered decisions")
+    box = form_widget(at, "Use the decisions remembered for these images")
     assert box.value is True  # by default a run starts with what the workspace remembers for its images
     box.uncheck()
     submit(at)

@@ -173,3 +173,15 @@ def test_a_new_run_on_renamed_images_starts_with_the_decisions_and_exports_them(
     again = engine("fit", moved, "--run-dir", third, *TINY)  # flags left out keep the run's opt-out
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((third / "config.json").read_text())["review"]["memory"] is False
+
+
+def test_decisions_import_into_an_opted_out_run_stays_out_of_the_memory(tmp_path: Path):
+    from engine.cli import main
+
+    run = make_run(tmp_path, IMAGES)
+    config_mod.save(config_mod.with_overrides(RunConfig(), {"review.memory": False}), run.config)
+    csv = tmp_path / "decisions.csv"
+    csv.write_text("path,sha256,action,label,decided_at,source\ncat/1.png,,relabel,dog,,tab\n")
+    assert main(["decisions", "import", str(run.path), str(csv)]) == 0
+    assert DecisionStore(run.decisions).get("cat/1.png").label == "dog"
+    assert Memory().entries() == []  # the run said no: `decisions import` respects it without --no-memory

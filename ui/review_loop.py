@@ -91,13 +91,13 @@ def _ago(at: object) -> str:
     return f"{format_seconds(seconds)} ago"
 
 
-def queue_controls(n_flagged: int) -> tuple[bool, int | None]:
-    """("Show reviewed", the flag budget or None)."""
+def queue_controls() -> tuple[bool, int | None]:
+    """("Show reviewed", the flag budget or None). No upper bound: the value stays valid on every run."""
     with st.container(horizontal=True, vertical_alignment="bottom"):
-        top = st.number_input("Show the N most suspicious", min_value=0, max_value=max(n_flagged, 0), step=10,
-                              key=TOP_KEY, width=220, help="A flag budget: review only the N most suspicious flagged "
-                              "images (those already answered count first); 0 = every flagged image. "
-                              "`python -m engine export RUN --top N` leaves exactly these flagged.")
+        top = st.number_input("Show the N most suspicious", min_value=0, step=10, key=TOP_KEY, width=220,
+                              help="A flag budget: review only the N most suspicious flagged images (those "
+                                   "already answered count first); 0 = every flagged image. `python -m engine "
+                                   "export RUN --top N` leaves exactly these flagged.")
         show_reviewed = st.toggle("Show reviewed", key=SHOW_REVIEWED_KEY,
                                   help="Also show the images already kept, relabeled or discarded")
     return bool(show_reviewed), int(top or 0) or None

@@ -56,7 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data.image_size", "Image size (px)", 2, minimum=8, maximum=512,
             help="Every image is resized to this square size once, before training"),
     Setting("seed", "Seed", 2, minimum=0, maximum=2**31 - 1),
-    Setting("review.memory", "Start with remembered decisions", 2,
+    Setting("review.memory", "Use the decisions remembered for these images", 2,
             help="Images decided in earlier runs (the same file content, even renamed or moved) start as reviewed "
                  "with that decision; off = `fit --no-memory`"),
 )
