@@ -161,6 +161,14 @@ class RelabelConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """The review loop; nothing here changes what the network trains on."""
+
+    memory: bool = True  # start with the decisions the workspace remembers for these images (fit --no-memory)
+    rerank_every: int = 20  # re-rank the review queue after this many new decisions (0: only on request)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -171,6 +179,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     seed: int = 0
     device: DeviceName = "auto"
     precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
@@ -263,6 +272,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.budget_s == 0 or 10 <= cfg.budget_s <= 7 * 24 * 3600,
          f"budget_s must be 0 (no budget) or between 10 s and 7 days, got {cfg.budget_s}"),
         (cfg.relabel.neighbours >= 1, f"relabel.neighbours must be >= 1, got {cfg.relabel.neighbours}"),
+        (cfg.review.rerank_every >= 0, f"review.rerank_every must be >= 0 (0: only on request), got "
+                                       f"{cfg.review.rerank_every}"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {cfg.precision!r}"),
         # numpy and scikit-learn take seeds in [0, 2**32); outside it a run would fail only after training.
         (0 <= cfg.seed < 2**32, f"seed must be between 0 and {2**32 - 1}, got {cfg.seed}"),

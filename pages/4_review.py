@@ -1,30 +1,37 @@
-"""Review: decide what each flagged image really is — keep, accept the suggestion, relabel or discard.
+"""Review: decide what each flagged image really is — keep, accept the suggestion, relabel, discard or skip.
 
 Every decision is written to RUN/decisions.sqlite the moment it is made (nothing to save, nothing lost
-on refresh). Keyboard shortcuts act on the focused card (highlighted); clicks act on their own card.
+on refresh), and remembered in the workspace for later runs on the same images. Keyboard shortcuts act on
+the focused card (highlighted); clicks act on their own card. Answered images leave the queue (the cards
+decided in this tab stay in place until the page is opened afresh); skipped ones come back at its end.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import page, readers, review, review_cards
+from ui import page, readers, review, review_cards, review_loop
 from ui import review_actions as actions
+from ui.review_evidence import Evidence
 
 ctx = page.page_setup("review", "Flagged images, most suspicious first. Every decision is saved immediately.")
 run = page.require_run(ctx)
 page.require_results(run, "the review queue")
-samples = readers.samples(run)
+samples = readers.review_samples(run)
 assert samples is not None
+cfg = readers.run_config(run)
 classes = readers.class_names(run, samples)
-table = review.with_decisions(samples, readers.decisions_frame(run))
+decisions = readers.decisions_frame(run, include_skipped=True)
+table = review.with_decisions(samples, decisions)
 reviewed, n_flagged = review.progress_counts(table)
 run_path = str(run.path)
 
 st.progress(reviewed / max(n_flagged, 1), text=f"{reviewed:,} / {n_flagged:,} flagged images reviewed")
+review_loop.memory_line(cfg, decisions)
 flash = actions.take_flash()
 if flash:
     st.info(flash)
+review_loop.rerank_bar(run, cfg, actions.current_decisions(run))
 
 # ----------------------------------------------------------------------------- what to show
 selection = review.load_selection(run)
@@ -46,10 +53,14 @@ suggested_filter = f2.multiselect("Suggested class", classes, key="filter_sugges
                                   persist_state="session")
 status_filter = f3.multiselect("Status", review.STATUSES, key="filter_status", placeholder="any",
                                persist_state="session")
+show_reviewed, top = review_loop.queue_controls()
+review_loop.class_table(table, top)
 queue = review.review_queue(table, scope=scope, selection=selection.paths if selection else None,
-                            given=given_filter, suggested=suggested_filter, statuses=status_filter)
+                            given=given_filter, suggested=suggested_filter, statuses=status_filter,
+                            include_reviewed=show_reviewed, top=top, pinned=actions.pinned(run))
 if queue.empty:
-    st.success("Nothing to review with these filters." if n_flagged else "No image was flagged in this run.")
+    st.success("Nothing left to review with these filters (answered images show with *Show reviewed*)."
+               if n_flagged else "No image was flagged in this run.")
     page.next_step("fine-tune with your decisions, or export the corrected labels", "finetune")
     st.stop()
 
@@ -57,10 +68,11 @@ if queue.empty:
 cursor = actions.placed_cursor(run.path.name, queue["path"].tolist())
 shown = queue.iloc[cursor.page_start:cursor.page_stop(len(queue))]
 page_items = tuple(zip(shown["index"].astype(int).tolist(), shown["path"].tolist(), strict=True))
+evidence = Evidence.of(samples, readers.neighbours(run, len(samples)), readers.image_root(run))
 
 review_cards.toolbar(run_path, queue, cursor, classes)
 review_cards.batch_bar(run_path, page_items, classes)
-review_cards.grid(run_path, shown, cursor, classes, readers.image_root(run))
+review_cards.grid(run_path, shown, cursor, classes, readers.image_root(run), evidence)
 review_cards.batch_bar(run_path, page_items, classes, suffix="_below")  # reachable without scrolling back up
 review_cards.pager(cursor, len(queue))
 

@@ -12,6 +12,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# ----------------------------------------------------------------------------- the workspace
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_workspace(tmp_path_factory: pytest.TempPathFactory):
+    """No test touches the repository's workspace/ (its decision memory above all): CLEAN_WORKSPACE points at
+    a temporary folder from the start of the session, so module-scoped fixtures and the commands they run
+    in subprocesses see it too."""
+    import os
+
+    before = os.environ.get("CLEAN_WORKSPACE")
+    os.environ["CLEAN_WORKSPACE"] = str(tmp_path_factory.mktemp("session-workspace"))
+    yield
+    if before is None:
+        os.environ.pop("CLEAN_WORKSPACE", None)
+    else:
+        os.environ["CLEAN_WORKSPACE"] = before
+
+
+@pytest.fixture(autouse=True)
+def _test_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """... and each test its own (outside its tmp_path, which some tests compare before and after a command):
+    one test's remembered decisions never reach another's runs."""
+    ws = tmp_path_factory.mktemp("workspace")
+    monkeypatch.setenv("CLEAN_WORKSPACE", str(ws))
+    return ws
+
+
 # ----------------------------------------------------------------------------- image folders
 
 

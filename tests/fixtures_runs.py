@@ -2,8 +2,9 @@
 
 `write_fake_run` writes everything `python -m engine fit` leaves behind — config.json, source.json
 pointing at a folder of tiny PNGs, status.json "done", events.jsonl, samples.csv with every column,
-split.json, umap.npy, metrics.json — with known values the tests assert on: which images are flagged,
-their suspicion order, their suggested labels.
+split.json, umap.npy, predictions.npz (features that cluster by the true label), neighbours.npy,
+metrics.json — with known values the tests assert on: which images are flagged, their suspicion order,
+their suggested labels.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from engine.config import RunConfig, to_dict
+from engine.method.neighbours import nearest_neighbours
 from engine.runs import worker_lock
 from engine.runs.atomic import atomic_write_json, now_iso
 from engine.runs.rundir import RunDir
@@ -87,6 +89,14 @@ def fake_samples(classes: tuple[str, ...], per_class: int, seed: int = 0) -> pd.
                "neighbour_agreement", "auto_relabel", "true_label"]]
 
 
+def fake_features(samples: pd.DataFrame, classes: tuple[str, ...], dim: int = 16) -> np.ndarray:
+    """Encoder-like features: a cluster per true label, so an image's nearest images share its true label."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(len(classes), dim)) * 3
+    true = samples["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return (centres[true] + rng.normal(size=(len(samples), dim))).astype(np.float32)
+
+
 def write_fake_run(
     runs_root: Path,
     run_id: str = "2026-11-27T10-00-00_test",
@@ -133,6 +143,11 @@ def write_fake_run(
         if with_umap:
             rng = np.random.default_rng(1)
             np.save(run.umap, rng.normal(size=(len(samples), 2)).astype(np.float32))
+        features = fake_features(samples, classes)
+        probs = np.full((len(samples), len(classes)), 0.05, dtype=np.float32)
+        probs[np.arange(len(samples)), samples["suggested_label"].map({c: i for i, c in enumerate(classes)})] = 0.9
+        np.savez(run.predictions, probs=probs, features=features, losses=samples["loss"].to_numpy(np.float32)[None])
+        np.save(run.neighbours, nearest_neighbours(features))
         if with_metrics:
             atomic_write_json(run.metrics, {
                 "phase": "fit", "n": len(samples), "n_mislabeled": 6, "precision": 0.667, "recall": 1.0,
@@ -222,6 +237,17 @@ class FakeJobs:
             worker.close()
         return status
 
+    def start_rerank(self, run_dir: Path, **kwargs) -> int | None:
+        """Records the call and re-ranks at once, in this process (the real command does the same work)."""
+        from engine.method.rerank import rerank_run
+
+        self.calls.append(("start_rerank", (Path(run_dir),), kwargs))
+        rerank_run(Path(run_dir))
+        return 4245
+
+    def rerank_running(self, run_dir: Path) -> bool:
+        return False
+
     def detect_devices(self, *args, **kwargs) -> dict:
         return dict(self.devices)
 
@@ -249,7 +275,7 @@ def install_fake_jobs(monkeypatch, devices: dict | None = None) -> FakeJobs:
     from ui import devices as ui_devices
 
     fake = FakeJobs(calls=[], devices=devices or {"cuda": False, "devices": [], "default": "cpu"})
-    for name in ("start", "start_finetune", "resume", "stop", "detect_devices"):
+    for name in ("start", "start_finetune", "resume", "stop", "detect_devices", "start_rerank", "rerank_running"):
         monkeypatch.setattr(jobs, name, getattr(fake, name))
     ui_devices.detected_devices.clear()
     return fake

@@ -98,7 +98,8 @@ def test_queue_order_and_filters(samples):
                                                                                   "decided_at"])
     table = review.with_decisions(samples, decisions)
     queue = review.review_queue(table)
-    assert queue["suspicion"].is_monotonic_decreasing and len(queue) == 9
+    assert queue["suspicion"].is_monotonic_decreasing and len(queue) == 8  # the kept image is out of the queue
+    assert len(review.review_queue(table, include_reviewed=True)) == 9
     assert review.progress_counts(table) == (1, 9)
     assert len(review.review_queue(table, statuses=["kept"])) == 1
     assert len(review.review_queue(table, statuses=[review.NOT_REVIEWED])) == 8
@@ -106,7 +107,53 @@ def test_queue_order_and_filters(samples):
         p for p in samples.query("flagged and given_label == 'dog'")["path"]}
     chosen = samples["path"][:2].tolist()
     assert set(review.review_queue(table, scope="selection", selection=chosen)["path"]) == set(chosen)
-    assert len(review.review_queue(table, scope="all")) == 30
+    assert len(review.review_queue(table, scope="all")) == 29
+    assert len(review.review_queue(table, scope="all", include_reviewed=True)) == 30
+
+
+def test_skipped_images_come_last_and_pinned_cards_keep_their_place(samples):
+    flagged = samples[samples["flagged"]].sort_values("suspicion", ascending=False)["path"].tolist()
+    decisions = pd.DataFrame([(flagged[0], "skip", None, "t"), (flagged[1], "discard", None, "t")],
+                             columns=["path", "action", "label", "decided_at"])
+    table = review.with_decisions(samples, decisions)
+    assert table.set_index("path").loc[flagged[0], "status"] == review.SKIPPED
+    assert review.review_queue(table)["path"].tolist() == [*flagged[2:], flagged[0]]
+    assert review.progress_counts(table) == (1, 9)  # a skip is no decision
+    # decided in this tab: stays where it was shown, even though its suspicion changed since (a re-ranking)
+    table.loc[table["path"] == flagged[1], "suspicion"] = 0.0
+    pinned = review.review_queue(table, pinned={flagged[1]: 10.0})["path"].tolist()
+    assert pinned == [flagged[1], *flagged[2:], flagged[0]]
+    assert review.review_queue(table, statuses=["discarded"])["path"].tolist() == [flagged[1]]  # asked for
+    assert review.review_queue(table, top=3)["path"].tolist() == [flagged[2], flagged[0]]  # 2 answered + 1
+
+
+def test_per_class_counts(samples):
+    flagged = samples[samples["flagged"]]
+    cat = flagged[flagged["given_label"] == "cat"]["path"].tolist()
+    decisions = pd.DataFrame([(cat[0], "keep", "cat", "t"), (cat[1], "skip", None, "t")],
+                             columns=["path", "action", "label", "decided_at"])
+    table = review.with_decisions(samples, decisions)
+    counts = review.class_counts(table).set_index("class")
+    assert counts.to_dict("index") == {"cat": {"flagged": 3, "reviewed": 1, "skipped": 1, "left": 1},
+                                       "dog": {"flagged": 3, "reviewed": 0, "skipped": 0, "left": 3},
+                                       "fox": {"flagged": 3, "reviewed": 0, "skipped": 0, "left": 3}}
+    budget = np.zeros(len(table), bool)
+    budget[table.index[table["path"] == cat[2]]] = True
+    assert review.class_counts(table, budget)["left in budget"].tolist() == [1, 0, 0]
+
+
+def test_why_flagged_words_the_evidence(samples):
+    frame = samples.assign(loss=[float(i % 10) for i in range(len(samples))])
+    pct = review.loss_percentiles(frame)
+    assert pct[9] == 100.0 and pct[0] == 10.0  # the class's highest and lowest of ten losses
+    given = frame["given_label"].to_numpy()
+    neighbours = np.array([[10, 11, 12, 3, -1]] * len(frame))
+    assert review.neighbour_summary(0, neighbours, given) == ("dog", 3, 4)  # -1: no neighbour
+    assert review.neighbour_summary(0, None, given) is None
+    row = frame.assign(loss_pct=pct).iloc[9]
+    assert review.why_flagged(row, ("dog", 3, 4)) == (f"loss ≥ 100 % of the cat images · clean prob "
+                                                     f"{row['clean_prob']:.2f} · 3 of 4 nearest images are labelled dog")
+    assert review.why_flagged(row.drop("loss_pct"), ("fox", 1, 5)).endswith("1 of 5 nearest images is labelled fox")
 
 
 def test_plan_turns_actions_into_store_writes(samples):
@@ -121,6 +168,8 @@ def test_plan_turns_actions_into_store_writes(samples):
     relabel_to_given = review.plan(rows.iloc[:1], "relabel", rows["given_label"].iloc[0])
     assert relabel_to_given[0].action == "keep"
     assert review.plan(rows, "discard")[0].label is None
+    assert [(w.action, w.label, len(w.paths)) for w in review.plan(rows, "skip")] == [("skip", None, len(rows))]
+    assert review.describe("skip", 2) == "skipped (unsure, shown again at the end) 2 images"
     with pytest.raises(ValueError, match="needs a class"):
         review.plan(rows, "relabel")
     with pytest.raises(ValueError, match="unknown review action"):

@@ -95,6 +95,7 @@ def test_batch_discard_writes_every_selected_image_and_undo_restores(fake_run):
     keep_row = fake_run.flagged.iloc[0]
     store.decide([keep_row["path"]], "keep", keep_row["given_label"], source="other-tab")
     at = open_page("review", run_id=fake_run.run_id)
+    at.toggle(key="review_show_reviewed").set_value(True).run()  # the image kept elsewhere shows, at the end
     chosen = fake_run.flagged.iloc[:4]
     for index in chosen["index"]:
         at.checkbox(key=f"sel_{index}").check()
@@ -175,8 +176,14 @@ def test_decisions_survive_a_new_session(fake_run):
     at = open_page("review", run_id=fake_run.run_id)
     row = fake_run.flagged.iloc[1]
     at.button(key=f"discard_{row['index']}").click().run()
+    badges = [m.value for m in at.markdown if Path(row["path"]).name in m.value and "discarded" in m.value]
+    assert badges  # in this tab the decided card stays in place, with its badge
     again = open_page("review", run_id=fake_run.run_id)  # a refresh: new session, same URL
     assert progress_text(again) == "1 / 9 flagged images reviewed"
+    assert row["index"] not in card_indices(again)  # answered: out of the queue ...
+    assert len(card_indices(again)) == 8
+    again.toggle(key="review_show_reviewed").set_value(True).run()  # ... unless asked for, at its end
+    assert card_indices(again)[-1] == row["index"]
     badges = [m.value for m in again.markdown if Path(row["path"]).name in m.value and "discarded" in m.value]
     assert badges
 

@@ -116,6 +116,17 @@ def test_the_flags_of_start_give_the_run_exactly_the_values_on_the_form(app_work
     assert any("queued" in m.value for m in at.markdown)
 
 
+def test_a_run_can_start_without_the_remembered_decisions(app_workspace, fake_jobs, tmp_path, monkeypatch):
+    at = open_page("train")
+    box = form_widget(at, "Use the decisions remembered for these images")
+    assert box.value is True  # by default a run starts with what the workspace remembers for its images
+    box.uncheck()
+    submit(at)
+    flags = fake_jobs.calls[0][1][2]
+    assert "review.memory=false" in flags
+    assert engine_config(flags, tmp_path, monkeypatch).review.memory is False
+
+
 def test_no_pretraining_and_a_truth_file(app_workspace, fake_jobs, tmp_path, monkeypatch):
     truth = tmp_path / "labels_truth.csv"
     truth.write_text("path,true_label\n")

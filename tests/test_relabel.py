@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import RelabelConfig
-from engine.method.neighbours import label_votes, nearest
+from engine.method.neighbours import NONE, label_votes, nearest_neighbours
 from engine.method.relabel import competence, confident_relabels
 
 
@@ -17,28 +17,17 @@ def clusters(n_per: int = 60, classes: int = 3, spread: float = 0.05, seed: int 
     return x.astype(np.float32), np.repeat(np.arange(classes), n_per)
 
 
-def test_nearest_finds_the_closest_others_in_order_and_never_itself() -> None:
-    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], np.float32)
-    nn = nearest(x, 2)
-    assert nn.shape == (5, 2) and nn.dtype == np.int32
-    assert nn[0].tolist() == [1, 3] and nn[2].tolist() == [3, 1]
-    assert all(i not in row for i, row in enumerate(nn))
-    assert nearest(x[:1], 3).shape == (1, 0)  # one image has no neighbour
-
-
-def test_nearest_in_blocks_matches_the_full_matrix(monkeypatch) -> None:
-    import engine.method.neighbours as nb
-
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((300, 8)).astype(np.float32)
-    full = nearest(x, 5)
-    monkeypatch.setattr(nb, "_BLOCK", 7)
-    assert (nearest(x, 5) == full).all()
-
-
 def test_label_votes_are_shares_of_the_neighbours() -> None:
     votes = label_votes(np.array([[1, 2, 3], [0, 0, 0]]), np.array([0, 1, 1, 2]), 3)
     assert np.allclose(votes, [[0, 2 / 3, 1 / 3], [1, 0, 0]])
+    short = label_votes(np.array([[1, NONE], [NONE, NONE]]), np.array([0, 2]), 3)  # a run of two images
+    assert np.allclose(short, [[0, 0, 1], [0, 0, 0]])
+
+
+def _bar(probs, given, flagged, clean_prob, x, cfg, *, seed):
+    """The bar as the split stage calls it: with the nearest images computed once for both uses."""
+    nb = nearest_neighbours(x, max(5, cfg.neighbours))
+    return confident_relabels(probs, given, flagged, clean_prob, x, nb, cfg, seed=seed)
 
 
 def test_competence_is_high_for_separable_features_and_low_for_noise() -> None:
@@ -64,7 +53,7 @@ def test_a_competent_model_relabels_a_flagged_image_its_neighbours_agree_with() 
     flagged[[0, 1, 2, 70]] = True  # and one flagged image whose label is right
     probs = _probs_for(true, 3, 0.97)
     clean_prob = np.where(flagged, 0.1, 0.9)
-    ev = confident_relabels(probs, given, flagged, clean_prob, x, RelabelConfig(), seed=0)
+    ev = _bar(probs, given, flagged, clean_prob, x, RelabelConfig(), seed=0)
     assert ev.competence is not None and ev.competence > 0.95
     assert np.flatnonzero(ev.auto).tolist() == [0, 1, 2]  # image 70: suggestion == given, nothing to change
     assert (ev.agreement[[0, 1, 2]] >= 0.9).all()
@@ -79,7 +68,7 @@ def test_nothing_changes_by_itself_when_the_model_is_not_competent() -> None:
     flagged = np.zeros(len(given), bool)
     flagged[:3] = True
     probs = _probs_for(true, 3, 0.99)  # however sure the classifier is
-    ev = confident_relabels(probs, given, flagged, np.where(flagged, 0.1, 0.9), x, RelabelConfig(), seed=0)
+    ev = _bar(probs, given, flagged, np.where(flagged, 0.1, 0.9), x, RelabelConfig(), seed=0)
     assert ev.competence < 0.9 and not ev.auto.any()
 
 
@@ -91,14 +80,14 @@ def test_each_condition_of_the_bar_is_needed() -> None:
     flagged[:3] = True
     clean_prob = np.where(flagged, 0.1, 0.9)
     unsure = _probs_for(true, 3, 0.6)  # below min_prob
-    assert not confident_relabels(unsure, given, flagged, clean_prob, x, RelabelConfig(), seed=0).auto.any()
+    assert not _bar(unsure, given, flagged, clean_prob, x, RelabelConfig(), seed=0).auto.any()
     sure = _probs_for(true, 3, 0.97)
     strict = RelabelConfig(min_agreement=1.0, neighbours=60)  # 60 neighbours cannot all be class 0 and ...
     given_many = given.copy()
     given_many[:30] = 1  # ... half of class 0 is filed under 1: the neighbourhood no longer agrees
     flagged_many = np.zeros(len(given), bool)
     flagged_many[:30] = True
-    ev = confident_relabels(sure, given_many, flagged_many, np.where(flagged_many, 0.1, 0.9), x, strict, seed=0)
+    ev = _bar(sure, given_many, flagged_many, np.where(flagged_many, 0.1, 0.9), x, strict, seed=0)
     assert not ev.auto.any()
-    assert not confident_relabels(sure, given, np.zeros_like(flagged), clean_prob, x, RelabelConfig(),
+    assert not _bar(sure, given, np.zeros_like(flagged), clean_prob, x, RelabelConfig(),
                                   seed=0).auto.any()  # never an image the mixture did not flag

@@ -86,6 +86,9 @@ def test_done_means_recorded_and_every_file_there(tmp_path: Path) -> None:
     run.samples.write_text("index\n")
     assert not stages.is_done(run, "split")  # files alone are not enough: the stage may have been killed
     run.split.write_text("{}")
+    with pytest.raises(RuntimeError, match="split is not done: .*neighbours.npy"):
+        stages.mark_done(run, "split")  # the review cards' nearest images are part of the split
+    run.neighbours.write_bytes(b"")
     stages.mark_done(run, "split")
     assert stages.is_done(run, "split") and run.completed_stages() == ["split"]
     run.split.unlink()

@@ -16,9 +16,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from engine import config as config_mod
+from engine.config import RunConfig
+from engine.errors import UserError
+from engine.review import queue
 from engine.review.decisions import load_decisions
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
+from ui import review
 
 # Text columns of samples.csv: read as str so class names such as "0" or "NA" stay names.
 _TEXT_COLUMNS = ("id", "path", "given_label", "predicted_label", "suggested_label", "top1_label", "top2_label",
@@ -102,10 +107,75 @@ def class_names(run: RunDir, frame: pd.DataFrame | None = None) -> list[str]:
     return []
 
 
-def decisions_frame(run: RunDir) -> pd.DataFrame:
-    """Current review decisions: columns path, action, label, decided_at (read fresh: other tabs write too)."""
-    decisions = load_decisions(run.decisions)
+def decisions_frame(run: RunDir, *, include_skipped: bool = False) -> pd.DataFrame:
+    """Current review decisions: columns path, action, label, decided_at, source (read fresh: other tabs
+    write too); skips ("unsure") only with `include_skipped`, as training and export leave them out."""
+    decisions = load_decisions(run.decisions, include_skipped=include_skipped)
     return pd.DataFrame(
-        [(d.path, d.action, d.label, d.decided_at) for d in decisions.values()],
-        columns=["path", "action", "label", "decided_at"],
+        [(d.path, d.action, d.label, d.decided_at, d.source) for d in decisions.values()],
+        columns=["path", "action", "label", "decided_at", "source"],
     )
+
+
+def run_config(run: RunDir) -> RunConfig:
+    """The run's settings (config.json); the defaults where it has none or it cannot be read."""
+    try:
+        return config_mod.load(run.config) if run.config.exists() else RunConfig()
+    except UserError:
+        return RunConfig()
+
+
+# ----------------------------------------------------------------------------- the review queue's inputs
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _review_samples(samples_path: str, key: tuple, run_path: str) -> pd.DataFrame:
+    frame = read_samples_csv(Path(samples_path))
+    digest = queue.samples_digest(Path(samples_path).read_bytes())
+    frame = queue.with_rerank(frame, queue.current_rerank(Path(run_path), digest, frame["path"]))
+    frame["loss_pct"] = review.loss_percentiles(frame)
+    return frame
+
+
+def review_samples(run: RunDir) -> pd.DataFrame | None:
+    """samples.csv as the Review page shows it: the re-ranked suggestion, top-3 and suspicion where the
+    run has a current re-ranking (engine.review.queue), and `loss_pct`, the loss percentile in the class."""
+    key = (file_key(run.samples), file_key(run.rerank), file_key(run.rerank_meta))
+    if key[0][0] < 0:
+        return None
+    return _review_samples(str(run.samples), key, str(run.path))
+
+
+def rerank_record(run: RunDir) -> dict[str, Any] | None:
+    """rerank.json: when and with how many decisions the queue was last re-ranked, or why that failed."""
+    return json_file(run.rerank_meta)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _rerank_frame(run_path: str, key: tuple) -> pd.DataFrame | None:
+    run = RunDir(Path(run_path))
+    paths = read_samples_csv(run.samples)["path"]
+    return queue.current_rerank(run.path, queue.samples_digest(run.samples.read_bytes()), paths)
+
+
+def current_rerank(run: RunDir) -> pd.DataFrame | None:
+    """The run's re-ranking when it belongs to its current samples.csv (cached by the files' state)."""
+    key = (file_key(run.samples), file_key(run.rerank), file_key(run.rerank_meta))
+    return _rerank_frame(str(run.path), key) if key[0][0] >= 0 else None
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _neighbours(path: str, key: tuple[float, int]) -> np.ndarray:
+    return np.load(path)
+
+
+def neighbours(run: RunDir, n: int) -> np.ndarray | None:
+    """(n, 5) int rows of samples.csv nearest to each image, or None when missing or not aligned."""
+    key = file_key(run.neighbours)
+    if key[0] < 0:
+        return None
+    try:
+        rows = _neighbours(str(run.neighbours), key)
+    except (OSError, ValueError):
+        return None
+    return rows if rows.ndim == 2 and rows.shape[0] == n else None

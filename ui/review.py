@@ -1,37 +1,45 @@
 """The review queue and the review actions, as plain functions of DataFrames and the decision store.
 
-The Review page is a thin shell around this module: it filters, orders and pages the queue here and
-sends every click and keyboard shortcut through `apply_action`, so "Keep" and "Accept" share one code
-path and one test. No Streamlit in this module.
+The Review page is a thin shell around this module: it filters the queue here (the order and the flag
+budget are engine.review.queue's, shared with the export) and sends every click and keyboard shortcut
+through `apply_action`, so "Keep" and "Accept" share one code path and one test. It also words each
+card's evidence (`why_flagged`). No Streamlit in this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from engine.review.decisions import DecisionStore, Restore
+from engine.review import queue as review_order
+from engine.review.decisions import SKIP, DecisionStore, Restore
 from engine.runs.atomic import atomic_write_json, now_iso, read_json
 from engine.runs.rundir import RunDir
 
-ReviewAction = Literal["keep", "accept", "relabel", "discard"]
+ReviewAction = Literal["keep", "accept", "relabel", "discard", "skip"]
 Scope = Literal["flagged", "selection", "all"]
 NOT_REVIEWED = "not reviewed"
-STATUS_OF_ACTION = {"keep": "kept", "relabel": "relabeled", "discard": "discarded"}
-STATUSES: tuple[str, ...] = (NOT_REVIEWED, "kept", "relabeled", "discarded")
+SKIPPED = "skipped"
+STATUS_OF_ACTION = {"keep": "kept", "relabel": "relabeled", "discard": "discarded", SKIP: SKIPPED}
+STATUSES: tuple[str, ...] = (NOT_REVIEWED, "kept", "relabeled", "discarded", SKIPPED)
+REVIEWED_STATUSES = frozenset({"kept", "relabeled", "discarded"})  # answered: out of the queue unless shown
 
 
 def with_decisions(samples: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
-    """samples + `status` (not reviewed / kept / relabeled / discarded) and `decision_label`, by path."""
+    """samples + `status` (not reviewed / kept / relabeled / discarded / skipped), `decision_label` and
+    `decision_action` (the store's action, "" when none), by path."""
     action = decisions.set_index("path")["action"] if len(decisions) else pd.Series(dtype=object)
     label = decisions.set_index("path")["label"] if len(decisions) else pd.Series(dtype=object)
     out = samples.copy()
-    out["status"] = out["path"].map(action).map(STATUS_OF_ACTION).fillna(NOT_REVIEWED)
+    actions = out["path"].map(action)
+    out["status"] = actions.map(STATUS_OF_ACTION).fillna(NOT_REVIEWED)
     out["decision_label"] = out["path"].map(label)
+    out[review_order.ACTION] = actions.astype(object).where(actions.notna(), "")
     return out
 
 
@@ -43,17 +51,24 @@ def review_queue(
     given: Sequence[str] = (),
     suggested: Sequence[str] = (),
     statuses: Sequence[str] = (),
+    include_reviewed: bool = False,
+    top: int | None = None,
+    pinned: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """The images to review, most suspicious first.
+    """The images to review in review order (engine.review.queue.ordered): not yet answered, most
+    suspicious first, then the skipped ones; reviewed images only with `include_reviewed` (or a status
+    filter that names a reviewed status).
 
     Args:
         table: `with_decisions(samples, decisions)`.
         scope: "flagged" (flagged == 1), "selection" (the paths in `selection`) or "all".
         given, suggested, statuses: keep only these values (empty = no filter).
+        top: the flag budget of the "flagged" scope: only the `top` most suspicious flagged images.
+        pinned: path -> the suspicion it was shown with: cards decided in this tab, kept in view and in place.
     """
     mask = np.ones(len(table), dtype=bool)
     if scope == "flagged":
-        mask &= table["flagged"].to_numpy(dtype=bool)
+        mask &= review_order.in_budget(table, top)
     elif scope == "selection":
         mask &= table["path"].isin(set(selection or ())).to_numpy()
     if given:
@@ -62,16 +77,40 @@ def review_queue(
         mask &= table["suggested_label"].isin(suggested).to_numpy()
     if statuses:
         mask &= table["status"].isin(statuses).to_numpy()
-    sort_key = "suspicion" if "suspicion" in table else "clean_prob"
-    ascending = sort_key == "clean_prob"
-    return table[mask].sort_values([sort_key, "path"], ascending=[ascending, True], kind="stable")
+        include_reviewed = include_reviewed or bool(REVIEWED_STATUSES & set(statuses))
+    chosen = table[mask]
+    if pinned:
+        chosen = chosen.copy()
+        held = chosen["path"].map(pinned)
+        if "suspicion" in chosen:  # a pinned card keeps the place it was decided at, whatever the new order says
+            chosen["suspicion"] = held.fillna(chosen["suspicion"])
+    ordered = review_order.ordered(chosen, include_reviewed=include_reviewed, as_undecided=tuple(pinned or ()))
+    return table.loc[ordered.index]
 
 
 def progress_counts(table: pd.DataFrame) -> tuple[int, int]:
-    """(flagged images with a decision, flagged images)."""
+    """(flagged images with a decision, flagged images); a skip is no decision."""
     flagged = table["flagged"].to_numpy(dtype=bool)
-    reviewed = (table["status"].to_numpy() != NOT_REVIEWED) & flagged
+    reviewed = table["status"].isin(REVIEWED_STATUSES).to_numpy() & flagged
     return int(reviewed.sum()), int(flagged.sum())
+
+
+def class_counts(table: pd.DataFrame, budget: np.ndarray | None = None) -> pd.DataFrame:
+    """Per given class: flagged, reviewed, skipped and left (flagged, not answered), plus `left in budget`
+    when a flag budget (`budget`: engine.review.queue.in_budget's mask) is set."""
+    flagged = table["flagged"].to_numpy(dtype=bool)
+    status = table["status"].to_numpy()
+    frame = pd.DataFrame({
+        "class": table["given_label"].to_numpy(),
+        "flagged": flagged,
+        "reviewed": flagged & np.isin(status, list(REVIEWED_STATUSES)),
+        "skipped": flagged & (status == SKIPPED),
+        "left": flagged & (status == NOT_REVIEWED),
+    })
+    if budget is not None:
+        frame["left in budget"] = frame["left"].to_numpy() & budget
+    out = frame.groupby("class", sort=True).sum().astype(int).reset_index()
+    return out[out["flagged"] > 0].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -91,10 +130,11 @@ def plan(rows: pd.DataFrame, action: ReviewAction, label: str | None = None) -> 
 
     keep -> ("keep", given label); accept -> ("relabel", suggested label), or "keep" where the suggestion
     is the given label; relabel -> ("relabel", `label`), or "keep" where `label` is the given label;
-    discard -> ("discard", None). Rows with different labels become one write per label.
+    discard -> ("discard", None); skip -> ("skip", None), "unsure": recorded, never trusted. Rows with
+    different labels become one write per label.
     """
-    if action == "discard":
-        return [Write(tuple(rows["path"]), "discard", None)] if len(rows) else []
+    if action in ("discard", SKIP):
+        return [Write(tuple(rows["path"]), action, None)] if len(rows) else []
     if action == "keep":
         target = rows["given_label"]
     elif action == "accept":
@@ -104,7 +144,7 @@ def plan(rows: pd.DataFrame, action: ReviewAction, label: str | None = None) -> 
             raise ValueError("relabel needs a class to relabel to")
         target = pd.Series(label, index=rows.index)
     else:
-        raise ValueError(f"unknown review action {action!r}; use keep, accept, relabel or discard")
+        raise ValueError(f"unknown review action {action!r}; use keep, accept, relabel, discard or skip")
     store_action = np.where(target.to_numpy() == rows["given_label"].to_numpy(), "keep", "relabel")
     groups = pd.DataFrame({"path": rows["path"].to_numpy(), "action": store_action, "label": target.to_numpy()})
     return [Write(tuple(part["path"]), act, lab) for (act, lab), part in groups.groupby(["action", "label"], sort=True)]
@@ -181,9 +221,47 @@ def undo_message(entry: UndoEntry, result: UndoResult) -> str:
 
 def describe(action: ReviewAction, n: int, label: str | None = None) -> str:
     what = {"keep": "kept the given label of", "accept": "accepted the suggestion for",
-            "relabel": f"relabeled to {label!r}", "discard": "discarded"}[action]
+            "relabel": f"relabeled to {label!r}", "discard": "discarded",
+            "skip": "skipped (unsure, shown again at the end)"}[action]
     noun = "image" if n == 1 else "images"
     return f"{what} {n} {noun}" if action != "relabel" else f"{what}: {n} {noun}"
+
+
+# ----------------------------------------------------------------------------- why an image is flagged
+
+
+def loss_percentiles(samples: pd.DataFrame) -> pd.Series:
+    """Each image's loss as a percentile (0-100) of the losses of its given class: 97 = at least as high as
+    97 % of them (itself included). NaN where the run has no loss column."""
+    if "loss" not in samples:
+        return pd.Series(np.nan, index=samples.index)
+    return samples.groupby("given_label")["loss"].rank(method="max", pct=True) * 100
+
+
+def neighbour_summary(position: int, neighbours: np.ndarray | None, given: np.ndarray) -> tuple[str, int, int] | None:
+    """(the most common given label among the image's nearest images, how many have it, how many there
+    are), or None without neighbours. `position`: the image's row in samples.csv."""
+    if neighbours is None or not 0 <= position < len(neighbours):
+        return None
+    rows = [int(r) for r in neighbours[position] if 0 <= r < len(given)]
+    if not rows:
+        return None
+    label, count = Counter(str(given[r]) for r in rows).most_common(1)[0]
+    return label, count, len(rows)
+
+
+def why_flagged(row: pd.Series, summary: tuple[str, int, int] | None) -> str:
+    """One line of evidence: the loss percentile within the given class, the clean probability, and
+    what the nearest images are labelled ("4 of 5 nearest images are labelled dog")."""
+    parts = []
+    pct = row.get("loss_pct")
+    if pct is not None and not pd.isna(pct):
+        parts.append(f"loss ≥ {int(float(pct))} % of the {row['given_label']} images")
+    parts.append(f"clean prob {float(row['clean_prob']):.2f}")
+    if summary is not None:
+        label, count, n = summary
+        parts.append(f"{count} of {n} nearest images {'is' if count == 1 else 'are'} labelled {label}")
+    return " · ".join(parts)
 
 
 def top3_text(row: pd.Series) -> str:

@@ -1,6 +1,7 @@
 """What the Review page draws: the keyboard toolbar, the class keys, the batch bar, the card grid, the pager.
 
-Every button calls back into `ui.review_actions`; nothing here writes decisions itself.
+Every button calls back into `ui.review_actions`; nothing here writes decisions itself. Each card says why
+it was flagged (ui.review_evidence).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import streamlit as st
 from ui import class_keys, review
 from ui import review_actions as actions
 from ui.cursor import ReviewCursor
+from ui.review_evidence import Evidence, evidence_line, nearest_popover
 from ui.thumbs import thumbnail
 
 GRID_COLUMNS = 4
@@ -20,7 +22,8 @@ THUMB_PX = 150
 NAME_CHARS = 24  # a card's width in bold characters, about
 STATUS_BADGES = {"not reviewed": ":gray-badge[not reviewed]", "kept": ":green-badge[:material/check: kept]",
                  "relabeled": ":blue-badge[:material/edit: relabeled]",
-                 "discarded": ":red-badge[:material/delete: discarded]"}
+                 "discarded": ":red-badge[:material/delete: discarded]",
+                 "skipped": ":orange-badge[:material/help: skipped]"}
 
 
 def toolbar(run_path: str, queue: pd.DataFrame, cursor: ReviewCursor, classes: list[str]) -> None:
@@ -37,6 +40,9 @@ def toolbar(run_path: str, queue: pd.DataFrame, cursor: ReviewCursor, classes: l
                   args=(run_path, "accept", (path,)), kwargs=decided)
         st.button("Discard", shortcut="D", key="kb_discard", icon=":material/delete:", on_click=actions.act,
                   args=(run_path, "discard", (path,)), kwargs=decided)
+        st.button("Skip / unsure", shortcut="S", key="kb_skip", icon=":material/help:", on_click=actions.act,
+                  args=(run_path, "skip", (path,)), kwargs=decided,
+                  help="Not sure: recorded, not used in training, shown again at the end of the queue")
         st.button("Undo", shortcut="U", key="kb_undo", icon=":material/undo:", on_click=actions.undo_last,
                   args=(run_path,))
         for key, label, shortcut, icon, step in (("kb_prev", "Previous", "J", ":material/chevron_left:", -1),
@@ -61,6 +67,7 @@ def _class_keys(run_path: str, path: str, position: int, classes: list[str]) -> 
                          placeholder="type a class name…", width=240, on_change=actions.relabel_from_widget,
                          args=(run_path, "kb_relabel", path, position))
     st.caption("Keyboard: **K** keep given label · **A** accept suggestion · **D** discard · "
+               "**S** skip (unsure: shown again at the end) · "
                f"{class_keys.legend(classes)} · **J / ←** previous · **L / →** next · **U** undo · "
                "**PageUp / PageDown** change page. Keys act on the highlighted card.")
 
@@ -74,7 +81,7 @@ def batch_bar(run_path: str, page_items: actions.PageItems, classes: list[str], 
                   on_click=actions.select_page, args=(page_items, True))
         st.button("Clear selection", key=f"select_none{suffix}", type="tertiary", on_click=actions.select_page,
                   args=(page_items, False), disabled=not n)
-        for action, label in (("keep", "Keep"), ("accept", "Accept"), ("discard", "Discard")):
+        for action, label in (("keep", "Keep"), ("accept", "Accept"), ("discard", "Discard"), ("skip", "Skip")):
             st.button(f"{label} {n} selected" if n else f"{label} selected", key=f"batch_{action}{suffix}",
                       on_click=actions.batch, args=(run_path, action, page_items), disabled=not n)
         st.selectbox("Relabel selected to", classes, index=None, key=f"batch_label{suffix}", placeholder="class…",
@@ -85,17 +92,18 @@ def batch_bar(run_path: str, page_items: actions.PageItems, classes: list[str], 
 
 
 def grid(run_path: str, shown: pd.DataFrame, cursor: ReviewCursor, classes: list[str],
-         image_root: Path | None) -> None:
+         image_root: Path | None, evidence: Evidence) -> None:
     """The cards of this page; the focused one is highlighted."""
     st.html(f"<style>.st-key-card_{cursor.slot} {{border: 3px solid #2f6f4f !important; "
             "background: #eef6f1;}}</style>")
     columns = st.columns(GRID_COLUMNS)
     for slot, (_, row) in enumerate(shown.iterrows()):
         with columns[slot % GRID_COLUMNS].container(border=True, key=f"card_{slot}"):
-            _card(run_path, row, cursor.page_start + slot, classes, image_root)
+            _card(run_path, row, cursor.page_start + slot, classes, image_root, evidence)
 
 
-def _card(run_path: str, row: pd.Series, position: int, classes: list[str], image_root: Path | None) -> None:
+def _card(run_path: str, row: pd.Series, position: int, classes: list[str], image_root: Path | None,
+          evidence: Evidence) -> None:
     index, path = int(row["index"]), str(row["path"])
     if image_root is not None:
         st.image(thumbnail(str(image_root / path), THUMB_PX), width=THUMB_PX)
@@ -107,7 +115,8 @@ def _card(run_path: str, row: pd.Series, position: int, classes: list[str], imag
     prob = row.get("suggested_prob")
     prob_text = f" ({float(prob):.2f})" if prob is not None and not pd.isna(prob) else ""
     st.markdown(f"given **{row['given_label']}**  \nsuggested **{row['suggested_label']}**{prob_text}")
-    st.caption(f"top-3: {review.top3_text(row)}  \nclean prob {float(row['clean_prob']):.2f}")
+    st.caption(f"top-3: {review.top3_text(row)}  \n{evidence_line(row, evidence)}")
+    nearest_popover(row, evidence)
     st.checkbox("select", key=actions.selection_key(index))
     decided = {"decided": (path, position)}
     with st.container(horizontal=True, gap="small"):
@@ -117,6 +126,8 @@ def _card(run_path: str, row: pd.Series, position: int, classes: list[str], imag
                   kwargs=decided, help="Relabel to the suggested label")
         st.button("Discard", key=f"discard_{index}", on_click=actions.act, args=(run_path, "discard", (path,)),
                   kwargs=decided, help="Leave this image out")
+        st.button("Skip", key=f"skip_{index}", on_click=actions.act, args=(run_path, "skip", (path,)),
+                  kwargs=decided, help="Not sure: shown again at the end of the queue, not used in training")
         st.button("Focus", key=f"focus_{index}", type="tertiary", icon=":material/center_focus_strong:",
                   on_click=actions.move_to, args=(position,), help="Make this the card the keyboard acts on")
     st.selectbox("Relabel to", classes, index=None, key=f"relabel_{index}", placeholder="relabel to…",

@@ -59,6 +59,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("budget_s", "Time budget (s)", 2, minimum=0, maximum=7 * 24 * 3600,
             help="Seconds phase (a) may take: the pre-training and classifier epochs are sized from this "
                  "machine's measured speed to fill it (0 = no budget, the epochs above as given)"),
+    Setting("review.memory", "Use the decisions remembered for these images", 2,
+            help="Images decided in earlier runs (the same file content, even renamed or moved) start as reviewed "
+                 "with that decision; off = `fit --no-memory`"),
 )
 
 

@@ -9,7 +9,8 @@ Commands (flags are a contract; add to them, never rename):
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
         [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory] [--budget 10m]
     finetune RUN [--truth CSV] [--device ...] [--epochs N] [--set KEY=VALUE ...] [--resume]
-    export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all]
+    export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all] [--top N]
+    rerank RUN [--quiet]                             re-rank the review queue with the decisions (engine.cli.rerank)
     decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
     decisions import RUN CSV [--no-memory]           ... and back in
     status RUN [--json]
@@ -26,7 +27,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from engine.cli import review
+from engine.cli import rerank, review
 from engine.errors import UserError, bug_message
 
 
@@ -105,6 +106,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--auto-relabel", choices=["confident", "never", "all"], default="confident",
                    help="which flagged images take the suggested label without a review: confident (default: "
                         "only where the evidence clears the measured bar), never, or all")
+    p.add_argument("--top", type=int, default=None, metavar="N",
+                   help="a flag budget: only the N most suspicious flagged images stay flagged (answered ones first)")
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -122,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="CLeaN: find and fix mislabeled images.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_scan, _add_prepare, _add_noise, _add_fit, _add_finetune, _add_export, _add_status, _add_devices,
-                review.add_parser):
+                review.add_parser, rerank.add_parser):
         add(sub)
     return parser
 
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine.cli import data as handlers
     elif args.command == "decisions":
         handlers = review
+    elif args.command == "rerank":
+        handlers = rerank
     else:
         from engine.cli import run as handlers
     handler = getattr(handlers, "cmd_" + args.command)

@@ -84,6 +84,8 @@ def fit_overrides(args: Namespace) -> dict[str, Any]:
         o["finetune_after_fit"] = True
     if getattr(args, "budget", None) is not None:
         o["budget_s"] = config_mod.parse_budget(args.budget)
+    if args.no_memory:
+        o["review.memory"] = False  # recorded in config.json: the app and later commands respect the opt-out
     o.update(_parse_sets(args.set))
     return o
 
@@ -491,7 +493,7 @@ def cmd_export(args: Namespace) -> int:
         return _fail(integrity.sentence(run, integrity.plan(run, found, cfg), cfg))
     try:
         out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite,
-                            auto_relabel=args.auto_relabel)
+                            auto_relabel=args.auto_relabel, top=args.top)
     except (ExportError, UserError) as e:
         return _fail(str(e))
     print(f"wrote {out}")

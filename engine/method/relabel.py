@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from engine.config import RelabelConfig
-from engine.method.neighbours import l2_normalise, label_votes, nearest
+from engine.method.neighbours import l2_normalised, label_votes
 
 # Competence is estimated on at most this many clean images: the estimate's error at 5,000 is ~0.7 points,
 # and the cost of the folds grows with the count.
@@ -55,7 +55,7 @@ def competence(features: np.ndarray, given: np.ndarray, clean: np.ndarray, *, se
     present = counts[counts > 0]
     if len(present) < 2 or present.min() < _FOLDS:
         return None
-    x = l2_normalise(features[rows])
+    x = l2_normalised(features[rows])
     right = 0
     for fit, held in StratifiedKFold(_FOLDS, shuffle=True, random_state=seed).split(x, y):
         head = LogisticRegression(max_iter=300).fit(x[fit], y[fit])
@@ -69,6 +69,7 @@ def confident_relabels(
     flagged: np.ndarray,
     clean_prob: np.ndarray,
     features: np.ndarray,
+    neighbours: np.ndarray,
     cfg: RelabelConfig,
     *,
     seed: int,
@@ -77,12 +78,12 @@ def confident_relabels(
 
     Args:
         probs: (N, C) classifier probabilities; given: (N,) given label indices; flagged: (N,) bool;
-        clean_prob: (N,) the mixture's clean probability; features: (N, D) encoder features.
+        clean_prob: (N,) the mixture's clean probability; features: (N, D) encoder features;
+        neighbours: (N, >= cfg.neighbours) nearest images, most similar first (engine.method.neighbours).
     """
     suggested = probs.argmax(axis=1)
     rows = np.arange(len(given))
-    neighbours = nearest(features, cfg.neighbours)
-    agreement = label_votes(neighbours, given, probs.shape[1])[rows, suggested]
+    agreement = label_votes(neighbours[:, :cfg.neighbours], given, probs.shape[1])[rows, suggested]
     skill = competence(features, given, clean_prob >= 0.5, seed=seed)
     candidate = flagged & (suggested != given) & (probs[rows, suggested] >= cfg.min_prob) & (
         agreement >= cfg.min_agreement)

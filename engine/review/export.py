@@ -49,6 +49,7 @@ from engine.data.files import link_or_copy, safe_folder_name
 from engine.errors import UserError
 from engine.filekind import describe
 from engine.review.decisions import ACTIONS, Decision, load_decisions
+from engine.review.queue import flag_budget
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 
@@ -66,10 +67,11 @@ class ExportError(UserError):
     """An export that would be unsafe (overwrite source data) or cannot be made."""
 
 
-def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0]) -> pd.DataFrame:
+def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0], top: int | None = None) -> pd.DataFrame:
     """One row per image with the corrected label and how it was decided (EXPORT_COLUMNS).
 
     auto_relabel: which flagged images take their suggestion without a human decision (module docstring).
+    top: a flag budget, only the N most suspicious flagged images stay flagged (engine.review.queue).
     """
     if auto_relabel not in AUTO_RELABEL:
         raise ExportError(f"--auto-relabel must be one of {', '.join(AUTO_RELABEL)}, got {auto_relabel!r}")
@@ -82,6 +84,7 @@ def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0]) -> p
     except UserError as e:  # a foreign or corrupt store: reported like every other export problem
         raise ExportError(str(e)) from e
     flagged = s["flagged"].astype(int).astype(bool) if "flagged" in s else pd.Series(False, index=s.index)
+    flagged = flag_budget(run.path, s, flagged, top)  # --top N, the flag budget: engine.review.queue
     suggested = s["suggested_label"] if "suggested_label" in s else s["given_label"]
     allowed = _automatic(s, flagged, auto_relabel)
     classes = _run_classes(run, s["given_label"], suggested)
@@ -143,7 +146,7 @@ def _decided_label(d: Decision, given: str, classes: set[str]) -> tuple[str, str
 
 
 def export_labels(run_dir: Path, out: Path, fmt: str, *, overwrite: bool = False,
-                  auto_relabel: str = AUTO_RELABEL[0]) -> Path:
+                  auto_relabel: str = AUTO_RELABEL[0], top: int | None = None) -> Path:
     """Write the corrected labels of `run_dir` to `out` in `fmt` (csv, json or folder); returns `out`.
 
     overwrite: replace an existing regular file (csv, json) or an earlier folder export (folder); without
@@ -154,7 +157,7 @@ def export_labels(run_dir: Path, out: Path, fmt: str, *, overwrite: bool = False
     out = Path(out)
     root = _source_root(run_dir)
     _refuse_unsafe_target(out, run_dir, root, fmt, overwrite)
-    table = corrected_labels(run_dir, auto_relabel=auto_relabel)
+    table = corrected_labels(run_dir, auto_relabel=auto_relabel, top=top)
     if fmt == "csv":
         _write_new_file(out, _to_csv(table).encode("utf-8"), overwrite)
     elif fmt == "json":

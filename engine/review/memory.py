@@ -6,6 +6,7 @@ by every run of the app and of the command line, wherever the run folder is:
 - `open_run_store(run)` is the run's decision store as the app and the CLI write through: each write is
   committed to `RUN/decisions.sqlite` first, then passed on here. If the memory fails (a full disk, a
   foreign file in its place) the run's decision stands and `store.memory_error` says what happened.
+  A run started with `fit --no-memory` (`review.memory=false` in its config.json) never writes here.
 - `seed_run_store(run, paths, sha256s, classes)` starts a new run with the decisions remembered for its
   images: a re-upload, renamed or moved files. An image matches a remembered decision by its sha256;
   where the sha256 of either side is unknown, by its path. Two known sha256s that differ are two
@@ -34,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import config as config_mod
+from engine.errors import UserError
 from engine.review.decisions import (
     ACTIONS,
     UNLABELLED_ACTIONS,
@@ -199,11 +202,23 @@ def _remember(con: sqlite3.Connection, c: Change, run: str, t: str) -> int:
 # ------------------------------------------------------------------------------------------- runs
 
 
+def uses_memory(run_dir: Path) -> bool:
+    """False when the run opted out of the workspace memory (`fit --no-memory`: `review.memory` in config.json)."""
+    path = RunDir(run_dir).config
+    if not path.exists():
+        return True
+    try:
+        return config_mod.load(path).review.memory
+    except UserError:  # an unreadable config: the run's other readers report it; the default stands here
+        return True
+
+
 def open_run_store(run_dir: Path, *, memory: Memory | None = None, remember: bool = True) -> DecisionStore:
     """The decision store of a run as the app and the CLI write through: the run's image hashes attached
-    (RunDir.hashes), every write passed on to `memory` (default: the workspace's) unless `remember` is False."""
+    (RunDir.hashes), every write passed on to `memory` (default: the workspace's) unless `remember` is False
+    or the run opted out of the memory (`uses_memory`)."""
     run = RunDir(run_dir)
-    mirror = (memory or Memory()) if remember else None
+    mirror = (memory or Memory()) if remember and uses_memory(run.path) else None
     return DecisionStore(run.decisions, hashes=read_hashes(run.path), mirror=mirror)
 
 

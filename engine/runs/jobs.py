@@ -12,6 +12,11 @@ outlive the run, and a pointer file would only repeat what the locks already say
 launches racing each take their own run's lock first and then look at the others', so at worst both
 refuse, never both start.
 
+A re-ranking of the review queue (`start_rerank`: `python -m engine rerank RUN`, seconds on a CPU) is not
+a run: it has its own lock (RUN/.rerank.lock, handed to the child as the worker's is), one per run, may
+run beside a training worker, and never touches status.json; it writes RUN/rerank.csv, RUN/rerank.json
+and its output to RUN/rerank.log.
+
 The launcher writes status.json once, "queued" (or "failed" when the child cannot start), while it
 holds the run's lock and before the worker exists; from then on the worker is its only writer.
 
@@ -210,6 +215,44 @@ def launch(
     # The pid goes to the launch record, not status.json: Stop can signal a worker that is still starting.
     atomic_write_json(rd.launch, {**(read_json(rd.launch, default={}) or {}), "pid": proc.pid})
     return proc.pid
+
+
+def rerank_args(run_dir: Path) -> list[str]:
+    return ["rerank", str(run_dir), "--quiet"]
+
+
+def start_rerank(run_dir: Path, *, command_prefix: Sequence[str] | None = None) -> int | None:
+    """Re-rank the review queue in the background: `python -m engine rerank RUN --quiet`.
+
+    Returns the child's pid, or None when a re-ranking of this run is running already (nothing started).
+    Raises JobError when the run has no results yet or the process cannot start.
+    """
+    run_dir = Path(run_dir).resolve()
+    rd = RunDir(run_dir)
+    if not rd.samples.exists():
+        raise JobError(f"run {run_dir.name} has no samples.csv yet: re-ranking needs a finished phase (a)")
+    lock = worker_lock.acquire(rd, path=rd.rerank_lock, variable=worker_lock.RERANK_FD_VARIABLE)
+    if lock is None:
+        return None
+    command = [*(command_prefix or engine_command()), *rerank_args(run_dir)]
+    try:
+        with open(rd.rerank_log, "ab") as log:
+            log.write(f"# {now_iso()} {' '.join(command)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock.fileno(),),
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **lock.child_environment()})
+    except OSError as e:
+        raise JobError(f"could not start the re-ranking: {e}") from e
+    finally:
+        lock.close()  # the child's copy keeps it held
+    return proc.pid
+
+
+def rerank_running(run_dir: Path) -> bool:
+    """True while a re-ranking of the run is running (its lock is held)."""
+    rd = RunDir(run_dir)
+    return worker_lock.is_held(rd, path=rd.rerank_lock)
 
 
 # ----------------------------------------------------------------------------- watch

@@ -18,6 +18,8 @@ sees half a file):
     samples.csv        one row per image (see README "Run folder")
     split.json         the fitted mixture (for the loss histogram overlay)
     umap.npy           (N, 2) float32 embedding map, rows aligned with samples.csv
+    neighbours.npy     (N, 5) int32 nearest images in the feature space, rows aligned with samples.csv
+    rerank.csv         the review queue re-ranked with the decisions (engine.method.rerank); rerank.json: its record
     decisions.sqlite   human review decisions (engine.decisions)
     metrics.json       detection metrics when a truth file is known
 
@@ -109,6 +111,31 @@ class RunDir:
     @property
     def umap(self) -> Path:
         return self.path / "umap.npy"
+
+    @property
+    def neighbours(self) -> Path:
+        """(N, 5) int32: the rows of samples.csv nearest to each image in the feature space (cosine)."""
+        return self.path / "neighbours.npy"
+
+    @property
+    def rerank(self) -> Path:
+        """Suggestions and suspicion of every image from a head refitted with the review decisions."""
+        return self.path / "rerank.csv"
+
+    @property
+    def rerank_meta(self) -> Path:
+        """What the last re-ranking was made from (decisions, the samples.csv it belongs to), or its failure."""
+        return self.path / "rerank.json"
+
+    @property
+    def rerank_lock(self) -> Path:
+        """flock()ed by a re-ranking while it runs: one at a time per run."""
+        return self.path / ".rerank.lock"
+
+    @property
+    def rerank_log(self) -> Path:
+        """The output of re-rankings the app started."""
+        return self.path / "rerank.log"
 
     @property
     def decisions(self) -> Path:

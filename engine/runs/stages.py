@@ -94,8 +94,9 @@ def _rng(stream: str) -> tuple[str, str]:
 HEAD_PARTS = ("head", "head_full")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", FIT, "decode every image once into the uint8 cache", _none,
-          writes=lambda r: tuple(r.data / name for name in CACHE_FILES), inputs="DATA"),
+    Stage("prepare", FIT, "decode every image once into the uint8 cache; hash the images, start with their "
+          "remembered decisions", _none, writes=lambda r: tuple(r.data / name for name in CACHE_FILES),
+          keeps=lambda r: (r.hashes, r.decisions), inputs="DATA, the workspace memory"),
     Stage("pretrain", FIT, "(a1) SimCLR pre-training of the encoder", lambda r: (r.data,),
           *_epochs("pretrain"), seeds=_rng("pretrain"), off=_no_pretraining),
     Stage("warmup", FIT, "(a2) the classifier head alone on the frozen encoder",
@@ -105,8 +106,9 @@ STAGES: tuple[Stage, ...] = (
           *_epochs("train"), keeps=lambda r: (r.loss_history,), seeds=_rng("train")),
     Stage("predict", FIT, "(a3) probabilities, features and losses of every image",
           lambda r: (r.data, r.checkpoint("train"), r.loss_history), writes=lambda r: (r.predictions,)),
-    Stage("split", FIT, "(b1) the two-component mixture: clean probabilities and flags", lambda r: (r.predictions,),
-          writes=lambda r: (r.samples, r.split), keeps=lambda r: (r.metrics,), seeds=("split/mixture",),
+    Stage("split", FIT, "(b1) the two-component mixture: clean probabilities and flags; each image's nearest images",
+          lambda r: (r.predictions,),
+          writes=lambda r: (r.samples, r.split, r.neighbours), keeps=lambda r: (r.metrics,), seeds=("split/mixture",),
           inputs="the truth file"),
     Stage("embed", FIT, "the UMAP map of the features", lambda r: (r.predictions,),
           writes=lambda r: (r.umap,), seeds=("embed/umap",), off=_no_map),
@@ -120,7 +122,7 @@ STAGES: tuple[Stage, ...] = (
           seeds=(*_rng("head/warmup"), *_rng("head/full"))),
     Stage("refresh", FINETUNE, "new predictions, flags, suggestions, map and metrics",
           lambda r: (r.checkpoint("head"),), writes=lambda r: (r.predictions, r.samples, r.split),
-          keeps=lambda r: (r.metrics, r.umap), seeds=("refresh/mixture", "refresh/umap"), inputs="the truth file"),
+          keeps=lambda r: (r.metrics, r.umap, r.neighbours), seeds=("refresh/mixture", "refresh/umap"), inputs="the truth file"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 # The global generators of each phase (torch, numpy, random): a new network's initial weights, the fresh

@@ -16,6 +16,10 @@ the worker; `jobs.stop` takes it after a worker was killed before it could recor
 Readers only probe it (`is_held`), with a non-blocking shared flock they drop at once; a worker that
 starts during a probe waits a moment (`acquire(wait_s=...)`) instead of failing.
 
+A re-ranking of the review queue (engine.runs.jobs.start_rerank) is guarded the same way by its own
+lock file, RUN/.rerank.lock (`path=`), passed on in CLEAN_RERANK_LOCK_FD: one re-ranking at a time per
+run, alive exactly while its lock is held, and independent of the run's worker.
+
 Torch-free; Linux and macOS (flock).
 """
 
@@ -24,20 +28,23 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from pathlib import Path
 from typing import IO
 
 from engine.runs.rundir import RunDir
 
 FD_VARIABLE = "CLEAN_WORKER_LOCK_FD"  # set by the launcher in the child's environment
+RERANK_FD_VARIABLE = "CLEAN_RERANK_LOCK_FD"  # ... for the lock of a re-ranking
 _RETRY_S = 0.02
 
 
 class WorkerLock:
     """The held lock of one run; `close` (or the end of every process holding it) frees it."""
 
-    def __init__(self, run: RunDir, file: IO[str]) -> None:
+    def __init__(self, run: RunDir, file: IO[str], variable: str = FD_VARIABLE) -> None:
         self.run = run
         self._file: IO[str] | None = file
+        self.variable = variable  # how a child is told it holds this lock
 
     def fileno(self) -> int:
         if self._file is None:
@@ -46,7 +53,7 @@ class WorkerLock:
 
     def child_environment(self) -> dict[str, str]:
         """What a child process started with pass_fds=(lock.fileno(),) needs to know it holds the lock."""
-        return {FD_VARIABLE: str(self.fileno())}
+        return {self.variable: str(self.fileno())}
 
     def close(self) -> None:
         if self._file is not None:
@@ -60,15 +67,17 @@ class WorkerLock:
         self.close()
 
 
-def acquire(run: RunDir, *, wait_s: float = 0.0) -> WorkerLock | None:
-    """Take the run's lock (creating the run folder), trying for up to `wait_s`; None when another holds it."""
+def acquire(run: RunDir, *, wait_s: float = 0.0, path: Path | None = None,
+            variable: str = FD_VARIABLE) -> WorkerLock | None:
+    """Take the run's lock (creating the run folder), trying for up to `wait_s`; None when another holds it.
+    `path`: another lock file of the run (default: RunDir.worker_lock)."""
     run.path.mkdir(parents=True, exist_ok=True)
-    f = open(run.worker_lock, "a+")  # noqa: SIM115 - held open for as long as the lock is held
+    f = open(path or run.worker_lock, "a+")  # noqa: SIM115 - held open for as long as the lock is held
     deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return WorkerLock(run, f)
+            return WorkerLock(run, f, variable)
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 f.close()
@@ -76,13 +85,13 @@ def acquire(run: RunDir, *, wait_s: float = 0.0) -> WorkerLock | None:
             time.sleep(_RETRY_S)
 
 
-def inherited(run: RunDir) -> WorkerLock | None:
+def inherited(run: RunDir, *, path: Path | None = None, variable: str = FD_VARIABLE) -> WorkerLock | None:
     """The lock of `run` when the launcher passed it to this process, else None.
 
     The variable is removed from the environment either way: processes this one starts do not own the
     run. A descriptor that is not this run's lock file (another run's, or none) is not adopted.
     """
-    value = os.environ.pop(FD_VARIABLE, None)
+    value = os.environ.pop(variable, None)
     if value is None or not value.isdigit():
         return None
     fd = int(value)
@@ -91,7 +100,7 @@ def inherited(run: RunDir) -> WorkerLock | None:
     except OSError:
         return None  # nothing open under that number
     try:
-        ours = os.stat(run.worker_lock)
+        ours = os.stat(path or run.worker_lock)
         same = (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
     except OSError:
         same = False
@@ -105,13 +114,13 @@ def inherited(run: RunDir) -> WorkerLock | None:
         f.close()
         return None
     os.set_inheritable(fd, False)
-    return WorkerLock(run, f)
+    return WorkerLock(run, f, variable)
 
 
-def is_held(run: RunDir) -> bool:
-    """True while some process holds the run's lock: its worker (or launcher) is alive."""
+def is_held(run: RunDir, *, path: Path | None = None) -> bool:
+    """True while some process holds the run's lock (or `path`): its worker (or launcher) is alive."""
     try:
-        fd = os.open(run.worker_lock, os.O_RDONLY | os.O_NONBLOCK)  # never waits, even on a pipe put there
+        fd = os.open(path or run.worker_lock, os.O_RDONLY | os.O_NONBLOCK)  # never waits, even on a pipe put there
     except (FileNotFoundError, NotADirectoryError):
         return False
     except PermissionError:

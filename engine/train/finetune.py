@@ -20,7 +20,7 @@ from engine.method.augment import BatchAugment, two_views
 from engine.method.losses import weighted_supcon
 from engine.method.models import Network, set_trainable
 from engine.method.selection import fit_gmm_split, normalise_losses
-from engine.review.decisions import Decision
+from engine.review.decisions import SKIP, Decision
 from engine.runs.progress import Progress
 from engine.train.classify import per_sample_ce
 from engine.train.device import Runtime, autocast, oom_guard
@@ -60,7 +60,7 @@ def finetune_targets(
     n_decided = n_discarded = 0
     for i, path in enumerate(paths):
         d = decisions.get(path)
-        if d is None:
+        if d is None or d.action == SKIP:  # "unsure" is no decision, whoever passes it in
             continue
         if d.action == "discard":
             keep[i] = False

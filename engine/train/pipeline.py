@@ -33,8 +33,11 @@ from engine.method.augment import BatchAugment
 from engine.method.embed import umap_2d
 from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
+from engine.method.neighbours import K as NEIGHBOURS_K
+from engine.method.neighbours import nearest_neighbours
 from engine.method.relabel import RelabelEvidence, confident_relabels
 from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
+from engine.review import remembered
 from engine.review.decisions import Decision, load_decisions
 from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
@@ -144,6 +147,9 @@ def _prepare_stage(run: RunDir, record: DatasetRecord, cfg: RunConfig, progress:
 
         prepared = prepare(record, run.data, image_size=size, progress=tick,
                            workers=cfg.data.prepare_workers)  # refuses < 2 classes itself
+    # The review memory (engine.review.remembered): hash every image, start with its remembered decisions.
+    remembered.start_run(run.path, Path(record.root), prepared.paths, [prepared.classes[i] for i in prepared.labels],
+                         prepared.classes, use_memory=cfg.review.memory, note=progress.note)
     progress.stage_end()
     stages.mark_done(run, "prepare")
     return prepared
@@ -378,9 +384,12 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     s = ctx.cfg.split
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
                            tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
+    # One neighbour search serves the review cards (K nearest) and the relabel bar (its own k).
+    neighbours = nearest_neighbours(preds.features, max(NEIGHBOURS_K, ctx.cfg.relabel.neighbours))
     relabel = confident_relabels(preds.probs, ctx.prepared.labels, result.flagged, result.clean_prob,
-                                 preds.features, ctx.cfg.relabel, seed=seed)
+                                 preds.features, neighbours, ctx.cfg.relabel, seed=seed)
     write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel)
+    atomic_write_npy(ctx.run.neighbours, neighbours[:, :NEIGHBOURS_K])  # the review cards' nearest images
     atomic_write_json(ctx.run.split, {
         "competence": relabel.competence, "min_competence": ctx.cfg.relabel.min_competence,
         "n_auto_relabel": int(relabel.auto.sum()),
@@ -505,6 +514,7 @@ def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
 def finetune_fingerprint(decisions: dict[str, Decision], cfg: RunConfig) -> str:
     """Identifies what phase (b) depends on: the review decisions and the settings."""
     settings = config_mod.to_dict(replace(cfg, finetune_after_fit=False))  # how it was invoked does not matter
+    settings.pop("review")  # the review loop's settings (memory, re-ranking) do not change what phase (b) trains
     blob = json.dumps([sorted((p, d.action, d.label) for p, d in decisions.items()), settings])
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

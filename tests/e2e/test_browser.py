@@ -1,4 +1,5 @@
-"""The whole app in headless Chromium: upload a zip, train a tiny run, review with a key and a click, export.
+"""The whole app in headless Chromium: upload a zip, train a tiny run, review with keys (skip included) and a
+click, re-rank, export; then a second run on the same images starts with those decisions.
 
 Runs the real server (`streamlit run app.py`) and the real engine worker. Needs Debian's chromium at
 /usr/bin/chromium (driven by the `playwright` package, no downloaded browsers). Without it the test is
@@ -185,16 +186,17 @@ def test_upload_train_review_export(server, tmp_path):
             review_button = page.locator(".st-key-review_umap button")  # appears once points are selected
             review_button.wait_for(timeout=20_000)
             picked = int(re.search(r"Review these (\d+) images", review_button.inner_text()).group(1))
-            assert picked >= 2
+            assert picked >= 3
             shot(page, "3_inspect")
             review_button.click()
 
-            # ---- Review (the lassoed images): one decision with the keyboard, one with a click
+            # ---- Review (the lassoed images): decisions with the keyboard (skip too) and a click, then re-rank
             page.get_by_role("heading", name="Review", level=1).wait_for()
             expect(page.get_by_text(f"Picked on Inspect: {picked} images picked on the map")).to_be_visible()
             page.locator(".st-key-card_0").wait_for()
             first = page.locator(".st-key-card_0 strong").first.inner_text()
             second = page.locator(".st-key-card_1 strong").first.inner_text()
+            expect(page.locator(".st-key-card_0")).to_contain_text("Why: loss ≥")  # the evidence line
             page.get_by_role("heading", name="Review", level=1).click()  # keyboard focus on the page, not an input
             page.keyboard.press("k")
             expect(page.locator(".st-key-card_0")).to_contain_text("kept", timeout=20_000)
@@ -203,8 +205,14 @@ def test_upload_train_review_export(server, tmp_path):
             page.keyboard.press("k")  # ... so the key decides it again, not the next card
             expect(page.locator(".st-key-card_0")).to_contain_text("kept", timeout=20_000)
             expect(page.locator(".st-key-card_1")).to_contain_text("not reviewed")
+            page.keyboard.press("s")  # unsure about the second: it goes to the end of the queue
+            expect(page.get_by_text("Skipped (unsure, shown again at the end) 1 image.")).to_be_visible(timeout=20_000)
+            expect(page.locator(".st-key-card_1 strong").first).not_to_have_text(second)
+            third = page.locator(".st-key-card_1 strong").first.inner_text()
             page.locator(".st-key-card_1").get_by_role("button", name="Discard", exact=True).click()
             expect(page.locator(".st-key-card_1")).to_contain_text("discarded", timeout=20_000)
+            page.locator(".st-key-rerank_now button").click()  # the head refitted with the two decisions
+            expect(page.get_by_text(re.compile(r"re-ranked with 2 decisions"))).to_be_visible(timeout=180_000)
             shot(page, "4_review")
 
             go(page, "Fine-tune")
@@ -219,18 +227,39 @@ def test_upload_train_review_export(server, tmp_path):
             info.value.save_as(saved)
             shot(page, "6_export")
 
-            # ---- back to Train: a new run would use the uploaded data, not the bundled sample
+            # ---- back to Train: a new run uses the uploaded data, not the bundled sample ...
             go(page, "Train")
             expect(page.get_by_text(re.compile(r"Dataset: .*colours"))).to_be_visible()
             shot(page, "7_train_after")
+            page.get_by_role("spinbutton", name="Pre-training epochs", exact=True).fill("1")
+            page.get_by_role("spinbutton", name="Classifier epochs", exact=True).fill("1")
+            page.get_by_role("spinbutton", name="Batch size", exact=True).fill("8")
+            page.get_by_role("button", name="Start").click()
+            page.wait_for_url(lambda u: "run=" in u and f"run={run_id}" not in u)  # the new run is the current one
+            expect(page.get_by_text("Finished:")).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+
+            # ---- ... and starts with the decisions made on these images in the first run
+            go(page, "Review")
+            expect(page.get_by_text("This run started with 3 decisions remembered from earlier runs")).to_be_visible()
+            shot(page, "8_review_second_run")
+            go(page, "Export")
+            with page.expect_download() as info:
+                page.get_by_role("button", name="labels.csv").click()
+            saved_second = tmp_path / "labels_second.csv"
+            info.value.save_as(saved_second)
         finally:
             browser.close()
 
-    labels = pd.read_csv(saved, keep_default_na=False)
-    assert len(labels) == 36
-    by_name = {Path(p).name: row for p, row in zip(labels["path"], labels.to_dict("records"), strict=True)}
-    assert by_name[first]["status"] == "kept" and by_name[first]["label"] == by_name[first]["original_label"]
-    assert by_name[second]["status"] == "discarded" and by_name[second]["label"] == ""
+    for export in (saved, saved_second):  # the second run's export carries the first run's decisions
+        labels = pd.read_csv(export, keep_default_na=False)
+        assert len(labels) == 36
+        by_name = {Path(p).name: row for p, row in zip(labels["path"], labels.to_dict("records"), strict=True)}
+        assert by_name[first]["status"] == "kept" and by_name[first]["label"] == by_name[first]["original_label"]
+        assert by_name[third]["status"] == "discarded" and by_name[third]["label"] == ""
+        assert by_name[second]["status"] in ("unchanged", "auto-relabeled")  # skipped: as if not reviewed
     assert (workspace / "runs" / run_id / "decisions.sqlite").exists()
+    assert (workspace / "runs" / run_id / "rerank.csv").exists()
+    assert (workspace / "memory.sqlite").exists()
+    assert len([p for p in (workspace / "runs").iterdir() if p.is_dir()]) == 2
     for name in ("1_data", "2_train", "3_inspect", "4_review", "5_finetune", "6_export"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
