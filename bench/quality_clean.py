@@ -112,6 +112,7 @@ def call_engine(argv: list[str], deadline: Deadline, *, skip_map: bool = False) 
 def run_clean(key: str, data: CaseData, run: Path, s: Settings, *, image_size: int | None, images: str,
               pool: PretrainPool, deadline: Deadline, say: Callable[[str], None] = print) -> list[Row]:
     """One CLeaN variant in a fresh run folder; rows for phase (a) and, for `clean`, phase (b)."""
+    from engine.runs import owner
     from engine.runs.rundir import RunDir
 
     shutil.rmtree(run, ignore_errors=True)  # a finished run would be skipped stage by stage: start afresh
@@ -121,6 +122,7 @@ def run_clean(key: str, data: CaseData, run: Path, s: Settings, *, image_size: i
     shared, ckpt = 0.0, None
     if key != "no-pretrain" and s.share_pretrain and images in pool.done:
         ckpt, shared = pool.done[images]
+        owner.claim(RunDir(run))  # a run folder CLeaN made, then seeded with the shared pre-training
         RunDir(run).checkpoint("pretrain").parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ckpt, RunDir(run).checkpoint("pretrain"))
     say(f"   {command}" + (f"  (reusing the pre-trained encoder {ckpt})" if shared else ""))

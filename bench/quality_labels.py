@@ -76,8 +76,11 @@ def phase_a_view(run: Path, view: Path) -> Path:
     """A run folder holding phase (a)'s samples as they were before fine-tuning rewrote samples.csv: what
     `engine export` would have read had the user exported after `fit` without --finetune. The export reads
     samples.csv, source.json (classes) and decisions.sqlite (none in a benchmark run)."""
+    from engine.runs import owner
+    from engine.runs.rundir import RunDir
+
     shutil.rmtree(view, ignore_errors=True)
-    view.mkdir(parents=True)
+    owner.claim(RunDir(view))  # the view is a run folder of CLeaN's own making
     shutil.copy2(run / "samples_phase_a.csv", view / "samples.csv")
     shutil.copy2(run / "source.json", view / "source.json")
     return view

@@ -23,6 +23,7 @@ from engine.method.losses import (
     rce,
     weighted_supcon,
 )
+from engine.train.loop import Rng
 
 LN_1E4 = math.log(1e-4)
 
@@ -646,8 +647,8 @@ def test_finetune_passes_its_loss_settings_to_weighted_supcon(tmp_path, monkeypa
     cfg = FinetuneConfig(epochs=1, batch_size=8, temperature=0.2, weighting=weighting, form=form,
                          min_weight=min_weight)
     aug = BatchAugment(AugmentConfig(), out_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    finetune.finetune_supcon(net, TrainSet.from_numpy(images, labels, rt.device), targets, cfg, aug, rt, seed=0,
-                             last_ckpt=tmp_path / "supcon.last.pt", progress=Progress.silent())
+    finetune.finetune_supcon(net, TrainSet.from_numpy(images, labels, rt.device), targets, cfg, aug, rt,
+                             rng=Rng.for_stream(0, "finetune", "cpu"), last_ckpt=tmp_path / "supcon.last.pt", progress=Progress.silent())
     assert len(calls) == 1  # 8 images, batch 8, one epoch: one step
     settings = {key: calls[0].get(key, "not passed") for key in ("temperature", "weighting", "form", "min_weight")}
     assert settings == {"temperature": 0.2, "weighting": weighting, "form": form, "min_weight": min_weight}

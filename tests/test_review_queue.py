@@ -94,7 +94,7 @@ def test_a_rerank_counts_only_for_the_samples_it_was_made_from(tmp_path: Path):
 def test_export_top_keeps_only_the_budget_flagged_and_follows_a_current_rerank(tmp_path: Path):
     run = write_run(tmp_path / "run")
     DecisionStore(run.decisions).decide(["x/3.png"], "skip")  # looked at: inside the budget, still to answer
-    out = corrected_labels(run.path, top=2)
+    out = corrected_labels(run.path, top=2, auto_relabel="all")  # every budget-flagged image takes its suggestion
     assert out["flagged"].tolist() == [1, 0, 0, 1, 0]
     assert out["status"].tolist() == ["auto-relabeled", "unchanged", "unchanged", "auto-relabeled", "unchanged"]
     assert corrected_labels(run.path)["flagged"].tolist() == [1, 1, 1, 1, 0]  # no budget: as before
@@ -105,7 +105,7 @@ def test_export_top_keeps_only_the_budget_flagged_and_follows_a_current_rerank(t
 def test_cli_export_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     run = write_run(tmp_path / "run")
     out = tmp_path / "labels.csv"
-    assert main(["export", str(run.path), "--out", str(out), "--top", "1"]) == 0
+    assert main(["export", str(run.path), "--out", str(out), "--top", "1", "--auto-relabel", "all"]) == 0
     labels = pd.read_csv(out, keep_default_na=False)
     assert labels["flagged"].tolist() == [1, 0, 0, 0, 0] and labels["label"].tolist() == ["dog"] + ["cat"] * 4
     assert main(["export", str(run.path), "--out", str(tmp_path / "other.csv"), "--top", "0"]) == 2

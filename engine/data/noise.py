@@ -221,7 +221,7 @@ def load_mapping(path: Path, classes: Sequence[str]) -> dict[int, int]:
         try:
             rows = list(csv.reader(io.StringIO(text)))
         except csv.Error as e:  # e.g. a field over the csv module's size limit
-            raise ValueError(f"{path} is not a readable CSV file ({e})") from None
+            raise UserError(f"{path} is not a readable CSV file ({e})") from None
         header = [h.strip().lower() for h in rows[0]] if rows else []
         if "source" not in header or "target" not in header:
             raise UserError(f"{path} must be a CSV whose first row names the columns source,target")

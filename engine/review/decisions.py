@@ -327,6 +327,12 @@ def _migrate_v1(con: sqlite3.Connection) -> None:
     SQLite cannot change a CHECK constraint in place, so `decisions` is rebuilt (rows copied as they are);
     `decision_log` only gains a column, so its ids and rows stay exactly as they were.
     """
+    placeholders = ", ".join("?" * len(ACTIONS))
+    odd = con.execute(f"SELECT path, action FROM decisions WHERE action NOT IN ({placeholders}) LIMIT 1",
+                      tuple(ACTIONS)).fetchone()
+    if odd is not None:  # an older or hand-edited store: named, and left as it is (the caller rolls back)
+        raise UserError(f"review decision for {odd[0]} has unknown action {odd[1]!r} "
+                        f"(one of {', '.join(ACTIONS)} expected); correct or delete that row of the store")
     con.execute(_DECISIONS_TABLE.replace("CREATE TABLE decisions", "CREATE TABLE decisions_v2"))
     con.execute("INSERT INTO decisions_v2(path, action, label, decided_at, source) "
                 "SELECT path, action, CASE WHEN action = 'discard' THEN NULL ELSE label END, decided_at, source "
