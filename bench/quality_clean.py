@@ -26,6 +26,10 @@ from bench.quality_data import CaseData
 from bench.quality_labels import export_command, phase_a_view, score_export
 from bench.quality_methods import FIT_FLAGS, LABELS, Row, Settings, release_memory
 
+# The benchmark has no reviewer: phase (b) is measured as it runs without decisions, which the defaults
+# no longer do (finetune.require_decisions) — the row says what a user who lifts the rule would get.
+FINETUNE_WITHOUT_DECISIONS = ["--finetune", "--set", "finetune.require_decisions=false"]
+
 
 @dataclass
 class PretrainPool:
@@ -117,7 +121,7 @@ def run_clean(key: str, data: CaseData, run: Path, s: Settings, *, image_size: i
 
     shutil.rmtree(run, ignore_errors=True)  # a finished run would be skipped stage by stage: start afresh
     finetune = key == "clean" and s.finetune
-    argv = fit_argv(data, run, s, image_size) + FIT_FLAGS[key] + (["--finetune"] if finetune else [])
+    argv = fit_argv(data, run, s, image_size) + FIT_FLAGS[key] + (FINETUNE_WITHOUT_DECISIONS if finetune else [])
     command = "python -m engine " + shlex.join(argv)
     shared, ckpt = 0.0, None
     if key != "no-pretrain" and s.share_pretrain and images in pool.done:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.review.decisions import finetune_waits
 from engine.runs import jobs
 from engine.runs.status import ACTIVE_STATES
 from ui import page, progress, readers, runs_table, wording, workspace
@@ -25,9 +26,13 @@ cols[0].metric("Human decisions used", f"{len(decisions):,}")
 cols[1].metric("Kept", f"{int(counts.get('keep', 0)):,}")
 cols[2].metric("Relabeled", f"{int(counts.get('relabel', 0)):,}")
 cols[3].metric("Discarded", f"{int(counts.get('discard', 0)):,}")
-if decisions.empty:
-    st.caption("No decisions yet: fine-tuning then relies on the model's own clean probabilities. "
-               "Reviewing some flagged images first usually helps.")
+waits = finetune_waits(readers.run_config(run).finetune.require_decisions, run.decisions)
+if waits:
+    st.info("Fine-tuning starts once you have reviewed some flagged images: without your decisions it "
+            "learns the model's own mistakes, and on real label noise it was measured to make the labels "
+            "worse. Decide a few images on the Review page, then come back.", icon=":material/rate_review:")
+elif decisions.empty:
+    st.caption("No decisions yet: fine-tuning then relies on the model's own clean probabilities.")
 
 # ----------------------------------------------------------------------------- start / follow
 st.subheader("Fine-tuning")
@@ -35,6 +40,8 @@ if status.get("phase") == "finetune" or state in ACTIVE_STATES:
     progress.progress_panel(run, key="finetune_progress")
 if state in ACTIVE_STATES:
     st.caption("Fine-tuning is running; the results below refresh when it finishes.")
+elif waits:
+    page.next_step("review the flagged images", "review")
 else:
     label = "Fine-tune again with the current decisions" if run.samples_before.exists() else "Start fine-tuning"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="start_finetune"):

@@ -26,8 +26,19 @@ def test_counts_the_decisions_and_starts_phase_b(fake_run, fake_jobs):
     assert any("(fine-tuning)" in m.value for m in at.markdown)  # the live panel of phase (b)
 
 
+def test_without_decisions_fine_tuning_is_not_offered(fake_run, fake_jobs):
+    at = open_page("finetune", run_id=fake_run.run_id)
+    assert not at.exception
+    assert not [b for b in at.button if b.key == "start_finetune"]
+    assert any("Fine-tuning starts once you have reviewed some flagged images" in i.value for i in at.info)
+    DecisionStore(fake_run.run.decisions).decide(fake_run.flagged["path"][:1], "skip", source="t")
+    at = open_page("finetune", run_id=fake_run.run_id)  # a skip is no decision
+    assert not [b for b in at.button if b.key == "start_finetune"]
+
+
 def test_before_and_after(fake_run, fake_jobs):
     write_phase_b(fake_run, changed=2)
+    DecisionStore(fake_run.run.decisions).decide(fake_run.flagged["path"][:1], "keep", "cat", source="t")
     at = open_page("finetune", run_id=fake_run.run_id)
     got = metrics(at)
     assert (got["Flagged before"], got["Flagged after"], got["Suggestions changed"]) == ("9", "7", "2")

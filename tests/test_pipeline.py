@@ -276,3 +276,26 @@ def test_a_zipped_test_set_is_extracted_inside_the_run(fitted, tmp_path: Path) -
     assert "test accuracy" in r.stdout and (run / "test_source").is_dir()
     assert set(Path(tempfile.gettempdir()).glob("clean-zip-*")) == before  # nothing left in /tmp
 
+
+
+def test_without_decisions_phase_b_waits(fitted, tmp_path: Path) -> None:
+    """Phase (b) without review decisions was measured to make labels worse: `finetune` refuses (exit 2,
+    nothing changed), `fit --finetune` stops after phase (a) and says why; the setting lifts the rule."""
+    import shutil
+
+    data, fitted_run, _ = fitted
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run)
+    (run / "decisions.sqlite").unlink(missing_ok=True)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    r = engine("finetune", run, "--quiet")
+    assert r.returncode == 2 and "fine-tuning waits for review decisions" in r.stderr
+    assert "finetune.require_decisions=false" in r.stderr
+    assert not (run / "samples_phase_a.csv").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name in before
+            and p.name not in ("status.json", "events.jsonl", "worker.log")} == \
+        {k: v for k, v in before.items() if k not in ("status.json", "events.jsonl", "worker.log")}
+    r = engine("fit", data, "--run-dir", run, "--finetune", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--finetune: fine-tuning waits for review decisions" in r.stderr + r.stdout
+    assert json.loads((run / "metrics.json").read_text())["phase"] == "fit" and not (run / "samples_phase_a.csv").exists()

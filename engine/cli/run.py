@@ -26,6 +26,7 @@ from engine import config as config_mod
 from engine.config import ConfigError, RunConfig
 from engine.errors import UserError, bug_message
 from engine.filekind import require_regular_file
+from engine.review.decisions import finetune_waits
 from engine.runs import integrity, owner, worker_lock
 from engine.runs.atomic import DamagedFile, now_iso, read_json
 from engine.runs.rundir import RunDir
@@ -302,7 +303,12 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
                                 truth_optional=auto_truth)
     pipeline.write_source(run, record, data=args.data, truth=truth if ctx.truth is not None else None, test=test)
     summary = pipeline.run_fit(ctx)
-    if cfg.finetune_after_fit:
+    waits = finetune_waits(cfg.finetune.require_decisions, run.decisions) if cfg.finetune_after_fit else None
+    if waits:
+        progress.note(f"--finetune: {waits}")
+        if not progress.show:  # asked for and not done: said even with --quiet
+            print(f"--finetune: {waits}", file=sys.stderr)
+    elif cfg.finetune_after_fit:
         run.write_status(phase="finetune")
         summary = pipeline.run_finetune(ctx)
     return summary
@@ -355,6 +361,9 @@ def cmd_finetune(args: Namespace) -> int:
         from engine.train.device import resolve_device
 
         resolve_device(cfg.device)  # refuses cuda on a machine without one, before the run is touched
+        waits = finetune_waits(cfg.finetune.require_decisions, run.decisions)
+        if waits:
+            raise UserError(waits)
     except UserError as e:
         return _refused(run, launched, e)
     return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet,

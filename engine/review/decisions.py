@@ -409,3 +409,13 @@ def load_decisions(db_path: Path, *, include_skipped: bool = False) -> dict[str,
         return {}
     decisions = DecisionStore(db_path).all()
     return decisions if include_skipped else {p: d for p, d in decisions.items() if d.action != SKIP}
+
+
+def finetune_waits(require_decisions: bool, db_path: Path) -> str | None:
+    """Why phase (b) does not run yet (config finetune.require_decisions, and no decision in the store), or
+    None when it may run. Skips are no decisions."""
+    if not require_decisions or load_decisions(db_path):
+        return None
+    return ("fine-tuning waits for review decisions: without them it was measured to make the labels worse on "
+            "real label noise (README, phase (b)). Review some flagged images first, or set "
+            "finetune.require_decisions=false to run it anyway")

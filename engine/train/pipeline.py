@@ -38,7 +38,7 @@ from engine.method.neighbours import nearest_neighbours
 from engine.method.relabel import RelabelEvidence, confident_relabels
 from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
 from engine.review import remembered
-from engine.review.decisions import Decision, load_decisions
+from engine.review.decisions import Decision, finetune_waits, load_decisions
 from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
 from engine.runs import stages
@@ -211,7 +211,7 @@ def _truth(path: Path | None, paths: tuple[str, ...], classes: tuple[str, ...], 
 def _begin_phase(run: RunDir, cfg: RunConfig, progress: Progress, phase: str, *, n: int) -> None:
     """Show every stage of `phase` with its state, and plan the work left (for the run's ETA)."""
     names = list(stages.phase_stage_names(phase))
-    if phase == FIT and cfg.finetune_after_fit:
+    if phase == FIT and cfg.finetune_after_fit and not finetune_waits(cfg.finetune.require_decisions, run.decisions):
         names += stages.phase_stage_names(FINETUNE)  # `fit --finetune`: the run goes on into phase (b)
     states = {name: stages.state_of(run, cfg, name) for name in stages.phase_stage_names(phase)}
     plan = [planned_work(cfg, name, n) for name in names
