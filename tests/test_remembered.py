@@ -109,9 +109,23 @@ def test_a_skip_is_no_decision_in_fine_tuning():
 
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]], dtype=np.float32)
     decisions = {"a": Decision("a", "skip", None, "t"), "b": Decision("b", "relabel", "cat", "t")}
-    t = finetune_targets(probs, ("a", "b", "c"), ("cat", "dog"), decisions, SplitConfig(), min_weight=0.01, seed=0)
+    t = finetune_targets(probs, ("a", "b", "c"), ("cat", "dog"), decisions, SplitConfig(), given=np.array([0, 1, 0]),
+                         min_weight=0.01, seed=0)
     assert (t.n_decided, t.n_discarded) == (1, 0)
     assert t.labels.tolist() == [0, 0, 0] and t.weights[1] == 1.0 and t.weights[0] < 1.0 and t.keep.all()
+
+
+def test_keep_trains_on_the_given_label_whatever_the_decision_stored():
+    from engine.config import SplitConfig
+    from engine.train.finetune import finetune_targets
+
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]], dtype=np.float32)  # the model says cat, cat, dog
+    decisions = {"a": Decision("a", "keep", "cat", "t"),  # remembered from a run where the file was "cat"
+                 "c": Decision("c", "discard", None, "t")}
+    t = finetune_targets(probs, ("a", "b", "c"), ("cat", "dog"), decisions, SplitConfig(), given=np.array([1, 0, 1]),
+                         min_weight=0.01, seed=0)
+    assert t.labels.tolist()[:2] == [1, 0] and t.weights[0] == 1.0  # "a" is dog in this run: kept as dog
+    assert t.keep.tolist() == [True, True, False] and (t.n_decided, t.n_discarded) == (1, 1)
 
 
 # ----------------------------------------------------------------------------- end to end: fit twice

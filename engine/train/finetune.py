@@ -45,10 +45,16 @@ def finetune_targets(
     decisions: dict[str, Decision],
     split_cfg: SplitConfig,
     *,
+    given: np.ndarray,
     min_weight: float,
     seed: int,
 ) -> FinetuneTargets:
-    """Training labels and SupCon weights for phase (b) from phase-(a) probabilities and decisions."""
+    """Training labels and SupCon weights for phase (b) from phase-(a) probabilities and decisions.
+
+    given: (N,) the run's given label indices. A `keep` trains on the image's given label in this run,
+    whatever label the decision stored (a decision remembered from a run where the file had another label
+    still means "this run's label is right"); `relabel` trains on its label; `discard` leaves the image out.
+    """
     pseudo = probs.argmax(axis=1)
     split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo)), threshold=split_cfg.threshold, seed=seed,
                           max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar,
@@ -65,6 +71,10 @@ def finetune_targets(
         if d.action == "discard":
             keep[i] = False
             n_discarded += 1
+            continue
+        if d.action == "keep":
+            labels[i], weights[i] = int(given[i]), 1.0
+            n_decided += 1
             continue
         if d.label not in index:
             raise UserError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")

@@ -564,6 +564,7 @@ def run_finetune(ctx: Context) -> dict:
     phase_a = load_npz(run.predictions_before)
     # Targets first: a decision the run cannot use fails here, before any phase (b) state is touched.
     targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, decisions, cfg.split,
+                               given=ctx.prepared.labels,
                                min_weight=cfg.finetune.min_weight, seed=ctx.seed("supcon/weights"))
     done = reset_finetune(run, finetune_fingerprint(decisions, cfg))
     _begin_phase(run, cfg, ctx.progress, FINETUNE, n=len(ctx.data))
