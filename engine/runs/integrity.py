@@ -211,6 +211,8 @@ def _kind(run: RunDir, path: Path) -> str:
         return "split"
     if path == run.umap:
         return "map"
+    if path == run.neighbours:
+        return "neighbours"
     return "checkpoint" if RunDir.checkpoint_of(path) else "json"  # the stages' other files: metrics.json
 
 
@@ -227,6 +229,11 @@ def _problem(run: RunDir, path: Path, kind: str, n: int | None, checkpoint_probl
             shape, dtype = npy_header(path)
             if len(shape) != 2 or shape[1] != 2 or dtype.kind != "f" or (n is not None and shape[0] != n):
                 return f"it holds {shape} {dtype} where the map needs ({n if n is not None else 'N'}, 2) numbers"
+            return None
+        if kind == "neighbours":
+            shape, dtype = npy_header(path)
+            if len(shape) != 2 or dtype.kind != "i" or (n is not None and shape[0] != n):
+                return f"it holds {shape} {dtype} where the review cards need ({n if n is not None else 'N'}, k) ids"
             return None
         if kind in ("split", "json"):
             value = load_json(path)
