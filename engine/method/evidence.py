@@ -21,13 +21,10 @@ from engine.method.duplicates import NO_GROUP, find_duplicates
 from engine.method.neighbours import similarities
 from engine.method.outliers import outlier_scores
 
-EVIDENCE_COLUMNS = ("duplicate_group", "duplicate_conflict", "outlier_score")
-OUTLIER_VIEW = 0.99  # the Review page's "maybe discard" view and Inspect's count: the most outlying 1 %
-
 
 def evidence_columns(images: np.ndarray, features: np.ndarray, labels: np.ndarray, neighbours: np.ndarray,
                      cfg: EvidenceConfig) -> dict[str, np.ndarray]:
-    """The EVIDENCE_COLUMNS of every image.
+    """engine.review.findings.EVIDENCE_COLUMNS of every image.
 
     Args:
         images: the cache's images (N, S, S, 3) uint8.

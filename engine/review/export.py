@@ -60,6 +60,7 @@ from engine.data.files import link_or_copy, safe_folder_name
 from engine.errors import UserError
 from engine.filekind import describe
 from engine.review.decisions import ACTIONS, Decision, load_decisions
+from engine.review.findings import evidence_of
 from engine.review.queue import flag_budget
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
@@ -138,18 +139,6 @@ def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0], top:
     if drop_duplicates:
         table.loc[redundant_copies(table), ["label", "status"]] = ["", "duplicate-dropped"]
     return table
-
-
-def evidence_of(s: pd.DataFrame) -> dict[str, pd.Series]:
-    """duplicate_group, duplicate_conflict and outlier_score of samples.csv; a run written before they
-    existed (or a damaged cell) reads as no group, no conflict, no score."""
-    def column(name: str, missing: float) -> pd.Series:
-        if name not in s:
-            return pd.Series(missing, index=s.index, dtype=float)
-        return pd.to_numeric(s[name], errors="coerce").fillna(missing)
-    return {"duplicate_group": column("duplicate_group", -1).astype(int),
-            "duplicate_conflict": column("duplicate_conflict", 0).astype(int),
-            "outlier_score": column("outlier_score", float("nan"))}
 
 
 def redundant_copies(table: pd.DataFrame) -> pd.Series:
