@@ -29,10 +29,11 @@ SupConWeighting = Literal["paper", "reference"]
 SupConForm = Literal["mean-log", "paper"]
 Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
+Arch = Literal["resnet18", "resnet34", "resnet50"]
 
 LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
 SUPCON_FORMS: tuple[str, ...] = typing.get_args(SupConForm)
-
+ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 # A config.json is about 2 KB; anything this large is not one, and is refused before it is read.
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -57,6 +58,13 @@ class ModelConfig:
     # torchvision's 7x7 stride-2 conv + max-pool. "auto" picks small for <= 64 px on a GPU and
     # standard on a CPU, where the small stem costs ~16x the FLOPs (bench/throughput.py).
     stem: Stem = "auto"
+    # torchvision ResNet trunk of the encoder: 512-d features (18, 34) or 2048-d (50); the heads take the dim.
+    arch: Arch = "resnet18"
+    # Start the encoder from these weights (`fit --weights`): a torchvision ResNet state dict or a CLeaN
+    # checkpoint, read from disk, never downloaded (engine.train.weights). The sha256 is recorded when a
+    # run starts, so a resumed run loads the same file.
+    weights: str = ""
+    weights_sha256: str = ""
     proj_hidden: int = 512  # projection head 512 -> 512 -> 128 (paper)
     proj_dim: int = 128
     head_hidden: int = 128  # classifier 512 -> 128 -> BN -> ReLU -> C (paper's "multilayer" head)
@@ -173,6 +181,19 @@ class ReviewConfig:
 
 
 @dataclass(frozen=True)
+class EvidenceConfig:
+    """Near-duplicates and outliers, from the decoded cache and the encoder features (engine.method.evidence)."""
+
+    enabled: bool = True
+    # Two images are copies when their 16x16 thumbnails correlate this well, and their detail (edges,
+    # texture) this well, in the best of their views (as is, mirrored, 90 % crops): engine.method.duplicates.
+    duplicate_match: float = 0.90
+    duplicate_detail: float = 0.80
+    duplicate_cosine: float = 0.95  # encoder neighbours this similar (cosine) are candidate copies as well
+    outlier_neighbors: int = 10  # outlier_score: mean cosine distance to this many nearest neighbours
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -184,6 +205,7 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     seed: int = 0
     device: DeviceName = "auto"
     precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
@@ -255,6 +277,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.classify.rce_log_zero < 0, "rce_log_zero must be negative (it stands for log 0)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
         (cfg.model.stem in ("auto", "small", "standard"), f"unknown stem {cfg.model.stem!r}"),
+        (cfg.model.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {cfg.model.arch!r}"),
+        (bool(cfg.model.weights) or not cfg.model.weights_sha256,
+         "model.weights_sha256 is set but model.weights names no file"),
+        (0.0 < cfg.evidence.duplicate_match <= 1.0 and 0.0 < cfg.evidence.duplicate_detail <= 1.0,
+         "evidence.duplicate_match and duplicate_detail must be in (0, 1]"),
+        (0.0 < cfg.evidence.duplicate_cosine <= 1.0, "evidence.duplicate_cosine must be in (0, 1]"),
+        (cfg.evidence.outlier_neighbors >= 1,
+         f"evidence.outlier_neighbors must be >= 1, got {cfg.evidence.outlier_neighbors}"),
         (cfg.finetune.weighting in ("paper", "reference"), f"unknown weighting {cfg.finetune.weighting!r}"),
         (cfg.finetune.form in SUPCON_FORMS,
          f"finetune.form must be {' or '.join(SUPCON_FORMS)}, got {cfg.finetune.form!r}"),
@@ -345,6 +375,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a text, got {value!r}")
+        return value
     return value
 
 

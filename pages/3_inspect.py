@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.review import findings
 from engine.review.estimate import accuracy_line, label_accuracy
 from ui import charts, exporting, page, readers, review_actions, wording
 
@@ -31,6 +32,17 @@ cols[1].metric("Flagged", f"{n_flagged:,}", f"{100 * n_flagged / max(n, 1):.1f} 
                delta_arrow="off")
 for col, key in zip(cols[2:], shown_metrics, strict=True):
     col.metric(wording.METRIC_NAMES[key], f"{float(metrics[key]):.3f}", help=wording.METRIC_HELP[key])
+found = findings.finding_counts(samples)
+f1, f2, f3 = st.columns(3)
+f1.metric("Copies with different labels", f"{found['conflicting_groups']:,}",
+          help="Groups of near-duplicate images whose given labels disagree: a certain label error, flagged for "
+               "review with the copies side by side")
+f2.metric("Groups of copies", f"{found['duplicate_groups']:,}",
+          help="Exact and near-duplicate images (resized, re-compressed, cropped, mirrored); Export can leave out "
+               "all but one of each group whose labels agree")
+f3.metric(f"Outliers (score ≥ {findings.OUTLIER_VIEW})", f"{found['outliers']:,}",
+          help="Images far from every other image in the feature space, maybe of no class: Review's "
+               "\"Maybe discard\" view")
 if metrics:
     st.caption(f"Metrics against the truth file: {metrics.get('n_mislabeled', '?')} images are really mislabeled.")
 st.info(accuracy_line(label_accuracy(samples, exporting.labels_table(run))) + " (the default export; choose "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.review import findings
 from ui import page, readers, review, review_cards, review_loop
 from ui import review_actions as actions
 from ui.review_evidence import Evidence
@@ -35,8 +36,10 @@ review_loop.rerank_bar(run, cfg, actions.current_decisions(run))
 
 # ----------------------------------------------------------------------------- what to show
 selection = review.load_selection(run)
-scopes = ["flagged", "all"] + (["selection"] if selection else [])
+n_outliers = findings.finding_counts(samples)["outliers"]
+scopes = ["flagged", "all"] + (["outliers"] if n_outliers else []) + (["selection"] if selection else [])
 scope_names = {"flagged": f"Flagged ({n_flagged:,})", "all": f"All images ({len(samples):,})",
+               "outliers": f"Maybe discard: outliers ({n_outliers:,})",
                "selection": f"Picked on Inspect: {selection.label}" if selection else ""}
 actions.scope_choice(scopes, "selection" if selection else "flagged")
 with st.container(horizontal=True, vertical_alignment="bottom"):

@@ -6,6 +6,7 @@ import streamlit as st
 
 from engine.review.estimate import accuracy_line, label_accuracy
 from engine.review.export import AUTO_RELABEL, ExportError
+from engine.review.findings import OUTLIER_VIEW
 from ui import exporting, page, readers
 
 STATUS_HELP = {
@@ -15,6 +16,8 @@ STATUS_HELP = {
     "auto-relabeled": "flagged, not reviewed, and changed to the suggestion without a review",
     "needs-review": "flagged, not reviewed: the given label is kept until you decide",
     "unchanged": "not flagged: label kept as given",
+    "duplicate-dropped": "a copy of another image with the same label, left out (Leave out copies)",
+    "outlier-dropped": "an outlier left out (Leave out outliers); images you kept or relabeled stay",
 }
 POLICY_HELP = {
     "confident": "only where the evidence clears the bar measured to be right at least 95 % of the time",
@@ -30,8 +33,16 @@ page.require_results(run, "the corrected labels")
 policy = st.radio("Automatic changes", AUTO_RELABEL, horizontal=True, key="export_policy",
                   format_func=lambda p: f"{p} — {POLICY_HELP[p]}" if p == AUTO_RELABEL[0] else p,
                   captions=[POLICY_HELP[p] if p != AUTO_RELABEL[0] else "" for p in AUTO_RELABEL])
+with st.container(horizontal=True):
+    drop_copies = st.checkbox("Leave out copies", key="export_drop_duplicates",
+                              help="Keep one image of each group of near-duplicates whose labels agree "
+                                   "(`--drop-duplicates`); groups whose labels disagree stay for review")
+    drop_outliers = st.checkbox(f"Leave out outliers (outlier score ≥ {OUTLIER_VIEW})", key="export_drop_outliers",
+                                help="The images of Review's \"maybe discard\" view, unless you kept or relabeled "
+                                     f"them (`--drop-outliers {OUTLIER_VIEW}`)")
+leave_out = exporting.LeaveOut(drop_copies, OUTLIER_VIEW if drop_outliers else None)
 try:
-    table = exporting.labels_table(run, policy)
+    table = exporting.labels_table(run, policy, leave_out)
 except ExportError as e:
     st.error(f"Cannot export this run: {e}")
     st.stop()
@@ -54,15 +65,15 @@ st.caption(f"{len(preview):,} rows shown of {len(table):,}" + (" (first 2,000 in
 st.subheader("Download")
 name = run.path.name
 with st.container(horizontal=True):
-    st.download_button("labels.csv", exporting.file_bytes(run, "csv", policy), file_name=f"{name}_labels.csv",
+    st.download_button("labels.csv", exporting.file_bytes(run, "csv", policy, leave_out), file_name=f"{name}_labels.csv",
                        mime="text/csv", icon=":material/table:", on_click="ignore", key="download_csv", type="primary")
-    st.download_button("labels.json", exporting.file_bytes(run, "json", policy), file_name=f"{name}_labels.json",
+    st.download_button("labels.json", exporting.file_bytes(run, "json", policy, leave_out), file_name=f"{name}_labels.json",
                        mime="application/json", icon=":material/data_object:", on_click="ignore", key="download_json")
-    st.download_button("Re-sorted folder (.zip)", lambda: exporting.folder_zip_data(run, policy),
+    st.download_button("Re-sorted folder (.zip)", lambda: exporting.folder_zip_data(run, policy, leave_out),
                        file_name=f"{name}_corrected.zip",
                        mime="application/zip", icon=":material/folder_zip:", on_click="ignore", key="download_zip",
-                       help="Class folders named after the corrected labels; discarded images are left out")
+                       help="Class folders named after the corrected labels; discarded and left-out images are not in it")
 st.caption(f"The same files as `python -m engine export {run.path} --out FILE --format csv|json|folder "
-           f"--auto-relabel {policy}`.")
+           f"--auto-relabel {policy}{leave_out.flags()}`.")
 
 page.next_step("train a new run on the corrected folder, or clean another dataset", "data")

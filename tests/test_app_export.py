@@ -47,7 +47,7 @@ def test_downloads_carry_the_human_decisions(fake_run, downloads):
     assert not at.exception
     counts = {m.label: m.value for m in at.metric}
     assert counts == {"kept": "1", "relabeled": "1", "discarded": "1", "auto-relabeled": "6", "needs-review": "0",
-                      "unchanged": "21"}
+                      "unchanged": "21", "duplicate-dropped": "0", "outlier-dropped": "0"}
     assert [b.proto.label for b in at.get("download_button")] == ["labels.csv", "labels.json",
                                                                     "Re-sorted folder (.zip)"]
     csv = pd.read_csv(io.BytesIO(download(at, "download_csv", downloads)), keep_default_na=False).set_index("path")

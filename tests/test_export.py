@@ -372,3 +372,54 @@ def test_folder_export_shortens_long_class_names_and_keeps_them_apart(tmp_path: 
     assert len(set(folders.values())) == 3 and all(len(os.fsencode(f)) <= limit for f in folders.values())
     assert folders["a/3.png"] == "labels.csv_2" and (out / "labels.csv").is_file()  # the listing keeps its name
     assert listing.loc["a/1.png", "label"] == cat and listing.loc["a/2.png", "label"] == cat2
+
+
+# ----------------------------------------------------------------------------- copies and outliers
+
+
+def _with_evidence(run: RunDir, groups: list[int], conflict: list[int], scores: list[float]) -> None:
+    s = pd.read_csv(run.samples, keep_default_na=False)
+    s["duplicate_group"], s["duplicate_conflict"], s["outlier_score"] = groups, conflict, scores
+    s.to_csv(run.samples, index=False)
+
+
+def test_a_run_from_before_the_evidence_columns_exports_no_group_and_no_score(run: RunDir, tmp_path: Path) -> None:
+    t = corrected_labels(run.path)
+    assert t["duplicate_group"].tolist() == [-1] * len(ROWS) and t["duplicate_conflict"].tolist() == [0] * len(ROWS)
+    assert t["outlier_score"].isna().all()
+    records = json.loads(export_labels(run.path, tmp_path / "l.json", "json").read_text())
+    assert records[0]["duplicate_group"] == -1 and records[0]["outlier_score"] is None
+    # nothing to leave out: every option changes nothing
+    dropped = corrected_labels(run.path, drop_duplicates=True, drop_outliers=0.5)
+    assert dropped["status"].tolist() == t["status"].tolist()
+
+
+def test_drop_duplicates_keeps_one_image_per_group_whose_labels_agree(run: RunDir, tmp_path: Path) -> None:
+    # group 0: dog/3 and dog/6 (both export dog); group 1: cat/8 and cat/2 (cat vs auto-relabeled dog: disagree)
+    _with_evidence(run, [-1, 1, 0, -1, -1, 0, -1, 1], [0, 1, 0, 0, 0, 0, 0, 1], [0.1] * 8)
+    t = corrected_labels(run.path, drop_duplicates=True).set_index("path")
+    assert t.loc["dog/3.png", ["label", "status"]].tolist() == ["dog", "unchanged"]  # the first member stays
+    assert t.loc["dog/6.png", ["label", "status"]].tolist() == ["", "duplicate-dropped"]
+    assert t.loc["cat/2.png", "status"] == "auto-relabeled" and t.loc["cat/8.png", "status"] == "needs-review"
+    assert (t["status"] == "duplicate-dropped").sum() == 1
+    assert t.loc["dog/6.png", "duplicate_group"] == 0 and t.loc["cat/2.png", "duplicate_conflict"] == 1
+    out = export_labels(run.path, tmp_path / "folder", "folder", drop_duplicates=True)
+    assert "dog/6.png" not in pd.read_csv(out / "labels.csv")["source_path"].tolist()
+
+
+def test_drop_outliers_discards_unreviewed_images_at_or_above_q(run: RunDir) -> None:
+    _with_evidence(run, [-1] * 8, [0] * 8, [0.995, 0.99, 0.5, 1.0, 0.2, 0.98, 0.3, 0.1])
+    t = corrected_labels(run.path, drop_outliers=0.99).set_index("path")
+    assert t.index[t["status"] == "outlier-dropped"].tolist() == ["cat/2.png"]  # cat/1 (0.995) and dog/4 were decided
+    assert t.loc["cat/2.png", "label"] == ""
+    assert t.loc["cat/1.png", "status"] == "kept" and t.loc["dog/4.png", "status"] == "relabeled"
+    assert (corrected_labels(run.path, drop_outliers=0.98)["status"] == "outlier-dropped").sum() == 2
+
+
+def test_drop_outliers_outside_0_1_is_one_error(run: RunDir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main as cli_main
+
+    with pytest.raises(ExportError, match="between 0 and 1"):
+        corrected_labels(run.path, drop_outliers=99)
+    assert cli_main(["export", str(run.path), "--out", str(tmp_path / "l.csv"), "--drop-outliers", "1.5"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err and not (tmp_path / "l.csv").exists()

@@ -23,7 +23,8 @@ TINY = ["--device", "cpu", "--pretrain-epochs", "2", "--epochs", "3", "--batch-s
         "--seed", "3", "--quiet"]
 SAMPLE_COLUMNS = {"index", "id", "path", "given_label", "predicted_label", "confidence", "loss", "loss_norm",
                   "clean_prob", "flagged", "suggested_label", "suggested_prob", "given_prob", "suspicion",
-                  "top1_label", "top1_prob", "top2_label", "top2_prob", "top3_label", "top3_prob", "true_label"}
+                  "top1_label", "top1_prob", "top2_label", "top2_prob", "top3_label", "top3_prob", "true_label",
+                  "duplicate_group", "duplicate_conflict", "outlier_score"}
 
 
 def engine(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -55,7 +56,9 @@ def test_fit_writes_the_run_folder(fitted) -> None:
     assert len(s) == 36 and s["index"].tolist() == list(range(36))
     assert set(s["path"]) == {p.relative_to(data).as_posix() for p in data.rglob("*.png")}
     assert s["clean_prob"].between(0, 1).all() and s["suspicion"].between(0, 1).all()
-    assert set(s["flagged"]) <= {0, 1} and (s["flagged"] == (s["clean_prob"] < 0.5)).all()
+    # flagged: the loss split, and every member of a group of copies whose labels disagree
+    assert set(s["flagged"]) <= {0, 1} and (s["flagged"] == ((s["clean_prob"] < 0.5) | (s["duplicate_conflict"] == 1))).all()
+    assert s["outlier_score"].between(0, 1).all() and s["outlier_score"].max() == 1.0
     assert (s["top1_prob"] >= s["top2_prob"]).all() and (s["top1_label"] == s["predicted_label"]).all()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done"
@@ -73,6 +76,18 @@ def test_fit_writes_the_run_folder(fitted) -> None:
 
 
 @pytest.mark.slow
+def test_samples_carry_copies_and_outliers_and_conflicts_are_flagged(fitted, tmp_path: Path) -> None:
+    _, run, _ = fitted
+    s = pd.read_csv(run / "samples.csv", dtype={"path": str})
+    assert {"duplicate_group", "duplicate_conflict", "outlier_score"} <= set(s.columns)
+    assert (s.loc[s["duplicate_conflict"] == 1, "flagged"] == 1).all()
+    assert sorted(s["outlier_score"].round(6)) == sorted(((s["outlier_score"].rank() - 1) / 35).round(6))
+    out = tmp_path / "labels.csv"
+    assert cli_main(["export", str(run), "--out", str(out), "--drop-outliers", "1"]) == 0
+    exported = pd.read_csv(out, keep_default_na=False)
+    assert (exported["status"] == "outlier-dropped").sum() == 1 and "outlier_score" in exported
+
+
 def test_checkpoints_load_with_weights_only(fitted) -> None:
     _, run, _ = fitted
     for stage in ("pretrain", "warmup", "train"):

@@ -21,6 +21,7 @@ from engine.config import RunConfig
 from engine.errors import UserError
 from engine.review import queue
 from engine.review.decisions import load_decisions
+from engine.review.findings import evidence_of
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 from ui import review
@@ -46,7 +47,7 @@ def read_samples_csv(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in header if c not in dtypes})
     if "flagged" in df:
         df["flagged"] = df["flagged"].fillna(0).astype(int).astype(bool)
-    return df
+    return df.assign(**evidence_of(df))  # duplicates and outliers: defaults for runs written before them
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -18,11 +18,12 @@ import pandas as pd
 
 from engine.review import queue as review_order
 from engine.review.decisions import SKIP, DecisionStore, Restore
+from engine.review.findings import NO_GROUP, OUTLIER_VIEW
 from engine.runs.atomic import atomic_write_json, now_iso, read_json
 from engine.runs.rundir import RunDir
 
 ReviewAction = Literal["keep", "accept", "relabel", "discard", "skip"]
-Scope = Literal["flagged", "selection", "all"]
+Scope = Literal["flagged", "selection", "all", "outliers"]
 NOT_REVIEWED = "not reviewed"
 SKIPPED = "skipped"
 STATUS_OF_ACTION = {"keep": "kept", "relabel": "relabeled", "discard": "discarded", SKIP: SKIPPED}
@@ -61,7 +62,8 @@ def review_queue(
 
     Args:
         table: `with_decisions(samples, decisions)`.
-        scope: "flagged" (flagged == 1), "selection" (the paths in `selection`) or "all".
+        scope: "flagged" (flagged == 1), "selection" (the paths in `selection`), "all", or "outliers" (the
+            "maybe discard" view: outlier_score >= OUTLIER_VIEW, most outlying first).
         given, suggested, statuses: keep only these values (empty = no filter).
         top: the flag budget of the "flagged" scope: only the `top` most suspicious flagged images.
         pinned: path -> the suspicion it was shown with: cards decided in this tab, kept in view and in place.
@@ -71,6 +73,8 @@ def review_queue(
         mask &= review_order.in_budget(table, top)
     elif scope == "selection":
         mask &= table["path"].isin(set(selection or ())).to_numpy()
+    elif scope == "outliers":
+        mask &= (table["outlier_score"] >= OUTLIER_VIEW).to_numpy() if "outlier_score" in table else False
     if given:
         mask &= table["given_label"].isin(given).to_numpy()
     if suggested:
@@ -79,6 +83,8 @@ def review_queue(
         mask &= table["status"].isin(statuses).to_numpy()
         include_reviewed = include_reviewed or bool(REVIEWED_STATUSES & set(statuses))
     chosen = table[mask]
+    if scope == "outliers":  # ordered by how far out, not by label suspicion: the queue's order sorts on this
+        chosen = chosen.assign(suspicion=chosen["outlier_score"])
     if pinned:
         chosen = chosen.copy()
         held = chosen["path"].map(pinned)
@@ -261,6 +267,13 @@ def why_flagged(row: pd.Series, summary: tuple[str, int, int] | None) -> str:
     if summary is not None:
         label, count, n = summary
         parts.append(f"{count} of {n} nearest images {'is' if count == 1 else 'are'} labelled {label}")
+    if int(row.get("duplicate_conflict", 0) or 0):
+        parts.append("a copy of it carries another label")
+    elif int(row.get("duplicate_group", NO_GROUP)) != NO_GROUP:
+        parts.append("it has a copy with the same label")
+    score = row.get("outlier_score")
+    if score is not None and not pd.isna(score) and float(score) >= OUTLIER_VIEW:
+        parts.append(f"farther from the other images than {float(score):.1%} of them: maybe not of any class")
     return " · ".join(parts)
 
 

@@ -14,7 +14,7 @@ import streamlit as st
 from ui import class_keys, review
 from ui import review_actions as actions
 from ui.cursor import ReviewCursor
-from ui.review_evidence import Evidence, evidence_line, nearest_popover
+from ui.review_evidence import Evidence, copies_strip, evidence_line, nearest_popover
 from ui.thumbs import thumbnail
 
 GRID_COLUMNS = 4
@@ -116,6 +116,7 @@ def _card(run_path: str, row: pd.Series, position: int, classes: list[str], imag
     prob_text = f" ({float(prob):.2f})" if prob is not None and not pd.isna(prob) else ""
     st.markdown(f"given **{row['given_label']}**  \nsuggested **{row['suggested_label']}**{prob_text}")
     st.caption(f"top-3: {review.top3_text(row)}  \n{evidence_line(row, evidence)}")
+    copies_strip(row, evidence)
     nearest_popover(row, evidence)
     st.checkbox("select", key=actions.selection_key(index))
     decided = {"decided": (path, position)}

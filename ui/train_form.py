@@ -62,6 +62,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("review.memory", "Use the decisions remembered for these images", 2,
             help="Images decided in earlier runs (the same file content, even renamed or moved) start as reviewed "
                  "with that decision; off = `fit --no-memory`"),
+    Setting("model.weights", "Encoder weights (optional)", 2,
+            help="Path on this server of a torchvision ResNet-18/34/50 state dict or a CLeaN checkpoint "
+                 "(RUN/checkpoints/*.pt) to start the encoder from; read from disk, never downloaded. "
+                 "Empty = random initialisation (`fit --weights`)"),
 )
 
 
@@ -167,4 +171,16 @@ def check_truth(text: str) -> tuple[str | None, str | None]:
         return None, f"truth file {text} does not exist"
     if path.suffix.lower() != ".csv":
         return None, f"truth file {text} is not a .csv (columns path,true_label)"
+    return str(path.resolve()), None
+
+
+def check_weights(text: str) -> tuple[str, str | None]:
+    """(absolute path or "", error) for the encoder-weights field; an empty field is fine. Only that the
+    file is there: whether it fits the encoder the worker checks when the run starts (a one-sentence error)."""
+    text = str(text).strip()
+    if not text:
+        return "", None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        return "", f"weights file {text} does not exist on this server"
     return str(path.resolve()), None

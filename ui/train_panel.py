@@ -63,6 +63,9 @@ def new_run_form(dataset: Path, current_run: str | None) -> None:
 def _start(dataset: Path, values: dict[str, Any], truth_text: str, finetune: bool, *, cuda: bool,
            current_run: str | None) -> None:
     truth, problem = train_form.check_truth(truth_text)
+    weights, weights_problem = train_form.check_weights(values.get("model.weights", ""))
+    values = {**values, "model.weights": weights}
+    problem = problem or weights_problem
     if problem is None and values[train_form.DEVICE.key] == "cuda" and not cuda:
         problem = "no GPU was found on this server: choose auto or cpu"
     busy = jobs.active_run(workspace.workspace_root())

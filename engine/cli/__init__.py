@@ -8,8 +8,10 @@ Commands (flags are a contract; add to them, never rename):
     fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
         [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory] [--budget 10m]
+        [--weights PATH]
     finetune RUN [--truth CSV] [--device ...] [--epochs N] [--set KEY=VALUE ...] [--resume]
     export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all] [--top N]
+        [--drop-duplicates] [--drop-outliers Q]
     rerank RUN [--quiet]                             re-rank the review queue with the decisions (engine.cli.rerank)
     decisions export RUN --out CSV [--overwrite]     review decisions out (engine.cli.review)
     decisions import RUN CSV [--no-memory]           ... and back in
@@ -83,6 +85,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-memory", action="store_true",
                    help="start without the decisions the workspace remembers for these images")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="start the encoder from a local file: a torchvision ResNet-18/34/50 state dict or a CLeaN "
+                        "checkpoint (RUN/checkpoints/*.pt); never downloaded (config model.weights)")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -108,6 +113,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                         "only where the evidence clears the measured bar), never, or all")
     p.add_argument("--top", type=int, default=None, metavar="N",
                    help="a flag budget: only the N most suspicious flagged images stay flagged (answered ones first)")
+    p.add_argument("--drop-duplicates", action="store_true",
+                   help="keep one image of each group of copies whose labels agree; the others are discarded")
+    p.add_argument("--drop-outliers", type=float, default=None, metavar="Q",
+                   help="discard images whose outlier_score is Q or more (0-1; e.g. 0.99: the most outlying 1 %%)")
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:

@@ -87,7 +87,12 @@ def fit_overrides(args: Namespace) -> dict[str, Any]:
         o["budget_s"] = config_mod.parse_budget(args.budget)
     if args.no_memory:
         o["review.memory"] = False  # recorded in config.json: the app and later commands respect the opt-out
+    if getattr(args, "weights", None) is not None:
+        o["model.weights"] = str(args.weights)
     o.update(_parse_sets(args.set))
+    if isinstance(o.get("model.weights"), str) and o["model.weights"]:
+        # one spelling of the file in config.json, however it was named: a rerun with a relative path matches
+        o["model.weights"] = str(Path(o["model.weights"]).expanduser().resolve())
     return o
 
 
@@ -128,16 +133,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def fit_config(args: Namespace) -> RunConfig:
     """The config a new `fit` run gets from its flags (device profile, --config, flags, --set), with the
-    network stem resolved: "auto" depends on the device, and a run must rebuild the same network on
-    any machine that resumes or fine-tunes it."""
+    network stem resolved: "auto" depends on the device (or follows `model.weights`), and a run must
+    rebuild the same network on any machine that resumes or fine-tunes it."""
     overrides = fit_overrides(args)
     return _concrete(config_mod.with_overrides(_base_config(args, overrides), overrides))
 
 
 def _concrete(cfg: RunConfig) -> RunConfig:
     from engine.method.models import resolve_stem
+    from engine.train import weights
     from engine.train.device import resolve_device
 
+    cfg = weights.resolve(cfg)  # the weights file pinned (path, sha256) and its stem, or refused
     stem = resolve_stem(cfg.model.stem, cfg.data.image_size, resolve_device(cfg.device).type)
     return replace(cfg, model=replace(cfg.model, stem=stem))
 
@@ -502,20 +509,24 @@ def cmd_export(args: Namespace) -> int:
         return _fail(integrity.sentence(run, integrity.plan(run, found, cfg), cfg))
     try:
         out = export_labels(args.run_dir, args.out, args.format, overwrite=args.overwrite,
-                            auto_relabel=args.auto_relabel, top=args.top)
+                            auto_relabel=args.auto_relabel, top=args.top,
+                            drop_duplicates=args.drop_duplicates, drop_outliers=args.drop_outliers)
     except (ExportError, UserError) as e:
         return _fail(str(e))
     print(f"wrote {out}")
-    _print_export_summary(args.run_dir, args.auto_relabel)
+    _print_export_summary(args)
     return 0
 
 
-def _print_export_summary(run_dir: Path, policy: str) -> None:
+def _print_export_summary(args: Namespace) -> None:
     """What the export changed by itself, and what waits for a person: said plainly after every export."""
     from engine.review.export import corrected_labels
 
-    counts = corrected_labels(run_dir, auto_relabel=policy)["status"].value_counts()
-    parts = [f"{int(counts[s])} {s}" for s in ("auto-relabeled", "needs-review", "relabeled", "kept", "discarded")
+    policy = args.auto_relabel
+    counts = corrected_labels(args.run_dir, auto_relabel=policy, drop_duplicates=args.drop_duplicates,
+                              drop_outliers=args.drop_outliers)["status"].value_counts()
+    parts = [f"{int(counts[s])} {s}" for s in ("auto-relabeled", "needs-review", "relabeled", "kept", "discarded",
+                                               "duplicate-dropped", "outlier-dropped")
              if counts.get(s)]
     print("  " + (", ".join(parts) if parts else "no label changed") + f" (--auto-relabel {policy})")
 

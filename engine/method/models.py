@@ -1,9 +1,10 @@
-"""The network of the method: ResNet-18 encoder, SimCLR projection head, classifier head.
+"""The network of the method: ResNet encoder, SimCLR projection head, classifier head.
 
-Shapes follow the paper's published code (Ciortan et al. 2021): the encoder gives 512-d pooled features h; the
-projection head maps h to a 128-d unit vector z (used by NT-Xent and weighted SupCon); the classifier
-(the paper's "multilayer" head) maps h to C logits. Weights are never downloaded: every network starts
-from random initialisation.
+Shapes follow the paper's published code (Ciortan et al. 2021): the encoder (ResNet-18 by default; 34 or 50
+with `model.arch`) gives pooled features h (512-d, or 2048-d for ResNet-50); the projection head maps h to a
+128-d unit vector z (used by NT-Xent and weighted SupCon); the classifier (the paper's "multilayer" head)
+maps h to C logits. Weights are never downloaded: every network starts from random initialisation, or
+from a file the user has (`fit --weights`, engine.train.weights).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet18
+from torchvision.models import ResNet, resnet18, resnet34, resnet50
 
 from engine.config import ModelConfig
 
 FEATURE_DIM = 512  # ResNet-18 pooled features
+TRUNKS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 STEMS: tuple[str, ...] = ("auto", "small", "standard")
 SMALL_STEM_MAX_SIZE = 64
 
@@ -36,17 +38,20 @@ def resolve_stem(stem: str, image_size: int, device_type: str) -> Literal["small
 
 
 class Encoder(nn.Module):
-    """torchvision ResNet-18 trunk without its fc layer.
+    """torchvision ResNet trunk (ResNet-18 by default) without its fc layer.
 
-    Shape: (B, 3, H, W) -> (B, 512).
+    Shape: (B, 3, H, W) -> (B, feature_dim): 512 for ResNet-18/34, 2048 for ResNet-50.
     """
 
-    def __init__(self, stem: Literal["small", "standard"] = "standard") -> None:
+    def __init__(self, stem: Literal["small", "standard"] = "standard", arch: str = "resnet18") -> None:
         super().__init__()
         if stem not in ("small", "standard"):
             raise ValueError(f"encoder stem must be small or standard, got {stem!r}")
-        self.stem = stem
-        trunk = resnet18(weights=None)
+        if arch not in TRUNKS:
+            raise ValueError(f"encoder arch must be one of {', '.join(TRUNKS)}, got {arch!r}")
+        self.stem, self.arch = stem, arch
+        trunk: ResNet = TRUNKS[arch](weights=None)
+        self.feature_dim = int(trunk.fc.in_features)
         if stem == "small":
             trunk.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             # same initialisation torchvision gives its own convolutions (nn.Conv2d's default differs)
@@ -98,7 +103,7 @@ class ClassifierHead(nn.Module):
 class Network(nn.Module):
     """Encoder f, projection head g and classifier head c sharing the features h = f(x).
 
-    ``features(x)`` -> h (B, 512); ``project(x)`` -> z = g(h) (B, proj_dim), unit rows;
+    ``features(x)`` -> h (B, feature_dim); ``project(x)`` -> z = g(h) (B, proj_dim), unit rows;
     ``forward(x)`` -> c(h) logits (B, C).
     """
 
@@ -131,16 +136,17 @@ def build_network(cfg: ModelConfig, *, image_size: int, num_classes: int, device
     """Build the network on the CPU (the caller moves it); the stem is resolved for the image size and device.
 
     Args:
-        cfg: stem and head widths.
+        cfg: encoder (arch, stem) and head widths.
         image_size: side of the (square) input images in pixels.
         num_classes: C of the classifier head.
         device_type: "cpu" or "cuda", for the "auto" stem.
     """
     stem = resolve_stem(cfg.stem, image_size, device_type)
+    encoder = Encoder(stem, cfg.arch)
     return Network(
-        Encoder(stem),
-        ProjectionHead(FEATURE_DIM, cfg.proj_hidden, cfg.proj_dim),
-        ClassifierHead(num_classes, FEATURE_DIM, cfg.head_hidden),
+        encoder,
+        ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim),
+        ClassifierHead(num_classes, encoder.feature_dim, cfg.head_hidden),
     )
 
 

@@ -92,3 +92,15 @@ def label_votes(neighbours: np.ndarray, labels: np.ndarray, num_classes: int) ->
     rows = np.broadcast_to(np.arange(n)[:, None], neighbours.shape)[real]
     np.add.at(votes, (rows, labels[neighbours[real]]), 1.0)
     return votes / np.maximum(real.sum(axis=1, keepdims=True), 1)
+
+
+def similarities(features: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """(N, k) float32 cosine similarity of each image to each of its `neighbours` (nearest_neighbours' ids);
+    NaN in NONE columns. A row-wise dot product of the found pairs: no second search."""
+    x = l2_normalised(features)
+    real = neighbours != NONE
+    out = np.full(neighbours.shape, np.nan, dtype=np.float32)
+    if real.any():
+        rows = np.broadcast_to(np.arange(len(x))[:, None], neighbours.shape)[real]
+        out[real] = np.einsum("ij,ij->i", x[rows], x[neighbours[real]])
+    return out

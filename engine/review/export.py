@@ -17,6 +17,17 @@ when the policy allows an automatic change, else the given label. The policy (`-
 cleared the bar, or by `all`), needs-review (flagged, label not changed) or unchanged.
 A `keep` always exports the given label; a relabel to a class the run does not have is refused.
 
+Two options leave images out (status, no label; a folder export does not copy them):
+
+    drop_duplicates (`--drop-duplicates`)  duplicate-dropped: every member but the first of each group of
+               copies (samples.csv `duplicate_group`) whose exported labels agree. A group whose labels
+               still disagree is a label error to review first: all its members stay.
+    drop_outliers Q (`--drop-outliers Q`)  outlier-dropped: images whose `outlier_score` is Q or more,
+               unless a person kept or relabeled them.
+
+The export files carry `duplicate_group`, `duplicate_conflict` and `outlier_score` (engine.method.evidence);
+a run written before those columns existed exports -1, 0 and an empty score.
+
 What the export writes never replaces what it did not write:
 
 * CSV/JSON files are never written inside the run folder or over the run's source data; an existing file
@@ -49,11 +60,14 @@ from engine.data.files import link_or_copy, safe_folder_name
 from engine.errors import UserError
 from engine.filekind import describe
 from engine.review.decisions import ACTIONS, Decision, load_decisions
+from engine.review.findings import evidence_of
 from engine.review.queue import flag_budget
 from engine.runs.atomic import read_json
 from engine.runs.rundir import RunDir
 
-EXPORT_COLUMNS = ("path", "label", "original_label", "status", "suggested_label", "clean_prob", "flagged", "decided_at")
+EXPORT_COLUMNS = ("path", "label", "original_label", "status", "suggested_label", "clean_prob", "flagged", "decided_at",
+                  "duplicate_group", "duplicate_conflict", "outlier_score")
+LEFT_OUT = ("discarded", "duplicate-dropped", "outlier-dropped")  # statuses without a label
 FORMATS = ("csv", "json", "folder")
 AUTO_RELABEL = ("confident", "never", "all")  # export --auto-relabel; the first is the default
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -67,14 +81,18 @@ class ExportError(UserError):
     """An export that would be unsafe (overwrite source data) or cannot be made."""
 
 
-def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0], top: int | None = None) -> pd.DataFrame:
+def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0], top: int | None = None,
+                     drop_duplicates: bool = False, drop_outliers: float | None = None) -> pd.DataFrame:
     """One row per image with the corrected label and how it was decided (EXPORT_COLUMNS).
 
     auto_relabel: which flagged images take their suggestion without a human decision (module docstring).
     top: a flag budget, only the N most suspicious flagged images stay flagged (engine.review.queue).
+    drop_duplicates, drop_outliers: leave copies and outliers out (module docstring).
     """
     if auto_relabel not in AUTO_RELABEL:
         raise ExportError(f"--auto-relabel must be one of {', '.join(AUTO_RELABEL)}, got {auto_relabel!r}")
+    if drop_outliers is not None and not 0.0 <= drop_outliers <= 1.0:
+        raise ExportError(f"--drop-outliers must be an outlier_score between 0 and 1 (e.g. 0.99), got {drop_outliers}")
     run = RunDir(run_dir)
     if not run.samples.exists():
         raise ExportError(f"{run.path} has no samples.csv yet: run `python -m engine fit` first")
@@ -103,7 +121,7 @@ def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0], top:
         labels.append(label)
         statuses.append(status)
         decided_at.append(decided)
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "path": s["path"],
         "label": labels,
         "original_label": s["given_label"],
@@ -112,7 +130,26 @@ def corrected_labels(run_dir: Path, *, auto_relabel: str = AUTO_RELABEL[0], top:
         "clean_prob": s["clean_prob"] if "clean_prob" in s else 1.0,
         "flagged": flagged.astype(int),
         "decided_at": decided_at,
+        **evidence_of(s),
     })
+    if drop_outliers is not None:
+        reviewed = table["status"].isin(("kept", "relabeled"))
+        out = (table["outlier_score"] >= drop_outliers) & ~reviewed & ~table["status"].isin(LEFT_OUT)
+        table.loc[out, ["label", "status"]] = ["", "outlier-dropped"]
+    if drop_duplicates:
+        table.loc[redundant_copies(table), ["label", "status"]] = ["", "duplicate-dropped"]
+    return table
+
+
+def redundant_copies(table: pd.DataFrame) -> pd.Series:
+    """Per row: a copy to leave out, every member but the first (row order) still in the export of a
+    duplicate group whose exported labels agree."""
+    present = table[(table["duplicate_group"] >= 0) & ~table["status"].isin(LEFT_OUT)]
+    agree = present.groupby("duplicate_group")["label"].transform("nunique") == 1
+    later = present.groupby("duplicate_group").cumcount() > 0
+    drop = pd.Series(False, index=table.index)
+    drop[present.index[(agree & later).to_numpy()]] = True
+    return drop
 
 
 def _automatic(s: pd.DataFrame, flagged: pd.Series, policy: str) -> pd.Series:
@@ -146,7 +183,8 @@ def _decided_label(d: Decision, given: str, classes: set[str]) -> tuple[str, str
 
 
 def export_labels(run_dir: Path, out: Path, fmt: str, *, overwrite: bool = False,
-                  auto_relabel: str = AUTO_RELABEL[0], top: int | None = None) -> Path:
+                  auto_relabel: str = AUTO_RELABEL[0], top: int | None = None,
+                  drop_duplicates: bool = False, drop_outliers: float | None = None) -> Path:
     """Write the corrected labels of `run_dir` to `out` in `fmt` (csv, json or folder); returns `out`.
 
     overwrite: replace an existing regular file (csv, json) or an earlier folder export (folder); without
@@ -157,13 +195,15 @@ def export_labels(run_dir: Path, out: Path, fmt: str, *, overwrite: bool = False
     out = Path(out)
     root = _source_root(run_dir)
     _refuse_unsafe_target(out, run_dir, root, fmt, overwrite)
-    table = corrected_labels(run_dir, auto_relabel=auto_relabel, top=top)
+    table = corrected_labels(run_dir, auto_relabel=auto_relabel, top=top, drop_duplicates=drop_duplicates,
+                             drop_outliers=drop_outliers)
     if fmt == "csv":
         _write_new_file(out, _to_csv(table).encode("utf-8"), overwrite)
     elif fmt == "json":
         records = table.to_dict(orient="records")
         for r in records:
             r["label"] = r["label"] or None  # discarded: null, not ""
+            r["outlier_score"] = None if pd.isna(r["outlier_score"]) else r["outlier_score"]  # JSON has no NaN
         _write_new_file(out, (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), overwrite)
     else:
         _write_folder(table, root, out, overwrite)
@@ -333,7 +373,7 @@ def _publish_without_replacing(tmp: Path, out: Path) -> None:
 def _write_folder(table: pd.DataFrame, root: Path | None, out: Path, overwrite: bool) -> None:
     if root is None or not root.is_dir():
         raise ExportError("the run's source images are not available any more; folder export needs them")
-    kept = table[table["status"] != "discarded"]
+    kept = table[~table["status"].isin(LEFT_OUT)]
     out.parent.mkdir(parents=True, exist_ok=True)
     name_max = _name_max(out.parent)
     folders = _class_folders(sorted(kept["label"].unique()), name_max)

@@ -65,7 +65,7 @@ def _no_pretraining(cfg: RunConfig) -> str | None:
 
 
 def _no_warmup(cfg: RunConfig) -> str | None:
-    if _no_pretraining(cfg) or cfg.classify.warmup_epochs == 0:
+    if (_no_pretraining(cfg) and not cfg.model.weights) or cfg.classify.warmup_epochs == 0:
         return "no pre-trained encoder to warm up on"
     return None
 

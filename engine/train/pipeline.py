@@ -31,6 +31,7 @@ from engine.data.intake import DatasetRecord, IntakeError, IntakeLimits, scan
 from engine.errors import UserError
 from engine.method.augment import BatchAugment
 from engine.method.embed import umap_2d
+from engine.method.evidence import evidence_columns
 from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
 from engine.method.neighbours import K as NEIGHBOURS_K
@@ -55,6 +56,7 @@ from engine.runs.progress import SCORE_PASSES, TRAIN_PASSES, Planned, Progress, 
 from engine.runs.rundir import RunDir
 from engine.runs.seeds import stream_seed
 from engine.runs.stages import FINETUNE, FIT
+from engine.train import weights
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.train.classify import (
     Normalisation,
@@ -384,11 +386,16 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     s = ctx.cfg.split
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
                            tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
-    # One neighbour search serves the review cards (K nearest) and the relabel bar (its own k).
-    neighbours = nearest_neighbours(preds.features, max(NEIGHBOURS_K, ctx.cfg.relabel.neighbours))
+    # One neighbour search serves the review cards (K nearest), the relabel bar and the outlier score (their k).
+    k = max(NEIGHBOURS_K, ctx.cfg.relabel.neighbours, ctx.cfg.evidence.outlier_neighbors)
+    neighbours = nearest_neighbours(preds.features, k)
+    evidence = evidence_columns(ctx.prepared.images, preds.features, ctx.prepared.labels, neighbours,
+                                ctx.cfg.evidence)
+    # Copies filed under different labels are a certain label error: into the review queue, whatever the loss says.
+    result = replace(result, flagged=result.flagged | (evidence["duplicate_conflict"] > 0))
     relabel = confident_relabels(preds.probs, ctx.prepared.labels, result.flagged, result.clean_prob,
                                  preds.features, neighbours, ctx.cfg.relabel, seed=seed)
-    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel)
+    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel, evidence)
     atomic_write_npy(ctx.run.neighbours, neighbours[:, :NEIGHBOURS_K])  # the review cards' nearest images
     atomic_write_json(ctx.run.split, {
         "competence": relabel.competence, "min_competence": ctx.cfg.relabel.min_competence,
@@ -403,7 +410,7 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
 
 
 def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult,
-                  relabel: RelabelEvidence) -> None:
+                  relabel: RelabelEvidence, evidence: dict[str, np.ndarray]) -> None:
     classes = np.array(ctx.classes, dtype=object)
     given = ctx.prepared.labels
     probs = preds.probs
@@ -431,6 +438,7 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
     for k in range(min(3, probs.shape[1])):
         df[f"top{k + 1}_label"] = classes[top[:, k]]
         df[f"top{k + 1}_prob"] = probs[rows, top[:, k]].round(6)
+    df = df.assign(**evidence)  # duplicate_group, duplicate_conflict, outlier_score
     if ctx.truth is not None:
         df["true_label"] = ctx.truth
     atomic_write_text(ctx.run.samples, df.to_csv(index=False, lineterminator="\n"))
@@ -479,6 +487,8 @@ def run_fit(ctx: Context) -> dict:
     """Phase (a) and the split: every stage, skipping those done."""
     t0 = time.perf_counter()
     net = ctx.new_network()
+    if weights.needed(ctx.run, ctx.cfg):  # `fit --weights`: the encoder starts from the user's file
+        ctx.progress.note(weights.load_into(net, ctx.cfg.model))
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
     stage_pretrain(ctx, net)
