@@ -300,6 +300,7 @@ def step_cifar10n(c: Check) -> StepResult:
             owner.claim(RunDir(run))  # a run folder CLeaN made, seeded with the shared pre-training
             (run / "checkpoints").mkdir(parents=True)
             shutil.copy2(shared, run / "checkpoints" / "pretrain.pt")
+            RunDir(run).mark_stage_done("pretrain")  # the one "done" rule: recorded, and its file in place
         argv = [c.python, "-m", "engine", "fit", str(c.work / f"c10n-{human}"), "--run-dir", str(run),
                 *c.size.cifar10n_fit, "--set", "embed.enabled=false", "--quiet"]
         t0 = time.monotonic()

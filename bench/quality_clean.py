@@ -129,6 +129,7 @@ def run_clean(key: str, data: CaseData, run: Path, s: Settings, *, image_size: i
         owner.claim(RunDir(run))  # a run folder CLeaN made, then seeded with the shared pre-training
         RunDir(run).checkpoint("pretrain").parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ckpt, RunDir(run).checkpoint("pretrain"))
+        RunDir(run).mark_stage_done("pretrain")  # the one "done" rule: recorded, and its file in place
     say(f"   {command}" + (f"  (reusing the pre-trained encoder {ckpt})" if shared else ""))
     t0 = time.perf_counter()
     rc = call_engine(argv, deadline, skip_map=s.skip_map)

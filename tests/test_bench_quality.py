@@ -112,6 +112,11 @@ def test_gpu_dry_run_writes_the_table1_report(tmp_path, one_thread, capsys, make
     assert [r["case"]["name"] for r in runs] == ["c10-sym40", "c10-sym80", "c10-asy40"]
     notes = [r["rows"][0]["note"] for r in runs]
     assert notes[0] == "" and all("shared pre-training" in n for n in notes[1:])  # SimCLR ran once
+    from engine.runs.rundir import RunDir
+
+    for name, trained in (("c10-sym40", True), ("c10-sym80", False), ("c10-asy40", False)):
+        events = RunDir(tmp_path / "work" / name / "clean").read_events()
+        assert any(e.get("kind") == "epoch" and e.get("stage") == "pretrain" for e in events) == trained, name
     assert all(r["settings"]["finetune_epochs"] == 0 for r in runs)
     assert len(list((tmp_path / "generated").glob("c10-*-seed0"))) == 3  # noisy copies by engine noise
     run = tmp_path / "work" / "c10-sym40" / "clean"
