@@ -151,7 +151,7 @@ def test_why_flagged_words_the_evidence(samples):
     assert review.neighbour_summary(0, neighbours, given) == ("dog", 3, 4)  # -1: no neighbour
     assert review.neighbour_summary(0, None, given) is None
     row = frame.assign(loss_pct=pct).iloc[9]
-    assert review.why_flagged(row, ("dog", 3, 4)) == (f"loss ≥ 100 % of the cat images · clean prob "
+    assert review.why_flagged(row, ("dog", 3, 4)) == (f"loss ≥ 100 % of images labelled cat · clean prob "
                                                      f"{row['clean_prob']:.2f} · 3 of 4 nearest images are labelled dog")
     assert review.why_flagged(row.drop("loss_pct"), ("fox", 1, 5)).endswith("1 of 5 nearest images is labelled fox")
 

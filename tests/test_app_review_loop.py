@@ -78,7 +78,7 @@ def test_each_card_says_why_it_was_flagged(fake_run):
     pct = int(float((same <= row["loss"]).mean() * 100))
     nearest = np.load(fake_run.run.neighbours)[int(row["index"])]
     label, count = Counter(samples["given_label"].iloc[nearest]).most_common(1)[0]
-    expected = (f"Why: loss ≥ {pct} % of the {row['given_label']} images · clean prob {row['clean_prob']:.2f} · "
+    expected = (f"Why: loss ≥ {pct} % of images labelled {row['given_label']} · clean prob {row['clean_prob']:.2f} · "
                 f"{count} of 5 nearest images {'is' if count == 1 else 'are'} labelled {label}")
     captions = [c.value for c in at.caption]
     assert any(expected in c for c in captions), (expected, captions[:6])

@@ -262,7 +262,7 @@ def why_flagged(row: pd.Series, summary: tuple[str, int, int] | None) -> str:
     parts = []
     pct = row.get("loss_pct")
     if pct is not None and not pd.isna(pct):
-        parts.append(f"loss ≥ {int(float(pct))} % of the {row['given_label']} images")
+        parts.append(f"loss ≥ {int(float(pct))} % of images labelled {row['given_label']}")
     parts.append(f"clean prob {float(row['clean_prob']):.2f}")
     if summary is not None:
         label, count, n = summary
