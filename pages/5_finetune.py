@@ -35,13 +35,14 @@ elif decisions.empty:
     st.caption("No decisions yet: fine-tuning then relies on the model's own clean probabilities.")
 
 # ----------------------------------------------------------------------------- start / follow
-st.subheader("Fine-tuning")
+if not waits or state in ACTIVE_STATES:
+    st.subheader("Fine-tuning")
 if status.get("phase") == "finetune" or state in ACTIVE_STATES:
     progress.progress_panel(run, key="finetune_progress")
 if state in ACTIVE_STATES:
     st.caption("Fine-tuning is running; the results below refresh when it finishes.")
 elif waits:
-    page.next_step("review the flagged images", "review")
+    pass  # the info above says what to do first; the link at the bottom goes there
 else:
     label = "Fine-tune again with the current decisions" if run.samples_before.exists() else "Start fine-tuning"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="start_finetune"):
@@ -73,7 +74,10 @@ if before is not None and after is not None:
         table = pd.DataFrame({"before (phase a)": [metrics_before.get(m) for m in names],
                               "after (phase b)": [metrics_after.get(m) for m in names]}, index=list(names.values()))
         st.dataframe(runs_table.shown(table))
-elif state not in ACTIVE_STATES:
+elif state not in ACTIVE_STATES and not waits:
     st.caption("Before/after numbers appear here once fine-tuning has finished.")
 
-page.next_step("export the corrected labels", "export")
+if waits:
+    page.next_step("review the flagged images", "review")
+else:
+    page.next_step("export the corrected labels", "export")
