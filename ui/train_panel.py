@@ -54,7 +54,9 @@ def new_run_form(dataset: Path, current_run: str | None) -> None:
         if auto_truth is not None:
             st.caption(f"`{auto_truth}` in the data folder is used automatically; leave this empty to use it.")
         finetune = st.checkbox("Also fine-tune (phase b) right after", value=False,
-                               help="Weighted supervised contrastive fine-tuning on the clean-looking images")
+                               help="Weighted supervised contrastive fine-tuning with your review decisions. It runs only when "
+                                    "these images already have decisions (remembered from an earlier run); "
+                                    "otherwise the run stops after phase (a) and says so")
         submitted = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     if submitted:
         _start(dataset, values, truth_text, finetune, cuda=bool(info.get("cuda")), current_run=current_run)
