@@ -78,7 +78,7 @@ def _rerank_text(run: RunDir, cfg: RunConfig, decisions: dict) -> str:
     if current is None:
         return (f"Order and suggestions from the fit; re-ranked with your decisions after every {every} decisions "
                 f"({later})." if every > 0 else f"Order and suggestions from the fit; {later}.")
-    n = int(record.get("decisions") or 0)
+    n = int(record.get("decisions") or 0) + int(record.get("discarded") or 0)  # a discard is a decision too
     return (f":material/autorenew: Order and suggestions re-ranked with {n:,} {'decision' if n == 1 else 'decisions'} "
             f"{_ago(record.get('at'))}; {later}.")
 
