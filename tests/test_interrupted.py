@@ -33,8 +33,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def kill_mid_stage(run: RunDir, pid: int, stage: str) -> None:
-    """SIGKILL the worker's process group once the stage has written its first epoch checkpoint."""
-    wait_for(lambda: run.checkpoint(stage, last=True).exists(), 240, f"the first {stage} epoch")
+    """SIGKILL the worker's process group once the stage has logged its first epoch. The checkpoint is
+    written before the event (a logged epoch is never redone), so waiting for the file alone could kill
+    between the two and leave an epoch trained but never logged."""
+    wait_for(lambda: run.checkpoint(stage, last=True).exists() and run.events.exists() and epochs(run, stage),
+             240, f"the first {stage} epoch")
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not worker_lock.is_held(run), 20, "the kernel to free the run's lock")
     assert not run.checkpoint(stage).exists(), f"{stage} finished before the kill"
