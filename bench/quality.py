@@ -25,8 +25,9 @@ Cases (--case, comma list): cifar10, cifar10n-worst, cifar10n-aggre, cifar10n-ra
 sample, imagenette1, imagenette5, imagenette25, imagenette50, folder, clean-folder, and the presets real and
 all-real (bench/quality_data.py).
 
-Methods (--methods, comma list): clean, clean-ce, clean-nflrce, no-pretrain, cleanlab, cleanlab-cnn, knn (see
-bench/quality_methods.py; the definitions are also written under every results table).
+Methods (--methods, comma list): clean, clean-ce, clean-nflrce, clean-mixup, no-pretrain, cleanlab, cleanlab-cnn,
+knn (see bench/quality_methods.py; the definitions are also written under every results table). Without
+--methods every one runs but clean-mixup.
 
 CLeaN runs leave out the UMAP map (not scored) unless --map. Pre-training is label-free, so it runs once
 per image set and every CLeaN run on those images reuses it (--no-share-pretrain: each run pre-trains).
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: cifar10,digits)")
     p.add_argument("--rows", default="first", choices=["first", "last"], help="CIFAR-10N and cifar10-clean cases: "
                    "the first or the last N images of each class of the labelled rows 0..44,999")
-    p.add_argument("--methods", default=None, help=f"comma list of {', '.join(qm.METHODS)} (default: all)")
+    p.add_argument("--methods", default=None, help=f"comma list of {', '.join(qm.METHODS)} (default: all but clean-mixup)")
     p.add_argument("--noise", default="symmetric", choices=["symmetric", "asymmetric", "pair"])
     p.add_argument("--rate", type=float, default=0.4)
     p.add_argument("--grid", default=None, help="'paper' (symmetric 0.2/0.4/0.6/0.8, asymmetric 0.2/0.4) or a "
@@ -139,7 +140,7 @@ def apply_presets(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def selected_methods(text: str | None) -> list[str]:
-    wanted = [m.strip().replace("clean-nfl+rce", "clean-nflrce") for m in (text or ",".join(qm.METHODS)).split(",")]
+    wanted = [m.strip().replace("clean-nfl+rce", "clean-nflrce") for m in (text or ",".join(qm.DEFAULT_METHODS)).split(",")]
     unknown = [m for m in wanted if m not in qm.METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(qm.METHODS)}")

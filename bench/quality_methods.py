@@ -4,6 +4,7 @@
                   (`python -m engine fit --finetune`): one run scored after phase (a) and after phase (b)
     clean-ce      the same with --loss ce
     clean-nflrce  the same with --loss nfl+rce
+    clean-mixup   the same with --loss mixup-boot (mixup + dynamic bootstrapping, Arazo et al. 2019)
     no-pretrain   the paper's baseline: the same classifier without pre-training (--no-pretrain)
     cleanlab      cleanlab.filter.find_label_issues on out-of-sample probabilities from K-fold cross-
                   validation of the same network trained from scratch with cross-entropy, same budget
@@ -34,12 +35,17 @@ from typing import Any
 
 import numpy as np
 
-METHODS: tuple[str, ...] = ("clean", "clean-ce", "clean-nflrce", "no-pretrain", "cleanlab", "cleanlab-cnn", "knn")
+METHODS: tuple[str, ...] = ("clean", "clean-ce", "clean-nflrce", "clean-mixup", "no-pretrain", "cleanlab", "cleanlab-cnn",
+                             "knn")
+# What runs without --methods: clean-mixup only when asked for (bench/results/mixup_boot.md compares it).
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "clean-mixup")
 FIT_FLAGS: dict[str, list[str]] = {
-    "clean": [], "clean-ce": ["--loss", "ce"], "clean-nflrce": ["--loss", "nfl+rce"], "no-pretrain": ["--no-pretrain"],
+    "clean": [], "clean-ce": ["--loss", "ce"], "clean-nflrce": ["--loss", "nfl+rce"],
+    "clean-mixup": ["--loss", "mixup-boot"], "no-pretrain": ["--no-pretrain"],
 }
 LABELS: dict[str, str] = {
     "clean": "CLeaN default (ELR)", "clean-ce": "CLeaN, CE loss", "clean-nflrce": "CLeaN, NFL+RCE loss",
+    "clean-mixup": "CLeaN, mixup + bootstrapping",
     "no-pretrain": "no pre-training (ELR)", "cleanlab": "cleanlab, CV", "cleanlab-cnn": "cleanlab, small CNN, CV",
     "knn": "kNN vote, SimCLR",
 }

@@ -22,16 +22,18 @@ from typing import Any, Literal
 from engine.errors import UserError
 from engine.filekind import require_regular_file
 
-LossName = Literal["ce", "nfl+rce", "elr"]
+LossName = Literal["ce", "nfl+rce", "elr", "mixup-boot"]
 Stem = Literal["auto", "small", "standard"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 SupConWeighting = Literal["paper", "reference"]
 SupConForm = Literal["mean-log", "paper"]
 Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
+BootTarget = Literal["hard", "soft"]
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 
-LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr")
+LOSSES: tuple[str, ...] = ("ce", "nfl+rce", "elr", "mixup-boot")
+BOOT_TARGETS: tuple[str, ...] = ("hard", "soft")
 SUPCON_FORMS: tuple[str, ...] = typing.get_args(SupConForm)
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 # A config.json is about 2 KB; anything this large is not one, and is refused before it is read.
@@ -113,6 +115,27 @@ class ClassifyConfig:
     rce_log_zero: float = -9.2103  # ln(1e-4), as in the Active-Passive Losses code (Ma et al. 2020); paper text: -4
     augment: bool = True  # light crop + flip during supervised epochs
     grad_clip: float = 5.0  # max gradient norm per step, as the Active-Passive Losses code (0 = off)
+    # "mixup-boot": mixup + dynamic bootstrapping (Arazo et al. 2019, M-DYR-H/S; engine.method.losses).
+    # lambda ~ Beta(alpha, alpha) mixes each image with a random partner of its batch; 32 is the paper's
+    # CIFAR setting (lambda close to 0.5: strong mixing, which is what keeps noisy labels from being memorised).
+    mixup_alpha: float = 32.0
+    # Epochs of plain mixup (every image trusted) before the first beta-mixture fit, as the paper's code
+    # warms up, so that clean and noisy losses have separated: a third of the epochs (12 on a CPU; the
+    # GPU profile's 30 take 10).
+    boot_warmup_epochs: int = 4
+    # The bootstrapped target mixes the given label with the network's own prediction of the un-mixed
+    # image, in proportion to the image's noise probability: "hard" = its arg-max class (M-DYR-H), "soft"
+    # = the whole softmax (M-DYR-S).
+    boot_target: BootTarget = "hard"
+    # Weight of KL(prior || mean prediction of the batch), the paper's guard against every image being
+    # bootstrapped into one class under strong noise. Prior: the class frequencies of the given labels
+    # (uniform on balanced data, as the paper's; 0 turns the term off).
+    boot_reg: float = 1.0
+    # The beta mixture on the per-sample cross-entropy losses, refitted after every epoch (engine.method.
+    # beta_mixture): EM iterations (the paper's code: 10) and the loss percentiles that map to 0 and 1
+    # (losses outside are left out of the fit, as in the paper's code).
+    bmm_max_iter: int = 10
+    bmm_percentiles: tuple[float, float] = (5.0, 95.0)
 
 
 @dataclass(frozen=True)
@@ -247,7 +270,7 @@ def gpu_profile(cfg: RunConfig) -> RunConfig:
     return replace(
         cfg,
         pretrain=replace(cfg.pretrain, epochs=100, batch_size=512),
-        classify=replace(cfg.classify, epochs=30, warmup_epochs=3, batch_size=256),
+        classify=replace(cfg.classify, epochs=30, warmup_epochs=3, batch_size=256, boot_warmup_epochs=10),
         finetune=replace(cfg.finetune, epochs=20, batch_size=512, head_epochs=15),
     )
 
@@ -274,6 +297,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.split.covariance in ("tied", "full"), f"split.covariance must be tied or full, got {cfg.split.covariance!r}"),
         (cfg.classify.grad_clip >= 0, "classify.grad_clip must be >= 0 (0 turns it off)"),
         (0.0 <= cfg.classify.elr_beta < 1.0, "elr_beta must be in [0, 1)"),
+        (cfg.classify.mixup_alpha > 0, f"classify.mixup_alpha must be > 0, got {cfg.classify.mixup_alpha}"),
+        (cfg.classify.boot_warmup_epochs >= 1,
+         "classify.boot_warmup_epochs must be >= 1 (the first mixture is fitted on an epoch's losses)"),
+        (cfg.classify.boot_target in BOOT_TARGETS,
+         f"classify.boot_target must be hard or soft, got {cfg.classify.boot_target!r}"),
+        (cfg.classify.boot_reg >= 0, "classify.boot_reg must be >= 0 (0 turns it off)"),
+        (cfg.classify.bmm_max_iter >= 1, "classify.bmm_max_iter must be >= 1"),
+        (0.0 <= cfg.classify.bmm_percentiles[0] < cfg.classify.bmm_percentiles[1] <= 100.0,
+         "classify.bmm_percentiles must be 0 <= lo < hi <= 100"),
         (cfg.classify.rce_log_zero < 0, "rce_log_zero must be negative (it stands for log 0)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
         (cfg.model.stem in ("auto", "small", "standard"), f"unknown stem {cfg.model.stem!r}"),

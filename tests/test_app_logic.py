@@ -243,7 +243,7 @@ def test_every_form_setting_is_a_config_field_of_the_kind_its_widget_shows():
         kind = train_form.kind_of(setting.key)
         value = train_form.value_of(cfg, setting.key)
         assert value in kind if isinstance(kind, tuple) else type(value) is kind, setting.key
-    assert train_form.kind_of("classify.loss") == ("ce", "nfl+rce", "elr")
+    assert train_form.kind_of("classify.loss") == ("ce", "nfl+rce", "elr", "mixup-boot")
     assert train_form.kind_of("pretrain.enabled") is bool and train_form.kind_of("split.threshold") is float
     with pytest.raises(KeyError, match="unknown config key: classify.nope"):
         train_form.kind_of("classify.nope")

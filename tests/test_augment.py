@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from engine.config import AugmentConfig
-from engine.method.augment import BatchAugment, supervised_augment, to_model_input, two_views
+from engine.method.augment import BatchAugment, mixup, supervised_augment, to_model_input, two_views
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # no randomness at all: full crop, no flip, no jitter, no grayscale
@@ -298,3 +298,35 @@ def test_to_model_input_resizes() -> None:
     out = to_model_input(x, out_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     assert out.shape == (2, 3, 8, 8)
     torch.testing.assert_close(out, torch.full_like(out, 200 / 255))  # a flat image stays flat
+
+
+# ----------------------------------------------------------------------------- mixup
+
+
+def test_mixup_is_deterministic_with_a_seed_and_mixes_partners() -> None:
+    x = torch.randn(16, 3, 8, 8)
+    a = mixup(x, alpha=32.0, generator=torch.Generator().manual_seed(5))
+    b = mixup(x, alpha=32.0, generator=torch.Generator().manual_seed(5))
+    c = mixup(x, alpha=32.0, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(a[0], b[0])
+    assert torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert not torch.equal(a[1], c[1]) and a[2] != c[2]
+    mixed, perm, lam = a
+    assert sorted(perm.tolist()) == list(range(16))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])
+
+
+def test_mixup_lambda_follows_its_beta_distribution() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 1)
+    lams = torch.tensor([mixup(x, alpha=32.0, generator=g)[2] for _ in range(2000)])
+    assert 0.0 <= lams.min() and lams.max() <= 1.0
+    assert lams.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert lams.std().item() == pytest.approx((1 / (4 * 65)) ** 0.5, rel=0.1)  # Beta(a, a): var 1 / (4 (2a + 1))
+    spread = torch.tensor([mixup(x, alpha=0.2, generator=g)[2] for _ in range(500)])
+    assert ((spread < 0.1) | (spread > 0.9)).float().mean() > 0.5  # small alpha: mostly one image or the other
+
+
+def test_mixup_rejects_a_non_positive_alpha() -> None:
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        mixup(torch.zeros(2, 1), alpha=0.0, generator=torch.Generator())

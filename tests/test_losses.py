@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from engine.config import ClassifyConfig
 from engine.method.losses import (
     CELoss,
     ELRLoss,
+    MixupBootLoss,
     NFLRCELoss,
     classification_loss,
     cross_entropy,
@@ -280,7 +282,7 @@ def test_nfl_rce_is_the_sum(alpha: float, beta: float) -> None:
     _close(nfl_rce(logits, targets, alpha=alpha, beta=beta, reduction="sum"), [sum(expected)])
 
 
-@pytest.mark.parametrize("loss_name", ["ce", "nfl", "rce", "nfl+rce", "elr"])
+@pytest.mark.parametrize("loss_name", ["ce", "nfl", "rce", "nfl+rce", "elr", "mixup-boot"])
 def test_classification_losses_have_finite_gradients_for_extreme_logits(loss_name: str) -> None:
     logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0], [0.0, 0.0, 0.0], [50.0, -50.0, 20.0]])
     targets = torch.tensor([0, 0, 2, 1])
@@ -291,6 +293,8 @@ def test_classification_losses_have_finite_gradients_for_extreme_logits(loss_nam
         "rce": lambda: rce(x, targets),
         "nfl+rce": lambda: nfl_rce(x, targets),
         "elr": lambda: ELRLoss(4, 3)(x, targets, torch.arange(4)),
+        "mixup-boot": lambda: _bootstrapping(MixupBootLoss(4, 3), [0.9, 0.1, 0.5, 0.99]).mixed(
+            x, targets, torch.arange(4), perm=torch.tensor([1, 0, 3, 2]), lam=0.6, guess_logits=logits),
     }
     loss = funcs[loss_name]()
     loss.backward()
@@ -402,10 +406,136 @@ def test_elr_rejected_batch_changes_nothing() -> None:
     assert loss.target.abs().sum() == 0
 
 
+# ----------------------------------------------------------------------------- mixup + dynamic bootstrapping
+
+
+def _bootstrapping(loss: MixupBootLoss, w: list[float]) -> MixupBootLoss:
+    """The loss as after a mixture fit that gave these noise probabilities."""
+    loss.noisy_prob.copy_(torch.tensor(w))
+    loss.refits = 1
+    return loss
+
+
+def _xent(target: list[float], probs: list[float]) -> float:
+    return -sum(t * math.log(p) for t, p in zip(target, probs, strict=True))
+
+
+# Two images, two classes: the mixed images' predictions are (0.5, 0.5) and (0.75, 0.25); the network's
+# predictions for the un-mixed images are class 1 (logits 0, 5) and class 0 (logits 4, 0).
+MIXED = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+GUESS = torch.tensor([[0.0, 5.0], [4.0, 0.0]])
+GIVEN, INDEX, SWAP = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([1, 0])
+
+
+def test_mixup_boot_hard_targets_by_hand() -> None:
+    loss = _bootstrapping(MixupBootLoss(2, 2, reg=0.0), [0.2, 0.6])
+    out = loss.mixed(MIXED, GIVEN, INDEX, perm=SWAP, lam=0.7, guess_logits=GUESS, reduction="none")
+    t0 = [0.8, 0.2]  # (1 - 0.2) * given class 0 + 0.2 * predicted class 1
+    t1 = [0.6, 0.4]  # (1 - 0.6) * given class 1 + 0.6 * predicted class 0
+    mixed0 = [0.7 * a + 0.3 * b for a, b in zip(t0, t1, strict=True)]  # [0.74, 0.26]
+    mixed1 = [0.7 * b + 0.3 * a for a, b in zip(t0, t1, strict=True)]  # [0.66, 0.34]
+    _close(out, [_xent(mixed0, [0.5, 0.5]), _xent(mixed1, [0.75, 0.25])])
+    assert out[1].item() == pytest.approx(0.66 * -math.log(0.75) + 0.34 * -math.log(0.25), abs=1e-6)
+
+
+def test_mixup_boot_soft_targets_by_hand() -> None:
+    loss = _bootstrapping(MixupBootLoss(2, 2, target="soft", reg=0.0), [0.2, 0.6])
+    out = loss.mixed(MIXED, GIVEN, INDEX, perm=SWAP, lam=0.7, guess_logits=GUESS, reduction="none")
+    q0, q1 = _softmax([0.0, 5.0]), _softmax([4.0, 0.0])
+    t0 = [0.8 * 1 + 0.2 * q0[0], 0.2 * q0[1]]
+    t1 = [0.6 * q1[0], 0.4 * 1 + 0.6 * q1[1]]
+    mixed0 = [0.7 * a + 0.3 * b for a, b in zip(t0, t1, strict=True)]
+    mixed1 = [0.7 * b + 0.3 * a for a, b in zip(t0, t1, strict=True)]
+    _close(out, [_xent(mixed0, [0.5, 0.5]), _xent(mixed1, [0.75, 0.25])])
+
+
+def test_mixup_boot_before_the_first_fit_is_plain_mixup() -> None:
+    loss = MixupBootLoss(2, 2, reg=0.0)
+    loss.noisy_prob.fill_(0.9)  # ignored: no mixture fitted yet
+    out = loss.mixed(MIXED, GIVEN, INDEX, perm=SWAP, lam=0.7, guess_logits=None, reduction="none")
+    _close(out, [_xent([0.7, 0.3], [0.5, 0.5]), _xent([0.3, 0.7], [0.75, 0.25])])
+    assert not loss.bootstrapping
+
+
+def test_mixup_boot_regulariser_is_kl_of_the_prior_and_the_mean_prediction() -> None:
+    plain = MixupBootLoss(2, 2, reg=0.0)(MIXED, GIVEN, INDEX, reduction="none")
+    out = MixupBootLoss(2, 2, reg=2.0)(MIXED, GIVEN, INDEX, reduction="none")
+    mean_p = [0.625, 0.375]
+    kl = 0.5 * math.log(0.5 / mean_p[0]) + 0.5 * math.log(0.5 / mean_p[1])
+    _close(out - plain, [2.0 * kl, 2.0 * kl])
+    skewed = classification_loss(ClassifyConfig(loss="mixup-boot", boot_reg=1.0), num_samples=4, num_classes=2,
+                                 labels=torch.tensor([0, 0, 0, 1]))
+    torch.testing.assert_close(skewed.prior, torch.tensor([0.75, 0.25]))  # the given labels' frequencies
+    kl_skewed = 0.75 * math.log(0.75 / mean_p[0]) + 0.25 * math.log(0.25 / mean_p[1])
+    _close(skewed(MIXED, GIVEN, INDEX, reduction="none") - plain, [kl_skewed, kl_skewed])
+
+
+def test_mixup_boot_unmixed_forward_is_lambda_one_with_its_own_prediction() -> None:
+    torch.manual_seed(3)
+    logits, targets, index = torch.randn(6, 4), torch.randint(0, 4, (6,)), torch.arange(6)
+    loss = _bootstrapping(MixupBootLoss(6, 4), [0.1, 0.9, 0.3, 0.5, 0.7, 0.2])
+    direct = loss(logits, targets, index, reduction="none")
+    via_mixed = loss.mixed(logits, targets, index, perm=torch.randperm(6), lam=1.0, guess_logits=logits,
+                           reduction="none")
+    torch.testing.assert_close(direct, via_mixed)
+
+
+def test_mixup_boot_refit_sets_the_noise_probabilities_from_the_losses() -> None:
+    rng = np.random.default_rng(0)
+    losses = np.r_[3 * rng.beta(2, 8, 70), 3 * rng.beta(8, 2, 30)]
+    loss = MixupBootLoss(100, 3)
+    summary = loss.refit(losses)
+    assert loss.bootstrapping and loss.refits == 1
+    w = loss.noisy_prob.numpy()
+    assert w[:70].mean() < 0.2 < 0.8 < w[70:].mean()
+    assert w.min() >= 1e-4 and w.max() <= 1 - 1e-4
+    assert set(summary) == {"bmm_noisy_share", "bmm_mean_w"} and 0.2 < summary["bmm_noisy_share"] < 0.4
+    loss.refit(np.ones(100))  # no split in the losses: every image trusted again
+    assert loss.refits == 2 and float(loss.noisy_prob.abs().max()) == 0.0
+    with pytest.raises(ValueError, match="refit needs 100 losses"):
+        loss.refit(np.ones(99))
+
+
+def test_mixup_boot_state_dict_round_trip_carries_the_noise_probabilities() -> None:
+    loss = MixupBootLoss(8, 4)
+    loss.refit(np.r_[np.full(4, 0.1), np.full(4, 2.0)] + np.linspace(0, 0.01, 8))
+    buffer = io.BytesIO()
+    torch.save(loss.state_dict(), buffer)
+    buffer.seek(0)
+    restored = MixupBootLoss(8, 4)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))  # the checkpoints' loader
+    torch.testing.assert_close(restored.noisy_prob, loss.noisy_prob)
+    assert restored.refits == 1 and restored.bootstrapping
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: MixupBootLoss(4, 3, target="medium"), "target must be one of hard, soft"),
+        (lambda: MixupBootLoss(4, 3, reg=-1.0), "reg must be >= 0"),
+        (lambda: MixupBootLoss(0, 3), "num_samples >= 1"),
+        (lambda: MixupBootLoss(4, 1), "num_classes >= 2"),
+        (lambda: MixupBootLoss(4, 3, class_prior=torch.ones(2)), "class_prior must be 3"),
+        (lambda: MixupBootLoss(4, 3)(torch.randn(2, 5), torch.tensor([0, 1]), torch.tensor([0, 1])),
+         "built for 3 classes"),
+        (lambda: MixupBootLoss(4, 3)(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 4])), "out of range"),
+        (lambda: MixupBootLoss(4, 3).mixed(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]),
+                                           perm=torch.tensor([1, 0]), lam=1.5, guess_logits=None), "lam must be"),
+        (lambda: _bootstrapping(MixupBootLoss(2, 3), [0.5, 0.5]).mixed(
+            torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]), perm=torch.tensor([1, 0]), lam=0.5,
+            guess_logits=None), "needs the network's logits"),
+    ],
+)
+def test_mixup_boot_rejects_bad_arguments(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 # ----------------------------------------------------------------------------- classification_loss
 
 
-@pytest.mark.parametrize(("name", "cls"), [("ce", CELoss), ("nfl+rce", NFLRCELoss), ("elr", ELRLoss)])
+@pytest.mark.parametrize(("name", "cls"), [("ce", CELoss), ("nfl+rce", NFLRCELoss), ("elr", ELRLoss),
+                                           ("mixup-boot", MixupBootLoss)])
 def test_classification_loss_builds_each_loss_with_one_interface(name: str, cls: type) -> None:
     torch.manual_seed(10)
     cfg = ClassifyConfig(loss=name, nfl_alpha=10.0, rce_beta=0.1, elr_lambda=7.0, elr_beta=0.9)
@@ -418,13 +548,14 @@ def test_classification_loss_builds_each_loss_with_one_interface(name: str, cls:
         "ce": lambda: cross_entropy(logits, targets, reduction="none"),
         "nfl+rce": lambda: nfl_rce(logits, targets, alpha=10.0, beta=0.1, reduction="none"),
         "elr": lambda: ELRLoss(20, 5, lam=7.0, beta=0.9)(logits, targets, index, reduction="none"),
+        "mixup-boot": lambda: MixupBootLoss(20, 5)(logits, targets, index, reduction="none"),
     }[name]()
     torch.testing.assert_close(per_sample, expected)
     assert ("target" in loss.state_dict()) == (name == "elr")
 
 
 def test_classification_loss_rejects_unknown_name() -> None:
-    with pytest.raises(ValueError, match="loss must be one of ce, nfl\\+rce, elr, got 'mae'"):
+    with pytest.raises(ValueError, match="loss must be one of ce, nfl\\+rce, elr, mixup-boot, got 'mae'"):
         classification_loss(ClassifyConfig(loss="mae"), num_samples=4, num_classes=3)  # type: ignore[arg-type]
 
 
@@ -595,6 +726,9 @@ def _all_losses(reduction: str) -> dict[str, torch.Tensor]:
         "rce": rce(logits, targets, reduction=reduction),
         "nfl_rce": nfl_rce(logits, targets, reduction=reduction),
         "elr": ELRLoss(5, 4)(logits, targets, index, reduction=reduction),
+        "mixup_boot": _bootstrapping(MixupBootLoss(5, 4), [0.1, 0.9, 0.5, 0.2, 0.7]).mixed(
+            logits, targets, index, perm=torch.tensor([4, 3, 2, 1, 0]), lam=0.55, guess_logits=logits.flip(0),
+            reduction=reduction),
         "supcon_paper": weighted_supcon(z0, z1, labels, weights, reduction=reduction),
         "supcon_reference": weighted_supcon(z0, z1, labels, weights, weighting="reference", reduction=reduction),
         "supcon_paper_form": weighted_supcon(z0, z1, labels, weights, form="paper", reduction=reduction),

@@ -24,6 +24,7 @@ LOSS_NAMES = {
     "elr": "ELR — early-learning regularisation (recommended)",
     "ce": "Cross-entropy (baseline)",
     "nfl+rce": "NFL + RCE — normalised focal + reverse cross-entropy",
+    "mixup-boot": "Mixup + dynamic bootstrapping (beta mixture on the losses)",
 }
 
 

@@ -65,7 +65,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--root", type=Path, default=None, help="CSV manifests: folder the paths are relative to")
-    p.add_argument("--loss", choices=["ce", "nfl+rce", "elr"], default=None, help="default: elr")
+    p.add_argument("--loss", choices=["ce", "nfl+rce", "elr", "mixup-boot"], default=None,
+                   help="default: elr (mixup-boot: mixup with dynamic bootstrapping, Arazo et al. 2019)")
     p.add_argument("--no-pretrain", action="store_true", help="skip SimCLR: the paper's from-scratch baseline")
     p.add_argument("--pretrain-epochs", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="classifier epochs after the warm-up")

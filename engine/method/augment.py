@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scipy.special import betaincinv
 from torch import Tensor
 
 from engine.config import AugmentConfig
@@ -385,3 +386,26 @@ def to_model_input(x: Tensor, *, out_size: int, mean: Sequence[float], std: Sequ
     (B, 3, out_size, out_size), resized (bilinear, antialiased) when out_size != S."""
     _check_mean_std(mean, std)
     return _finish(_resize(_as_float_nchw(x), out_size), mean, std)
+
+
+def mixup(x: Tensor, *, alpha: float, generator: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    """Mixup of a batch with a shuffled copy of itself (Zhang et al. 2018): lam * x + (1 - lam) * x[perm].
+
+    lam ~ Beta(alpha, alpha), one per batch, drawn by inverting the beta CDF at a uniform draw of
+    `generator` (torch has no seeded beta sampler); perm is a random permutation of the batch from the
+    same generator. The same generator state gives the same mix on every machine of one device type.
+
+    Args:
+        x: model input of any shape (B, ...), on any device.
+        alpha: > 0; large values put lam near 0.5.
+        generator: a seeded torch generator (the stage's augmentation stream).
+
+    Returns:
+        (mixed batch, perm of shape (B,) on x's device, lam).
+    """
+    if not alpha > 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    u = float(torch.rand((), generator=generator, device=generator.device))
+    lam = float(betaincinv(alpha, alpha, u))
+    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device).to(x.device)
+    return lam * x + (1.0 - lam) * x.index_select(0, perm), perm, lam

@@ -1,4 +1,4 @@
-"""Losses of the method: NT-Xent (a1), the three classification losses (a2), weighted SupCon (b2).
+"""Losses of the method: NT-Xent (a1), the classification losses (a2), weighted SupCon (b2).
 
 Every loss returns per-sample values with ``reduction="none"`` (shape ``(B,)``) so the same code feeds
 the optimiser ("mean") and the two-component mixture on per-sample losses. All maths runs in fp32
@@ -9,6 +9,7 @@ References:
     - SimCLR: Chen et al. 2020, https://arxiv.org/abs/2002.05709
     - NFL, RCE (Active-Passive Losses): Ma et al. 2020, https://arxiv.org/abs/2006.13554
     - ELR: Liu et al. 2020, https://arxiv.org/abs/2007.00151
+    - Mixup with dynamic bootstrapping: Arazo et al. 2019, https://arxiv.org/abs/1904.11238
     - SupCon: Khosla et al. 2020, https://arxiv.org/abs/2004.11362
     - Weighted SupCon (eq. 8): Ciortan, Dupuis, Peel 2021
 """
@@ -19,11 +20,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.config import SUPCON_FORMS, ClassifyConfig
+from engine.config import BOOT_TARGETS, SUPCON_FORMS, ClassifyConfig
+from engine.method.beta_mixture import EPS as BMM_EPS
+from engine.method.beta_mixture import fit_beta_mixture
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -337,13 +341,144 @@ class ELRLoss(ClassificationLoss):
             raise ValueError(f"index out of range [0, {num_samples}): min {int(index.min())}, max {int(index.max())}")
 
 
-def classification_loss(cfg: ClassifyConfig, *, num_samples: int, num_classes: int) -> ClassificationLoss:
-    """Build the (a2) loss named by ``cfg.loss``: "ce", "nfl+rce" or "elr".
+class MixupBootLoss(ClassificationLoss):
+    """Mixup with dynamic bootstrapping (Arazo et al. 2019: M-DYR-H with hard targets, M-DYR-S with soft).
+
+    Each image i has a probability w_i that its label is noisy, the posterior of the high-loss component
+    of a beta mixture on the per-sample cross-entropy losses, refitted after every epoch (`refit`). Its
+    training target is the bootstrapped distribution
+
+        t_i = (1 - w_i) * onehot(y_i) + w_i * q_i,   q_i = onehot(argmax p~_i) ("hard") or p~_i ("soft"),
+
+    with p~_i the network's (detached) prediction for the un-mixed image. A batch is trained on the mixed
+    images lam * x + (1 - lam) * x[perm] (`engine.method.augment.mixup`), and the loss of mixed image j is
+    the cross-entropy of its prediction against lam * t_j + (1 - lam) * t_perm(j): both partners'
+    bootstrapped targets with their lambda weights. Before the first refit every w_i is 0, so the loss is
+    plain mixup cross-entropy, the paper's warm-up. ``reg`` adds KL(prior || mean prediction of the batch)
+    (the same value for every image of the batch), which keeps strong noise from bootstrapping every
+    image into one class; the prior is the class frequencies of the given labels.
+
+    State for resume: the buffer ``noisy_prob`` (N,) holds the current w_i and the extra state the
+    number of refits, both in ``state_dict()``. `forward` (un-mixed, as the head's warm-up calls it) is
+    the same loss with lam = 1 and the logits as their own prediction.
+    """
+
+    noisy_prob: Tensor
+    prior: Tensor
+    mixes_inputs = True  # engine.train.classify.train_classifier mixes the batch for this loss
+
+    def __init__(self, num_samples: int, num_classes: int, *, target: str = "hard", reg: float = 1.0,
+                 class_prior: Tensor | None = None, max_iter: int = 10,
+                 percentiles: tuple[float, float] = (5.0, 95.0)) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"mixup-boot needs num_samples >= 1, got {num_samples}")
+        if num_classes < 2:
+            raise ValueError(f"mixup-boot needs num_classes >= 2, got {num_classes}")
+        if target not in BOOT_TARGETS:
+            raise ValueError(f"bootstrapping target must be one of {', '.join(BOOT_TARGETS)}, got {target!r}")
+        if reg < 0:
+            raise ValueError(f"mixup-boot reg must be >= 0, got {reg}")
+        prior = torch.full((num_classes,), 1.0 / num_classes) if class_prior is None else class_prior.float()
+        if prior.shape != (num_classes,) or bool((prior < 0).any()) or not float(prior.sum()) > 0:
+            raise ValueError(f"class_prior must be {num_classes} non-negative frequencies, got {tuple(prior.shape)}")
+        self.target, self.reg, self.max_iter, self.percentiles = target, reg, max_iter, percentiles
+        self.refits = 0
+        self.register_buffer("noisy_prob", torch.zeros(num_samples))
+        self.register_buffer("prior", prior / prior.sum())
+
+    @property
+    def bootstrapping(self) -> bool:
+        """True once a mixture was fitted: the targets then need the network's predictions."""
+        return self.refits > 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"refits": self.refits}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.refits = int(state["refits"])
+
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+        """The un-mixed loss (lam = 1; the logits are their own prediction). Shape: () or (B,)."""
+        perm = torch.arange(logits.shape[0], device=logits.device)
+        return self.mixed(logits, targets, index, perm=perm, lam=1.0, guess_logits=logits.detach(),
+                          reduction=reduction)
+
+    def mixed(self, logits: Tensor, targets: Tensor, index: Tensor, *, perm: Tensor, lam: float,
+              guess_logits: Tensor | None, reduction: Reduction = "mean") -> Tensor:
+        """Loss of a mixed batch.
+
+        Args:
+            logits: predictions for the mixed images lam * x + (1 - lam) * x[perm]. Shape (B, C).
+            targets: given labels of the un-mixed images. Shape (B,).
+            index: their dataset indices. Shape (B,).
+            perm: each mixed image's partner in the batch. Shape (B,).
+            lam: the mixing weight, in [0, 1].
+            guess_logits: the network's logits for the un-mixed images (detached); needed once
+                bootstrapping, ignored before. Shape (B, C).
+            reduction: "none" (B,), "mean" or "sum".
+        """
+        self._check_batch(logits, targets, index)
+        _check_reduction(reduction)
+        if perm.shape != targets.shape:
+            raise ValueError(f"perm must have shape {tuple(targets.shape)}, got {tuple(perm.shape)}")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {lam}")
+        num_classes = logits.shape[1]
+        with _fp32(logits):
+            log_p = F.log_softmax(logits.float(), dim=1)
+            t = F.one_hot(targets, num_classes).float()
+            if self.bootstrapping:
+                if guess_logits is None or guess_logits.shape != logits.shape:
+                    raise ValueError("bootstrapping needs the network's logits for the un-mixed images "
+                                     f"(guess_logits of shape {tuple(logits.shape)})")
+                guess = guess_logits.detach().float()
+                q = F.softmax(guess, dim=1) if self.target == "soft" else F.one_hot(guess.argmax(1), num_classes).float()
+                w = self.noisy_prob[index][:, None]
+                t = (1 - w) * t + w * q
+            mixed_t = lam * t + (1 - lam) * t.index_select(0, perm)
+            per_sample = -(mixed_t * log_p).sum(dim=1)
+            if self.reg > 0:
+                mean_p = log_p.exp().mean(dim=0).clamp_min(1e-12)
+                kl = torch.xlogy(self.prior, self.prior).sum() - (self.prior * mean_p.log()).sum()
+                per_sample = per_sample + self.reg * kl
+        return _reduce(per_sample, reduction)
+
+    @torch.no_grad()
+    def refit(self, losses: np.ndarray) -> dict[str, float]:
+        """Fit the beta mixture on per-sample losses of every image (N,) and set each w_i to its noise
+        posterior, clipped to [1e-4, 1 - 1e-4] as the paper's code; a degenerate mixture sets every w_i to
+        0. Returns the mixture's summary for the epoch's event."""
+        losses = np.asarray(losses, dtype=np.float64)
+        if losses.shape != tuple(self.noisy_prob.shape):
+            raise ValueError(f"refit needs {self.noisy_prob.shape[0]} losses, got shape {losses.shape}")
+        mixture = fit_beta_mixture(losses, max_iter=self.max_iter, percentiles=self.percentiles)
+        w = np.zeros_like(losses) if mixture.degenerate else mixture.noisy_posterior(losses).clip(BMM_EPS, 1 - BMM_EPS)
+        self.noisy_prob.copy_(torch.as_tensor(w, dtype=torch.float32))
+        self.refits += 1
+        return {"bmm_noisy_share": round(float((w > 0.5).mean()), 4), "bmm_mean_w": round(float(w.mean()), 4)}
+
+    def _check_batch(self, logits: Tensor, targets: Tensor, index: Tensor) -> None:
+        _check_logits(logits, targets)
+        num_samples, num_classes = self.noisy_prob.shape[0], self.prior.shape[0]
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"mixup-boot was built for {num_classes} classes, logits have {logits.shape[1]}")
+        if index.shape != targets.shape or index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"index must be integer dataset indices of shape {tuple(targets.shape)}")
+        on_cpu = index.device.type == "cpu" and index.numel() > 0  # no host sync on a GPU (see ELRLoss)
+        if on_cpu and not 0 <= int(index.min()) <= int(index.max()) < num_samples:
+            raise ValueError(f"index out of range [0, {num_samples}): min {int(index.min())}, max {int(index.max())}")
+
+
+def classification_loss(cfg: ClassifyConfig, *, num_samples: int, num_classes: int,
+                        labels: np.ndarray | Tensor | None = None) -> ClassificationLoss:
+    """Build the (a2) loss named by ``cfg.loss``: "ce", "nfl+rce", "elr" or "mixup-boot".
 
     Args:
         cfg: the classification settings (loss name and its hyper-parameters).
-        num_samples: dataset size N (ELR keeps one target row per image).
+        num_samples: dataset size N (ELR keeps one target row per image, mixup-boot one noise probability).
         num_classes: C.
+        labels: the given labels (N,), for mixup-boot's class prior (uniform without them).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -353,7 +488,14 @@ def classification_loss(cfg: ClassifyConfig, *, num_samples: int, num_classes: i
         return NFLRCELoss(alpha=cfg.nfl_alpha, beta=cfg.rce_beta, gamma=cfg.nfl_gamma, log_zero=cfg.rce_log_zero)
     if cfg.loss == "elr":
         return ELRLoss(num_samples, num_classes, lam=cfg.elr_lambda, beta=cfg.elr_beta)
-    raise ValueError(f"loss must be one of ce, nfl+rce, elr, got {cfg.loss!r}")
+    if cfg.loss == "mixup-boot":
+        prior = None
+        if labels is not None:
+            counts = np.bincount(np.asarray(torch.as_tensor(labels).cpu()), minlength=num_classes)[:num_classes]
+            prior = torch.as_tensor(counts, dtype=torch.float32)
+        return MixupBootLoss(num_samples, num_classes, target=cfg.boot_target, reg=cfg.boot_reg, class_prior=prior,
+                             max_iter=cfg.bmm_max_iter, percentiles=cfg.bmm_percentiles)
+    raise ValueError(f"loss must be one of ce, nfl+rce, elr, mixup-boot, got {cfg.loss!r}")
 
 
 # ----------------------------------------------------------------------------- (b2) weighted SupCon

@@ -17,7 +17,8 @@ import torch
 
 from engine.config import ClassifyConfig
 from engine.errors import UserError
-from engine.method.augment import supervised_augment, to_model_input
+from engine.method.augment import mixup, supervised_augment, to_model_input
+from engine.method.losses import MixupBootLoss
 from engine.method.models import Network, set_trainable
 from engine.runs.progress import WHOLE, Progress, Span
 from engine.train.device import Runtime, autocast, oom_guard
@@ -26,6 +27,11 @@ from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
 from engine.train.trainset import TrainSet, ordered_batches, steps_per_epoch
 
 EVAL_BATCH = 512
+
+# The hook a stage may run after each epoch of train_classifier: gets the epoch and a function returning
+# that epoch's un-augmented probabilities of every image (computed at most once per epoch, shared with
+# the bootstrapping loss's mixture), returns metrics for the epoch's event.
+EpochHook = Callable[[int, Callable[[], np.ndarray]], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -161,20 +167,45 @@ def train_classifier(
     rng: Rng,
     last_ckpt: Path,
     progress: Progress,
-    end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+    end_of_epoch: EpochHook | None = None,
     stage: str = "train",
     span: Span = WHOLE,
 ) -> list[EpochRecord]:
-    """Encoder + classifier trained end to end (projection head frozen), SGD + cosine schedule."""
+    """Encoder + classifier trained end to end (projection head frozen), SGD + cosine schedule.
+
+    With a `MixupBootLoss` every batch is mixed (`engine.method.augment.mixup`, drawn from the stage's
+    augmentation generator) and, once bootstrapping, the un-mixed batch goes through the network once
+    more without gradients for the bootstrapped targets (about a third more compute per step). From
+    epoch `cfg.boot_warmup_epochs` on, the loss's beta mixture is refitted after every epoch but the last
+    on the cross-entropy of every image's un-augmented prediction against `labels`: one evaluation pass
+    over the data per epoch.
+    """
     set_trainable(net, encoder=True, projector=False, classifier=True)
     batch_size = min(cfg.batch_size, len(data))
     base_lr = scaled_lr(cfg.lr, batch_size)
     params = list(net.encoder.parameters()) + list(net.classifier.parameters())
     opt = sgd(params, lr=base_lr, weight_decay=cfg.weight_decay)
     total = max(epochs * steps_per_epoch(len(data), batch_size, drop_last=True), 1)
+    boot = loss_fn if isinstance(loss_fn, MixupBootLoss) else None
+    given = labels.cpu().numpy()
 
     def lr_at(step: int) -> float:
         return cosine_lr(base_lr, step, total, warmup_steps=min(total // 20, 20))
+
+    def after_epoch(epoch: int) -> dict[str, float]:
+        seen: list[np.ndarray] = []
+
+        def probs() -> np.ndarray:
+            if not seen:
+                seen.append(predict(net, data, norm, rt, with_features=False).probs)
+            return seen[0]
+
+        out: dict[str, float] = {}
+        if boot is not None and cfg.boot_warmup_epochs <= epoch + 1 < epochs:  # the next epoch bootstraps
+            out.update(boot.refit(per_sample_ce(probs(), given)))
+        if end_of_epoch is not None:
+            out.update(end_of_epoch(epoch, probs))
+        return out
 
     def step(index: torch.Tensor, global_step: int) -> float:
         net.train()
@@ -186,9 +217,12 @@ def train_classifier(
             x = to_model_input(x, out_size=data.image_size, mean=norm.mean, std=norm.std)
         index = index.to(rt.device)
         with oom_guard(batch_size, "classifier training"):
-            with autocast(rt, classifier=True):
-                logits = net(x)
-            loss = loss_fn(logits.float(), labels.index_select(0, index), index)
+            if boot is not None:
+                loss = _mixup_boot_loss(net, x, labels.index_select(0, index), index, boot, cfg, rt, rng)
+            else:
+                with autocast(rt, classifier=True):
+                    logits = net(x)
+                loss = loss_fn(logits.float(), labels.index_select(0, index), index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:  # NFL+RCE diverges at our learning rate without it (APL clips at 5 too)
@@ -198,7 +232,21 @@ def train_classifier(
 
     return run_epochs(stage=stage, epochs=epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
                       modules={"net": net, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt, progress=progress,
-                      lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device, span=span)
+                      lr_at=lr_at, end_of_epoch=after_epoch, device=rt.device, span=span)
+
+
+def _mixup_boot_loss(net: Network, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, loss_fn: MixupBootLoss,
+                     cfg: ClassifyConfig, rt: Runtime, rng: Rng) -> torch.Tensor:
+    """One batch of mixup with dynamic bootstrapping: the network's detached logits for the un-mixed
+    batch (only once bootstrapping), then the loss of the mixed batch."""
+    guess = None
+    if loss_fn.bootstrapping:
+        with torch.no_grad(), autocast(rt, classifier=True):
+            guess = net(x).float()
+    mixed, perm, lam = mixup(x, alpha=cfg.mixup_alpha, generator=rng.augment)
+    with autocast(rt, classifier=True):
+        logits = net(mixed)
+    return loss_fn.mixed(logits.float(), targets, index, perm=perm, lam=lam, guess_logits=guess)
 
 
 @torch.no_grad()

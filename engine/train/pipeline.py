@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -313,10 +314,10 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     k = ctx.cfg.split.average_last
     hist_path = ctx.run.loss_history
 
-    def end_of_epoch(epoch: int) -> dict[str, float]:
+    def end_of_epoch(epoch: int, epoch_probs: Callable[[], np.ndarray]) -> dict[str, float]:
         out: dict[str, float] = {}
         if epoch >= c.epochs - k:  # per-sample losses of the last k epochs feed the mixture
-            probs = predict(net, ctx.data, ctx.norm, ctx.rt, with_features=False).probs
+            probs = epoch_probs()
             rows = _read_history(hist_path, epoch)
             rows.append(per_sample_ce(probs, ctx.prepared.labels))
             atomic_write_npz(hist_path, losses=np.stack(rows), upto=np.array(epoch + 1))
@@ -489,7 +490,8 @@ def run_fit(ctx: Context) -> dict:
     net = ctx.new_network()
     if weights.needed(ctx.run, ctx.cfg):  # `fit --weights`: the encoder starts from the user's file
         ctx.progress.note(weights.load_into(net, ctx.cfg.model))
-    loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes))
+    loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes),
+                                  labels=ctx.prepared.labels)
     loss_fn = loss_fn.to(ctx.rt.device)
     stage_pretrain(ctx, net)
     stage_warmup(ctx, net, loss_fn)
@@ -618,7 +620,8 @@ def stage_head(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
         raise UserError(f"only {len(kept)} image(s) left to train the new head on (discarded, or pseudo-label "
                         f"weight below finetune.head_min_weight={f.head_min_weight}); it needs at least two")
     labels = torch.as_tensor(targets.labels[kept], device=ctx.rt.device)
-    loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes))
+    loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes),
+                                  labels=targets.labels[kept])
     loss_fn = loss_fn.to(ctx.rt.device)
     per_epoch = steps_per_epoch(len(kept), min(ctx.cfg.classify.batch_size, len(kept)), drop_last=True)
     warmup_steps, full_steps = f.head_epochs * per_epoch, f.full_epochs * per_epoch
