@@ -119,10 +119,11 @@ class ClassifyConfig:
     # lambda ~ Beta(alpha, alpha) mixes each image with a random partner of its batch; 32 is the paper's
     # CIFAR setting (lambda close to 0.5: strong mixing, which is what keeps noisy labels from being memorised).
     mixup_alpha: float = 32.0
-    # Epochs of plain mixup (every image trusted) before the first beta-mixture fit, as the paper's code
-    # warms up, so that clean and noisy losses have separated: a third of the epochs (12 on a CPU; the
-    # GPU profile's 30 take 10).
-    boot_warmup_epochs: int = 4
+    # Share of the classifier epochs trained with plain mixup (every image trusted) before the first
+    # beta-mixture fit, as the paper's code warms up, so that clean and noisy losses have separated: a
+    # third, at least one epoch (4 of the CPU profile's 12, 10 of the GPU profile's 30). A share, not a
+    # count, so that it follows --epochs and the epochs a --budget sizes.
+    boot_warmup: float = 1 / 3
     # The bootstrapped target mixes the given label with the network's own prediction of the un-mixed
     # image, in proportion to the image's noise probability: "hard" = its arg-max class (M-DYR-H), "soft"
     # = the whole softmax (M-DYR-S).
@@ -270,7 +271,7 @@ def gpu_profile(cfg: RunConfig) -> RunConfig:
     return replace(
         cfg,
         pretrain=replace(cfg.pretrain, epochs=100, batch_size=512),
-        classify=replace(cfg.classify, epochs=30, warmup_epochs=3, batch_size=256, boot_warmup_epochs=10),
+        classify=replace(cfg.classify, epochs=30, warmup_epochs=3, batch_size=256),
         finetune=replace(cfg.finetune, epochs=20, batch_size=512, head_epochs=15),
     )
 
@@ -298,8 +299,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.classify.grad_clip >= 0, "classify.grad_clip must be >= 0 (0 turns it off)"),
         (0.0 <= cfg.classify.elr_beta < 1.0, "elr_beta must be in [0, 1)"),
         (cfg.classify.mixup_alpha > 0, f"classify.mixup_alpha must be > 0, got {cfg.classify.mixup_alpha}"),
-        (cfg.classify.boot_warmup_epochs >= 1,
-         "classify.boot_warmup_epochs must be >= 1 (the first mixture is fitted on an epoch's losses)"),
+        (0.0 <= cfg.classify.boot_warmup < 1.0,
+         f"classify.boot_warmup must be a share of the epochs in [0, 1), got {cfg.classify.boot_warmup}"),
         (cfg.classify.boot_target in BOOT_TARGETS,
          f"classify.boot_target must be hard or soft, got {cfg.classify.boot_target!r}"),
         (cfg.classify.boot_reg >= 0, "classify.boot_reg must be >= 0 (0 turns it off)"),

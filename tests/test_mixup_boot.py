@@ -20,7 +20,7 @@ from engine.train.device import make_runtime
 from engine.train.loop import Rng
 from engine.train.trainset import TrainSet
 
-CFG = ClassifyConfig(loss="mixup-boot", batch_size=8, boot_warmup_epochs=1, lr=0.05)
+CFG = ClassifyConfig(loss="mixup-boot", batch_size=8, boot_warmup=0.0, lr=0.05)
 
 
 class Killed(Exception):
@@ -107,13 +107,13 @@ def test_fit_with_mixup_boot_writes_samples(tmp_path: Path) -> None:
     run = tmp_path / "run"
     code = cli_main(["fit", str(data), "--run-dir", str(run), "--device", "cpu", "--pretrain-epochs", "1",
                      "--epochs", "3", "--batch-size", "8", "--image-size", "16", "--seed", "3", "--quiet",
-                     "--loss", "mixup-boot", "--set", "classify.boot_warmup_epochs=1", "--set",
+                     "--loss", "mixup-boot", "--set",
                      "classify.boot_target=soft"])
     assert code == 0
     samples = pd.read_csv(run / "samples.csv")
     assert len(samples) == 36 and samples["clean_prob"].between(0, 1).all()
     cfg = json.loads((run / "config.json").read_text())["classify"]
-    assert (cfg["loss"], cfg["boot_target"], cfg["boot_warmup_epochs"]) == ("mixup-boot", "soft", 1)
+    assert (cfg["loss"], cfg["boot_target"]) == ("mixup-boot", "soft")
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip()]
     train = [e for e in events if e.get("kind") == "epoch" and e.get("stage") == "train"]
     assert [("bmm_noisy_share" in e) for e in train] == [True, True, False]
@@ -125,7 +125,7 @@ def test_the_config_refuses_settings_no_fit_can_use() -> None:
 
     base = C.RunConfig()
     for key, value, message in [("classify.loss", "mixup", "one of"), ("classify.mixup_alpha", 0.0, "mixup_alpha"),
-                                ("classify.boot_warmup_epochs", 0, "boot_warmup_epochs"),
+                                ("classify.boot_warmup", 1.0, "boot_warmup"),
                                 ("classify.boot_target", "medium", "boot_target"),
                                 ("classify.boot_reg", -1.0, "boot_reg"),
                                 ("classify.bmm_percentiles", [90, 10], "bmm_percentiles")]:
@@ -133,4 +133,12 @@ def test_the_config_refuses_settings_no_fit_can_use() -> None:
             C.with_overrides(base, {key: value})
     ok = C.with_overrides(base, {"classify.loss": "mixup-boot", "classify.boot_target": "soft"})
     assert ok.classify == replace(base.classify, loss="mixup-boot", boot_target="soft")
-    assert C.profile_for("cuda").classify.boot_warmup_epochs == 10  # a third of the GPU profile's 30 epochs
+
+
+
+@pytest.mark.parametrize(("share", "epochs", "warmup"), [(1 / 3, 12, 4), (1 / 3, 30, 10), (1 / 3, 3, 1), (0.0, 5, 1),
+                                                         (0.5, 4, 2)])
+def test_the_warm_up_is_a_share_of_the_epochs(share: float, epochs: int, warmup: int) -> None:
+    from engine.train.classify import boot_warmup_epochs
+
+    assert boot_warmup_epochs(replace(CFG, boot_warmup=share), epochs) == warmup

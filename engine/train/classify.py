@@ -175,10 +175,10 @@ def train_classifier(
 
     With a `MixupBootLoss` every batch is mixed (`engine.method.augment.mixup`, drawn from the stage's
     augmentation generator) and, once bootstrapping, the un-mixed batch goes through the network once
-    more without gradients for the bootstrapped targets (about a third more compute per step). From
-    epoch `cfg.boot_warmup_epochs` on, the loss's beta mixture is refitted after every epoch but the last
-    on the cross-entropy of every image's un-augmented prediction against `labels`: one evaluation pass
-    over the data per epoch.
+    more without gradients for the bootstrapped targets (about a third more compute per step). After the
+    warm-up epochs (`boot_warmup_epochs`) the loss's beta mixture is refitted after every epoch but the
+    last on the cross-entropy of every image's un-augmented prediction against `labels`: one evaluation
+    pass over the data per epoch.
     """
     set_trainable(net, encoder=True, projector=False, classifier=True)
     batch_size = min(cfg.batch_size, len(data))
@@ -187,6 +187,7 @@ def train_classifier(
     opt = sgd(params, lr=base_lr, weight_decay=cfg.weight_decay)
     total = max(epochs * steps_per_epoch(len(data), batch_size, drop_last=True), 1)
     boot = loss_fn if isinstance(loss_fn, MixupBootLoss) else None
+    warmup = boot_warmup_epochs(cfg, epochs)
     given = labels.cpu().numpy()
 
     def lr_at(step: int) -> float:
@@ -201,7 +202,7 @@ def train_classifier(
             return seen[0]
 
         out: dict[str, float] = {}
-        if boot is not None and cfg.boot_warmup_epochs <= epoch + 1 < epochs:  # the next epoch bootstraps
+        if boot is not None and warmup <= epoch + 1 < epochs:  # the next epoch bootstraps
             out.update(boot.refit(per_sample_ce(probs(), given)))
         if end_of_epoch is not None:
             out.update(end_of_epoch(epoch, probs))
@@ -233,6 +234,12 @@ def train_classifier(
     return run_epochs(stage=stage, epochs=epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
                       modules={"net": net, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt, progress=progress,
                       lr_at=lr_at, end_of_epoch=after_epoch, device=rt.device, span=span)
+
+
+def boot_warmup_epochs(cfg: ClassifyConfig, epochs: int) -> int:
+    """Epochs of plain mixup before mixup-boot's first mixture fit: the share `cfg.boot_warmup` of the
+    epochs, rounded, at least 1 (the first fit needs an epoch's losses)."""
+    return max(1, round(cfg.boot_warmup * epochs))
 
 
 def _mixup_boot_loss(net: Network, x: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, loss_fn: MixupBootLoss,
