@@ -135,21 +135,27 @@ def warmup_head(
     stage: str = "warmup",
     lr: float | None = None,
     span: Span = WHOLE,
+    rows: torch.Tensor | None = None,
 ) -> list[EpochRecord]:
-    """Train only the classifier head on precomputed features of the frozen encoder."""
+    """Train only the classifier head on precomputed features of the frozen encoder.
+
+    rows: the images that train (indices into features/labels/the loss's per-image state); default all.
+    """
     set_trainable(net, encoder=False, projector=False, classifier=True)
     net.classifier.train()
-    batch_size = min(cfg.batch_size, len(labels))
+    rows = _all_rows(rows, len(labels), rt.device)
+    n = len(rows)
+    batch_size = min(cfg.batch_size, n)
     base_lr = scaled_lr(lr if lr is not None else cfg.warmup_lr, batch_size)
     opt = sgd(net.classifier.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
-    total = max(epochs * steps_per_epoch(len(labels), batch_size, drop_last=True), 1)
+    total = max(epochs * steps_per_epoch(n, batch_size, drop_last=True), 1)
 
     def lr_at(step: int) -> float:
         return cosine_lr(base_lr, step, total)
 
     def step(index: torch.Tensor, global_step: int) -> float:
         set_lr(opt, lr_at(global_step))
-        index = index.to(rt.device)
+        index = rows.index_select(0, index.to(rt.device))
         logits = net.classifier(features.index_select(0, index))
         loss = loss_fn(logits.float(), labels.index_select(0, index), index)
         opt.zero_grad(set_to_none=True)
@@ -157,7 +163,7 @@ def warmup_head(
         opt.step()
         return float(loss.detach())
 
-    return run_epochs(stage=stage, epochs=epochs, n=len(labels), batch_size=batch_size, rng=rng, step=step,
+    return run_epochs(stage=stage, epochs=epochs, n=n, batch_size=batch_size, rng=rng, step=step,
                       modules={"head": net.classifier, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt,
                       progress=progress, lr_at=lr_at, device=rt.device, span=span, dist=rt.dist)
 
@@ -178,8 +184,13 @@ def train_classifier(
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
     stage: str = "train",
     span: Span = WHOLE,
+    rows: torch.Tensor | None = None,
 ) -> list[EpochRecord]:
-    """Encoder + classifier trained end to end (projection head frozen), SGD + cosine schedule."""
+    """Encoder + classifier trained end to end (projection head frozen), SGD + cosine schedule.
+
+    rows: for each image of `data`, its index into `labels` and the loss's per-image state (ELR's
+    targets), when `data` is a subset of the images those are sized for; default: the same images.
+    """
     set_trainable(net, encoder=True, projector=False, classifier=True)
     dist = rt.dist
     model = dist.wrap(net, "__call__", rt.device)  # DistributedDataParallel across processes
@@ -202,7 +213,7 @@ def train_classifier(
                                    within=(part.start, len(index)))
         else:
             x = to_model_input(x, out_size=data.image_size, mean=norm.mean, std=norm.std)
-        index = index.to(rt.device)
+        index = index.to(rt.device) if rows is None else rows.index_select(0, index.to(rt.device))
         with oom_guard(batch_size, "classifier training"):
             with autocast(rt, classifier=True):
                 logits = model(x)
@@ -218,6 +229,10 @@ def train_classifier(
     return run_epochs(stage=stage, epochs=epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
                       modules={"net": net, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt, progress=progress,
                       lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device, span=span, dist=dist)
+
+
+def _all_rows(rows: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device) if rows is None else rows.to(device)
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ from engine.method.augment import BatchAugment, two_views
 from engine.method.losses import weighted_supcon
 from engine.method.models import Network, set_trainable
 from engine.method.selection import fit_gmm_split, normalise_losses
-from engine.review.decisions import SKIP, Decision
+from engine.review.decisions import Decision
+from engine.review.trusted import trusted_labels
 from engine.runs.progress import Progress
 from engine.train.classify import per_sample_ce
 from engine.train.device import Runtime, autocast, oom_guard
@@ -57,31 +58,16 @@ def finetune_targets(
     still means "this run's label is right"); `relabel` trains on its label; `discard` leaves the image out.
     """
     pseudo = probs.argmax(axis=1)
+    trusted = trusted_labels(paths, given, classes, decisions)
+    # Fitted on the undecided images only: decided ones weigh 1 and discarded ones do not train.
     split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo)), threshold=split_cfg.threshold, seed=seed,
                           max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar,
-                          covariance=split_cfg.covariance)
-    labels = pseudo.astype(np.int64).copy()
-    weights = np.maximum(split.clean_prob.astype(np.float32), min_weight)
-    keep = np.ones(len(paths), bool)
-    index = {name: i for i, name in enumerate(classes)}
-    n_decided = n_discarded = 0
-    for i, path in enumerate(paths):
-        d = decisions.get(path)
-        if d is None or d.action == SKIP:  # "unsure" is no decision, whoever passes it in
-            continue
-        if d.action == "discard":
-            keep[i] = False
-            n_discarded += 1
-            continue
-        if d.action == "keep":
-            labels[i], weights[i] = int(given[i]), 1.0
-            n_decided += 1
-            continue
-        if d.label not in index:
-            raise UserError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")
-        labels[i], weights[i] = index[d.label], 1.0
-        n_decided += 1
-    return FinetuneTargets(labels, weights, keep, n_decided, n_discarded)
+                          covariance=split_cfg.covariance, fit_on=trusted.undecided)
+    labels = np.where(trusted.decided, trusted.labels, pseudo).astype(np.int64)
+    weights = np.where(trusted.decided, 1.0, np.maximum(split.clean_prob.astype(np.float32), min_weight))
+    keep = trusted.trains
+    n_decided, n_discarded = int(trusted.decided.sum()), int(trusted.discarded.sum())
+    return FinetuneTargets(labels, weights.astype(np.float32), keep, n_decided, n_discarded)
 
 
 def finetune_supcon(

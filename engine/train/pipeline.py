@@ -47,6 +47,7 @@ from engine.review import remembered
 from engine.review.decisions import Decision, finetune_waits, load_decisions
 from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
+from engine.review.trusted import TrustedLabels, no_decisions, trusted_labels
 from engine.runs import stages
 from engine.runs.atomic import (
     DamagedFile,
@@ -114,12 +115,34 @@ class Context:
     def rng(self, stream: str) -> Rng:
         return Rng.for_stream(self.cfg.seed, stream, self.rt.device)
 
+    def trusted(self) -> TrustedLabels:
+        """The labels to train and split with: the given ones, overruled by the run's review decisions
+        (engine.review.trusted); read when a stage starts, so decisions a run starts with count in phase (a)."""
+        if not self.run.decisions.exists():
+            return no_decisions(self.prepared.labels)
+        return trusted_labels(self.prepared.paths, self.prepared.labels, self.classes, load_decisions(self.run.decisions))
+
+    def training_labels(self, trusted: TrustedLabels) -> tuple[TrainSet, torch.Tensor, torch.Tensor | None]:
+        return training_images(self.data, trusted, self.rt.device)
+
     def new_network(self) -> Network:
         net = build_network(self.cfg.model, image_size=self.cfg.data.image_size, num_classes=len(self.classes),
                             device_type=self.rt.device.type).to(self.rt.device)
         if self.rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
+
+
+def training_images(data: TrainSet, trusted: TrustedLabels,
+                    device: torch.device) -> tuple[TrainSet, torch.Tensor, torch.Tensor | None]:
+    """The images that train (discarded ones left out), every image's trusted label, and the rows mapping
+    the first onto the second (None when nothing is left out; the loss's per-image state stays sized for
+    every image, so a discard never changes what ELR's targets are indexed by)."""
+    labels = torch.as_tensor(trusted.labels, device=device)
+    if not trusted.discarded.any():
+        return data, labels, None
+    rows = torch.as_tensor(np.flatnonzero(trusted.trains), device=device)
+    return data.subset(trusted.trains), labels, rows
 
 
 # ============================================================================================ sources
@@ -358,8 +381,9 @@ def stage_warmup(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
             loss_fn.load_state_dict(state["loss"])
         return
     features = encode(net, ctx.data, ctx.norm, ctx.rt)
-    warmup_head(net, features, ctx.data.labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
-                last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress)
+    _, labels, rows = ctx.training_labels(ctx.trusted())
+    warmup_head(net, features, labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
+                last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress, rows=rows)
     _final_ckpt(ctx, "warmup", net, loss=loss_fn.state_dict())
 
 
@@ -384,9 +408,10 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
             out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt.alone())
         return out
 
-    train_classifier(net, ctx.data, ctx.data.labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
+    data, labels, rows = ctx.training_labels(ctx.trusted())
+    train_classifier(net, data, labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
                      rng=ctx.rng("train"), last_ckpt=ctx.run.checkpoint("train", last=True), progress=ctx.progress,
-                     end_of_epoch=end_of_epoch)
+                     end_of_epoch=end_of_epoch, rows=rows)
     _final_ckpt(ctx, "train", net)
 
 
@@ -445,8 +470,10 @@ def stage_split(ctx: Context) -> None:
 def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: str, seed: int) -> SplitResult:
     """Fit the mixture, write samples.csv, split.json and (with a truth file) metrics.json."""
     s = ctx.cfg.split
+    trusted = ctx.trusted()
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
-                           tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
+                           tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance, fit_on=trusted.undecided)
+    result = trust_decisions(result, trusted)
     # One neighbour search serves the review cards (K nearest), the relabel bar and the outlier score (their k).
     k = max(NEIGHBOURS_K, ctx.cfg.relabel.neighbours, ctx.cfg.evidence.outlier_neighbors)
     neighbours = nearest_neighbours(preds.features, k)
@@ -454,7 +481,8 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
                                 ctx.cfg.evidence)
     # Copies filed under different labels are a certain label error: into the review queue, whatever the loss says.
     result = replace(result, flagged=result.flagged | (evidence["duplicate_conflict"] > 0))
-    relabel = confident_relabels(preds.probs, ctx.prepared.labels, result.flagged, result.clean_prob,
+    # Neighbours vote, and the competence head trains, with the trusted labels: a fixed label is evidence.
+    relabel = confident_relabels(preds.probs, trusted.labels, result.flagged, result.clean_prob,
                                  preds.features, neighbours, ctx.cfg.relabel, seed=seed)
     write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel, evidence)
     atomic_write_npy(ctx.run.neighbours, neighbours[:, :NEIGHBOURS_K])  # the review cards' nearest images
@@ -468,6 +496,14 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     })
     write_metrics(ctx, phase)
     return result
+
+
+def trust_decisions(result: SplitResult, trusted: TrustedLabels) -> SplitResult:
+    """A reviewed image (kept or relabeled) is clean: clean probability 1, not flagged, whatever its loss."""
+    if not trusted.decided.any():
+        return result
+    clean_prob = np.where(trusted.decided, 1.0, result.clean_prob)
+    return replace(result, clean_prob=clean_prob, flagged=result.flagged & ~trusted.decided)
 
 
 def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult,
@@ -513,7 +549,7 @@ def write_metrics(ctx: Context, phase: str) -> dict | None:
     label = corrected["label"].where(corrected["status"] != "discarded", None)
     m = detection_metrics(given=s["given_label"].to_numpy(object), true=ctx.truth, flagged=s["flagged"].to_numpy(),
                           clean_prob=s["clean_prob"].to_numpy(float), predicted=s["predicted_label"].to_numpy(object),
-                          corrected=label.to_numpy(object))
+                          corrected=label.to_numpy(object), reviewed=~ctx.trusted().undecided)
     m = {"phase": phase, **m}
     atomic_write_json(ctx.run.metrics, m)
     return m
