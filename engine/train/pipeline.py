@@ -381,7 +381,7 @@ def stage_warmup(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
             loss_fn.load_state_dict(state["loss"])
         return
     features = encode(net, ctx.data, ctx.norm, ctx.rt)
-    _, labels, rows = ctx.training_labels(ctx.trusted())
+    _, labels, rows = ctx.training_labels(ctx.dist.agree(ctx.trusted))  # rank 0 reads the decisions
     warmup_head(net, features, labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
                 last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress, rows=rows)
     _final_ckpt(ctx, "warmup", net, loss=loss_fn.state_dict())
@@ -408,7 +408,7 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
             out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt.alone())
         return out
 
-    data, labels, rows = ctx.training_labels(ctx.trusted())
+    data, labels, rows = ctx.training_labels(ctx.dist.agree(ctx.trusted))  # rank 0 reads the decisions
     train_classifier(net, data, labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
                      rng=ctx.rng("train"), last_ckpt=ctx.run.checkpoint("train", last=True), progress=ctx.progress,
                      end_of_epoch=end_of_epoch, rows=rows)
