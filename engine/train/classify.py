@@ -4,6 +4,12 @@ Warm-up trains the classifier head alone on features of the frozen encoder. Beca
 frozen, its features are computed once and the head trains on them directly: the warm-up then costs
 a single forward pass over the data instead of one per epoch (same result as running the frozen
 encoder every epoch on un-augmented images).
+
+Under torchrun (engine.train.distributed) the prediction passes are sharded: each process predicts a
+contiguous share of the images, with rank 0's weights, and the shares are gathered in dataset order. The
+classifier's steps gather the logits of every process's part of the batch and compute the loss on the
+whole global batch. The warm-up head is not sharded: every process trains it identically on the full
+gathered features, as one process does (it costs next to nothing next to an encoder pass).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from engine.method.augment import supervised_augment, to_model_input
 from engine.method.models import Network, set_trainable
 from engine.runs.progress import WHOLE, Progress, Span
 from engine.train.device import Runtime, autocast, oom_guard
+from engine.train.distributed import global_batch
 from engine.train.loop import EpochRecord, Rng, run_epochs
 from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
 from engine.train.trainset import TrainSet, ordered_batches, steps_per_epoch
@@ -73,8 +80,11 @@ def per_sample_ce(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def predict(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime, *, with_features: bool = True) -> Predictions:
     """Softmax probabilities and encoder features of every image, un-augmented, eval mode."""
     net.eval()
+    dist = rt.dist
+    dist.sync_from_main(net)  # every process predicts its share with rank 0's weights and statistics
+    share = dist.rows(len(data))
     probs, feats = [], []
-    for index in ordered_batches(len(data), EVAL_BATCH):
+    for index in ordered_batches(share.stop, EVAL_BATCH, start=share.start):
         # fp32 even where training uses bf16: the per-image losses are ranked, and bf16 logits (3
         # significant digits) would tie images the mixture and the review queue must tell apart.
         x = to_model_input(data.batch(index), out_size=data.image_size, mean=norm.mean, std=norm.std)
@@ -83,8 +93,9 @@ def predict(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime, *, w
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         if with_features:
             feats.append(h.float().cpu())
-    features = torch.cat(feats).numpy() if with_features else np.zeros((len(data), 0), np.float32)
-    out = torch.cat(probs).numpy()
+    features = (dist.gather_rows(torch.cat(feats), len(data)).numpy() if with_features
+                else np.zeros((len(data), 0), np.float32))
+    out = dist.gather_rows(torch.cat(probs), len(data)).numpy()
     if not np.isfinite(out).all():
         # Diverged weights give NaN probabilities; flags from them would be silently meaningless.
         raise UserError("training diverged: the classifier's outputs are not finite numbers; lower the learning "
@@ -96,11 +107,14 @@ def predict(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime, *, w
 def encode(net: Network, data: TrainSet, norm: Normalisation, rt: Runtime) -> torch.Tensor:
     """Encoder features (N, 512) on the training device, eval mode."""
     net.eval()
+    dist = rt.dist
+    dist.sync_from_main(net)
+    share = dist.rows(len(data))
     out = []
-    for index in ordered_batches(len(data), EVAL_BATCH):
+    for index in ordered_batches(share.stop, EVAL_BATCH, start=share.start):
         x = to_model_input(data.batch(index), out_size=data.image_size, mean=norm.mean, std=norm.std)
         out.append(net.features(x).float())  # fp32, like predict(): one pass, precision over speed
-    return torch.cat(out)
+    return dist.gather_rows(torch.cat(out), len(data))
 
 
 # ---------------------------------------------------------------------------------------------- a2
@@ -151,7 +165,7 @@ def warmup_head(
 
     return run_epochs(stage=stage, epochs=epochs, n=n, batch_size=batch_size, rng=rng, step=step,
                       modules={"head": net.classifier, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt,
-                      progress=progress, lr_at=lr_at, device=rt.device, span=span)
+                      progress=progress, lr_at=lr_at, device=rt.device, span=span, dist=rt.dist)
 
 
 def train_classifier(
@@ -178,7 +192,9 @@ def train_classifier(
     targets), when `data` is a subset of the images those are sized for; default: the same images.
     """
     set_trainable(net, encoder=True, projector=False, classifier=True)
-    batch_size = min(cfg.batch_size, len(data))
+    dist = rt.dist
+    model = dist.wrap(net, "__call__", rt.device)  # DistributedDataParallel across processes
+    batch_size = global_batch(cfg.batch_size, len(data), dist)
     base_lr = scaled_lr(cfg.lr, batch_size)
     params = list(net.encoder.parameters()) + list(net.classifier.parameters())
     opt = sgd(params, lr=base_lr, weight_decay=cfg.weight_decay)
@@ -190,16 +206,19 @@ def train_classifier(
     def step(index: torch.Tensor, global_step: int) -> float:
         net.train()
         set_lr(opt, lr_at(global_step))
-        x = data.batch(index)
+        part = dist.part(len(index))  # this process's images of the global batch
+        x = data.batch(index[part])
         if cfg.augment:
-            x = supervised_augment(x, out_size=data.image_size, mean=norm.mean, std=norm.std, generator=rng.augment)
+            x = supervised_augment(x, out_size=data.image_size, mean=norm.mean, std=norm.std, generator=rng.augment,
+                                   within=(part.start, len(index)))
         else:
             x = to_model_input(x, out_size=data.image_size, mean=norm.mean, std=norm.std)
         index = index.to(rt.device) if rows is None else rows.index_select(0, index.to(rt.device))
         with oom_guard(batch_size, "classifier training"):
             with autocast(rt, classifier=True):
-                logits = net(x)
-            loss = loss_fn(logits.float(), labels.index_select(0, index), index)
+                logits = model(x)
+            logits = dist.gather_with_grad(logits.float())  # the global batch's logits: ELR sees all of it
+            loss = loss_fn(logits, labels.index_select(0, index), index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:  # NFL+RCE diverges at our learning rate without it (APL clips at 5 too)
@@ -209,7 +228,7 @@ def train_classifier(
 
     return run_epochs(stage=stage, epochs=epochs, n=len(data), batch_size=batch_size, rng=rng, step=step,
                       modules={"net": net, "opt": opt, "loss": loss_fn}, last_ckpt=last_ckpt, progress=progress,
-                      lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device, span=span)
+                      lr_at=lr_at, end_of_epoch=end_of_epoch, device=rt.device, span=span, dist=dist)
 
 
 def _all_rows(rows: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:

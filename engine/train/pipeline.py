@@ -9,6 +9,11 @@ present) or off in these settings is skipped; any other runs — an interrupted 
 epoch checkpoints — and records itself once its files are written. So `fit --resume` after a kill -9,
 and a rerun with the same config, redo nothing that finished. Every random generator is seeded from
 the run seed and the stream the table names (engine.runs.seeds).
+
+Under torchrun (engine.train.distributed) every process runs these stages: rank 0 reads and writes the run
+folder and takes every decision that depends on it (shared with `Dist.agree`); the others join once the
+images are prepared (`follow`), train and predict with rank 0, and leave the mixture, the map and the
+summary to it.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from engine.train.classify import (
     warmup_head,
 )
 from engine.train.device import Runtime, make_runtime, seed_everything
+from engine.train.distributed import Dist, global_batch
 from engine.train.finetune import FinetuneTargets, finetune_supcon, finetune_targets
 from engine.train.loop import Rng
 from engine.train.pretrain import pretrain_simclr
@@ -93,6 +99,14 @@ class Context:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.prepared.classes
+
+    @property
+    def dist(self) -> Dist:
+        return self.rt.dist
+
+    def alone(self) -> Context:
+        """This context for rank 0's work without the other processes (mixture, map, summary)."""
+        return replace(self, rt=self.rt.alone())
 
     def seed(self, stream: str) -> int:
         """The seed of one of the run's named streams (engine.runs.stages declares them)."""
@@ -211,10 +225,36 @@ def open_context(run: RunDir, cfg: RunConfig, record: DatasetRecord, *, truth: P
     if phase == FIT:
         _begin_phase(run, cfg, progress, FIT, n=len(record.samples))
     prepared = _prepare_stage(run, record, cfg, progress)
+    if rt.dist.enabled:  # the images are decoded: the other processes join (`follow`)
+        progress.note(f"training with {rt.dist.world_size} processes; each takes 1/{rt.dist.world_size} of every "
+                      "global batch")
+        rt.dist.open({"cfg": config_mod.to_dict(cfg), "phase": phase, "torch_rng": torch.get_rng_state()})
     data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device, memory_budget_gb=cfg.data.memory_budget_gb)
     return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(prepared.images),
                    _truth(truth, prepared.paths, prepared.classes, progress, optional=truth_optional),
                    _test_set(run, test, prepared.classes, cfg, rt))
+
+
+def follow(run: RunDir, dist: Dist) -> bool:
+    """A process other than rank 0 under torchrun: wait until rank 0 has prepared the images (`open_context`),
+    then run the same stages with it. It reads the decoded cache, and the checkpoints rank 0 wrote after a
+    barrier; it writes nothing. False when rank 0 ended before the work began (a refused command)."""
+    start = dist.join()
+    if start is None:
+        return False
+    cfg = config_mod.from_dict(start["cfg"])
+    rt = make_runtime(cfg.device, cfg.precision, dist)
+    seed_everything(stream_seed(cfg.seed, stages.PHASE_SEEDS[FIT]))
+    torch.set_rng_state(start["torch_rng"])  # rank 0's, whatever its preparations drew from it
+    prepared = load_prepared(run.data)
+    data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device, memory_budget_gb=cfg.data.memory_budget_gb)
+    ctx = Context(run, cfg, rt, Progress.silent(), prepared, data, Normalisation.of(prepared.images), None, None)
+    if start["phase"] == FIT:
+        run_fit(ctx)
+        if not dist.agree(lambda: False):  # rank 0 says whether `fit --finetune` goes on into phase (b)
+            return True
+    run_finetune(ctx)
+    return True
 
 
 def _truth(path: Path | None, paths: tuple[str, ...], classes: tuple[str, ...], progress: Progress, *,
@@ -271,7 +311,16 @@ def planned_work(cfg: RunConfig, name: str, n: int) -> Planned:
 
 
 def _runs(ctx: Context, name: str) -> bool:
-    """False (after saying why) when the stage does not run: off in these settings, or done (the table's rule)."""
+    """False (after saying why) when the stage does not run: off in these settings, or done (the table's rule).
+    Rank 0 decides, for every process."""
+    return ctx.dist.agree(lambda: _runs_here(ctx, name))
+
+
+def _done(ctx: Context, name: str) -> bool:
+    return ctx.dist.agree(lambda: stages.is_done(ctx.run, name))
+
+
+def _runs_here(ctx: Context, name: str) -> bool:
     off = stages.stage(name).off(ctx.cfg)
     if off:
         ctx.progress.stage_skipped(name, off)
@@ -288,7 +337,11 @@ def _augment(ctx: Context) -> BatchAugment:
 
 def _final_ckpt(ctx: Context, stage: str, net: Network, **extra: object) -> None:
     """Write the stage's checkpoint, record the stage done, then drop its resume points (in this order: a
-    kill between any two steps leaves either a stage to finish from its last epoch, or a done stage)."""
+    kill between any two steps leaves either a stage to finish from its last epoch, or a done stage).
+    Every process goes on with rank 0's network; rank 0 alone writes."""
+    ctx.dist.sync_from_main(net)
+    if not ctx.dist.is_main:
+        return
     save_checkpoint(ctx.run.checkpoint(stage), {"net": net.state_dict(), "stage": stage,
                                                 "config": config_mod.to_dict(ctx.cfg), **extra})
     stages.mark_done(ctx.run, stage)
@@ -296,8 +349,13 @@ def _final_ckpt(ctx: Context, stage: str, net: Network, **extra: object) -> None
         p.unlink(missing_ok=True)
 
 
+def _read_checkpoint(ctx: Context, stage: str) -> dict:
+    ctx.dist.barrier()  # rank 0 has written it (every process reads it)
+    return load_checkpoint(ctx.run.checkpoint(stage), ctx.rt.device)
+
+
 def _load_net(ctx: Context, net: Network, stage: str) -> Network:
-    net.load_state_dict(load_checkpoint(ctx.run.checkpoint(stage), ctx.rt.device)["net"])
+    net.load_state_dict(_read_checkpoint(ctx, stage)["net"])
     return net
 
 
@@ -306,7 +364,7 @@ def _load_net(ctx: Context, net: Network, stage: str) -> Network:
 
 def stage_pretrain(ctx: Context, net: Network) -> None:
     if not _runs(ctx, "pretrain"):
-        if stages.is_done(ctx.run, "pretrain"):
+        if _done(ctx, "pretrain"):
             _load_net(ctx, net, "pretrain")
         return
     pretrain_simclr(net, ctx.data, ctx.cfg.pretrain, _augment(ctx), ctx.rt, rng=ctx.rng("pretrain"),
@@ -317,13 +375,13 @@ def stage_pretrain(ctx: Context, net: Network) -> None:
 def stage_warmup(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     c = ctx.cfg.classify
     if not _runs(ctx, "warmup"):
-        if stages.is_done(ctx.run, "warmup") and not stages.stage("warmup").off(ctx.cfg):
-            state = load_checkpoint(ctx.run.checkpoint("warmup"), ctx.rt.device)
+        if _done(ctx, "warmup") and not stages.stage("warmup").off(ctx.cfg):
+            state = _read_checkpoint(ctx, "warmup")
             net.load_state_dict(state["net"])
             loss_fn.load_state_dict(state["loss"])
         return
     features = encode(net, ctx.data, ctx.norm, ctx.rt)
-    _, labels, rows = ctx.training_labels(ctx.trusted())
+    _, labels, rows = ctx.training_labels(ctx.dist.agree(ctx.trusted))  # rank 0 reads the decisions
     warmup_head(net, features, labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
                 last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress, rows=rows)
     _final_ckpt(ctx, "warmup", net, loss=loss_fn.state_dict())
@@ -341,15 +399,16 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
         out: dict[str, float] = {}
         if epoch >= c.epochs - k:  # per-sample losses of the last k epochs feed the mixture
             probs = predict(net, ctx.data, ctx.norm, ctx.rt, with_features=False).probs
-            rows = _read_history(hist_path, epoch)
-            rows.append(per_sample_ce(probs, ctx.prepared.labels))
-            atomic_write_npz(hist_path, losses=np.stack(rows), upto=np.array(epoch + 1))
+            if ctx.dist.is_main:
+                rows = _read_history(hist_path, epoch)
+                rows.append(per_sample_ce(probs, ctx.prepared.labels))
+                atomic_write_npz(hist_path, losses=np.stack(rows), upto=np.array(epoch + 1))
             out["train_acc_given"] = float((probs.argmax(1) == ctx.prepared.labels).mean())
-        if ctx.test is not None:
-            out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt)
+        if ctx.test is not None:  # rank 0's alone: the other processes hold no test set
+            out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt.alone())
         return out
 
-    data, labels, rows = ctx.training_labels(ctx.trusted())
+    data, labels, rows = ctx.training_labels(ctx.dist.agree(ctx.trusted))  # rank 0 reads the decisions
     train_classifier(net, data, labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
                      rng=ctx.rng("train"), last_ckpt=ctx.run.checkpoint("train", last=True), progress=ctx.progress,
                      end_of_epoch=end_of_epoch, rows=rows)
@@ -381,6 +440,8 @@ def stage_predict(ctx: Context, net: Network) -> None:
         return
     ctx.progress.stage_start("predict", total=1, unit="pass")
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
+    if not ctx.dist.is_main:
+        return
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
     hist = ctx.run.loss_history
     history = load_npz(hist)["losses"] if hist.exists() else losses[None]
@@ -523,14 +584,18 @@ def run_fit(ctx: Context) -> dict:
     """Phase (a) and the split: every stage, skipping those done."""
     t0 = time.perf_counter()
     net = ctx.new_network()
-    if weights.needed(ctx.run, ctx.cfg):  # `fit --weights`: the encoder starts from the user's file
+    if ctx.dist.is_main and weights.needed(ctx.run, ctx.cfg):  # `fit --weights`: the encoder starts from the user's file
         ctx.progress.note(weights.load_into(net, ctx.cfg.model))
+    ctx.dist.sync_from_main(net)  # every process starts from rank 0's weights
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
     stage_pretrain(ctx, net)
     stage_warmup(ctx, net, loss_fn)
     stage_train(ctx, net, loss_fn)
     stage_predict(ctx, net)
+    if not ctx.dist.is_main:
+        return {}
+    ctx = ctx.alone()  # the rest reads and writes the run folder: rank 0's work, without the others
     stage_split(ctx)
     stage_embed(ctx)
     fine_tuned = stages.is_done(ctx.run, "refresh")  # then samples.csv & co. are phase (b)'s
@@ -602,6 +667,24 @@ def truth_changed(run: RunDir, truth: Path | None, kept: Path | None) -> None:
 def run_finetune(ctx: Context) -> dict:
     """Phase (b): weighted SupCon on pseudo-labels and decisions, a fresh head, refreshed flags."""
     t0 = time.perf_counter()
+    targets = ctx.dist.agree(lambda: _begin_finetune(ctx))  # rank 0 reads the decisions, for every process
+    if targets is None:
+        return _summary_from_disk(ctx.alone(), FINETUNE, time.perf_counter() - t0) if ctx.dist.is_main else {}
+    # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
+    seed_everything(ctx.seed(stages.PHASE_SEEDS[FINETUNE]))
+    ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
+    net = _load_net(ctx, ctx.new_network(), "train")
+    stage_supcon(ctx, net, targets)
+    net.new_classifier(len(ctx.classes))
+    net.to(ctx.rt.device)
+    ctx.dist.sync_from_main(net)  # the same new head in every process
+    stage_head(ctx, net, targets)
+    stage_refresh(ctx, net)
+    return _summary_from_disk(ctx.alone(), FINETUNE, time.perf_counter() - t0) if ctx.dist.is_main else {}
+
+
+def _begin_finetune(ctx: Context) -> FinetuneTargets | None:
+    """Rank 0's start of phase (b): its training targets, or None when it is already done."""
     run, cfg = ctx.run, ctx.cfg
     if not phase_a_finished(run, cfg):
         raise UserError(f"{run.path} has no finished phase (a); run (or resume) `python -m engine fit` first")
@@ -616,22 +699,13 @@ def run_finetune(ctx: Context) -> dict:
     _begin_phase(run, cfg, ctx.progress, FINETUNE, n=len(ctx.data))
     if done:
         ctx.progress.stage_skipped("finetune", "already fine-tuned with these decisions and settings", done=True)
-        return _summary_from_disk(ctx, FINETUNE, time.perf_counter() - t0)
-    # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
-    seed_everything(ctx.seed(stages.PHASE_SEEDS[FINETUNE]))
-    ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
-    net = _load_net(ctx, ctx.new_network(), "train")
-    stage_supcon(ctx, net, targets)
-    net.new_classifier(len(ctx.classes))
-    net.to(ctx.rt.device)
-    stage_head(ctx, net, targets)
-    stage_refresh(ctx, net)
-    return _summary_from_disk(ctx, FINETUNE, time.perf_counter() - t0)
+        return None
+    return targets
 
 
 def stage_supcon(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     if not _runs(ctx, "supcon"):
-        if stages.is_done(ctx.run, "supcon"):
+        if _done(ctx, "supcon"):
             _load_net(ctx, net, "supcon")
         return
     finetune_supcon(net, ctx.data, targets, ctx.cfg.finetune, _augment(ctx), ctx.rt, rng=ctx.rng("supcon"),
@@ -656,9 +730,10 @@ def stage_head(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     labels = torch.as_tensor(targets.labels[kept], device=ctx.rt.device)
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes))
     loss_fn = loss_fn.to(ctx.rt.device)
-    per_epoch = steps_per_epoch(len(kept), min(ctx.cfg.classify.batch_size, len(kept)), drop_last=True)
+    per_epoch = steps_per_epoch(len(kept), global_batch(ctx.cfg.classify.batch_size, len(kept), ctx.dist),
+                                drop_last=True)
     warmup_steps, full_steps = f.head_epochs * per_epoch, f.full_epochs * per_epoch
-    if not full_resume.exists():  # else the warm-up is done and full training resumes
+    if not ctx.dist.agree(full_resume.exists):  # else the warm-up is done and full training resumes
         features = encode(net, ctx.data, ctx.norm, ctx.rt).index_select(0, torch.as_tensor(kept, device=ctx.rt.device))
         warmup_head(net, features, labels, loss_fn, ctx.cfg.classify, ctx.rt, epochs=f.head_epochs,
                     rng=ctx.rng("head/warmup"), last_ckpt=warmup_resume, progress=ctx.progress, stage="head",
@@ -679,6 +754,9 @@ def stage_refresh(ctx: Context, net: Network) -> None:
     run = ctx.run
     ctx.progress.stage_start("refresh", total=3, unit="step")
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
+    if not ctx.dist.is_main:
+        return
+    ctx = ctx.alone()  # the mixture, samples.csv and the map: rank 0's alone
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
     atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses[None])
     ctx.progress.advance(1, images=len(ctx.data))
