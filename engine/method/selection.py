@@ -154,8 +154,9 @@ def _degenerate(x: np.ndarray, threshold: float) -> SplitResult:
 def suspicion(clean_prob: np.ndarray, probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """Review-queue order in [0, 1]: half the mixture's doubt, half the model's doubt.
 
-    suspicion = 0.5 * (1 - clean_prob) + 0.5 * (1 - p_given), with p_given the model's probability
-    of the given label. The second term is >= 0.5 exactly when the model prefers another class with
+    suspicion = 0.5 * (1 - clean_prob) + 0.5 * (1 - p_given), with p_given the probability of the
+    given label in `probs`: the run passes out-of-fold probabilities (engine.method.out_of_fold), which
+    the classifier's memorising of wrong labels does not inflate. The second term is >= 0.5 exactly when the model prefers another class with
     more than half its belief (given != pseudo-label), and grows with how sure it is. Measured on our
     runs it ranks the truly wrong labels as well as the loss itself on clean-cut data and better
     than the pseudo-label margin when the classifier is weak (bench/results/quality.md).

@@ -41,6 +41,7 @@ from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
 from engine.method.neighbours import K as NEIGHBOURS_K
 from engine.method.neighbours import nearest_neighbours
+from engine.method.out_of_fold import out_of_fold_probs
 from engine.method.relabel import RelabelEvidence, confident_relabels
 from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
 from engine.review import remembered
@@ -484,7 +485,10 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     # Neighbours vote, and the competence head trains, with the trusted labels: a fixed label is evidence.
     relabel = confident_relabels(preds.probs, trusted.labels, result.flagged, result.clean_prob,
                                  preds.features, neighbours, ctx.cfg.relabel, seed=seed)
-    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel, evidence)
+    # The review order takes the given label's probability from a head that never saw that label.
+    oof = out_of_fold_probs(preds.features, trusted.labels, len(ctx.classes), trains=trusted.trains, seed=seed)
+    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel, evidence,
+                  order_probs=preds.probs if oof is None else oof)
     atomic_write_npy(ctx.run.neighbours, neighbours[:, :NEIGHBOURS_K])  # the review cards' nearest images
     atomic_write_json(ctx.run.split, {
         "competence": relabel.competence, "min_competence": ctx.cfg.relabel.min_competence,
@@ -507,7 +511,10 @@ def trust_decisions(result: SplitResult, trusted: TrustedLabels) -> SplitResult:
 
 
 def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult,
-                  relabel: RelabelEvidence, evidence: dict[str, np.ndarray]) -> None:
+                  relabel: RelabelEvidence, evidence: dict[str, np.ndarray], *,
+                  order_probs: np.ndarray | None = None) -> None:
+    """samples.csv. order_probs: the probabilities the review order (suspicion) takes the given label's
+    from (engine.method.out_of_fold); default the classifier's own."""
     classes = np.array(ctx.classes, dtype=object)
     given = ctx.prepared.labels
     probs = preds.probs
@@ -528,7 +535,7 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
         "suggested_label": classes[pseudo],
         "suggested_prob": probs[rows, pseudo].round(6),
         "given_prob": probs[rows, given].round(6),
-        "suspicion": np.round(suspicion(split.clean_prob, probs, given), 6),
+        "suspicion": np.round(suspicion(split.clean_prob, probs if order_probs is None else order_probs, given), 6),
         "neighbour_agreement": np.round(relabel.agreement, 4),  # share of neighbours labelled as suggested
         "auto_relabel": relabel.auto.astype(int),  # the suggestion cleared the bar (export --auto-relabel confident)
     })
