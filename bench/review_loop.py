@@ -272,7 +272,12 @@ def run_case(case: Case, args: argparse.Namespace, s: qm.Settings, say=print) ->
     truth = dict(zip(samples["path"], true, strict=True))
     given = dict(zip(samples["path"], samples["given_label"], strict=True))
     cfg = json.loads((base / "config.json").read_text())
-    cleanlab, cl_seconds = cleanlab_ranking(data, work, int(cfg["data"]["image_size"]), s)
+    cached = work / f"cleanlab_ranking_{s.folds}x{s.cnn_epochs}.json"  # label-free of the run: reused across runs
+    if cached.exists() and sorted(json.loads(cached.read_text())["paths"]) == sorted(truth):
+        cleanlab, cl_seconds = json.loads(cached.read_text())["paths"], json.loads(cached.read_text())["seconds"]
+    else:
+        cleanlab, cl_seconds = cleanlab_ranking(data, work, int(cfg["data"]["image_size"]), s)
+        cached.write_text(json.dumps({"paths": cleanlab, "seconds": cl_seconds}))
     wrong = sum(truth[p] != given[p] for p in truth)
     result = CaseResult(case.name, case.title, len(truth), wrong, command, seconds_a, round(cl_seconds, 1),
                         round(100.0 * (1 - wrong / len(truth)), 2))
