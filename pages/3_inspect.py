@@ -78,6 +78,9 @@ else:
     umap = charts.umap_figure(samples, coords, colour, classes)
     event = st.plotly_chart(umap.figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key=f"umap_{colour}")
+    if n > charts.MAP_POINTS:
+        st.caption(f"The map draws {charts.MAP_POINTS:,} of the {n:,} images, a random sample (the same one on "
+                   "every visit); the other views and the review queue cover every image.")
     rows = umap.rows_of(event.selection.points) if event else []
     if len(rows):
         if st.button(f"Review these {len(rows):,} images", type="primary", icon=":material/rule:", key="review_umap"):

@@ -65,7 +65,8 @@ def test_umap_is_webgl_and_recolours(fake_run):
     traces = charts_by_key(at)["umap_given"]["data"]
     assert {t["type"] for t in traces} == {"scattergl"}
     assert [t["name"] for t in traces] == ["cat", "dog", "fox"]
-    assert "customdata" in traces[0] and "%{customdata[0]}" in traces[0]["hovertemplate"]
+    assert "%{hovertext}" in traces[0]["hovertemplate"] and "%{customdata:.2f}" in traces[0]["hovertemplate"]
+    assert traces[0]["hovertext"][0].startswith("<b>") and "<br>given: cat" in traces[0]["hovertext"][0]
     at.radio(key="umap_colour").set_value("clean").run()
     traces = charts_by_key(at)["umap_clean"]["data"]
     assert len(traces) == 1 and traces[0]["marker"]["colorscale"]

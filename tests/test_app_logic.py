@@ -67,6 +67,26 @@ def test_umap_scales_to_50k_points_without_per_point_loops():
     assert umap.figure.data[0].marker.size == 3
 
 
+def test_a_large_map_draws_a_fixed_sample_and_maps_its_points_back_to_rows():
+    n = 1_000
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"path": [f"c/{i}.png" for i in range(n)], "given_label": rng.choice(list("abc"), n),
+                          "suggested_label": rng.choice(list("abc"), n), "clean_prob": rng.random(n)})
+    coords = np.c_[np.arange(n), np.zeros(n)].astype(np.float32)
+    umap = charts.umap_figure(frame, coords, "given", max_points=100)
+    again = charts.umap_figure(frame, coords, "clean", max_points=100)
+    drawn = np.concatenate(umap.trace_rows)
+    assert len(drawn) == 100 and len(set(drawn)) == 100
+    assert sorted(drawn) == sorted(again.trace_rows[0])  # the same sample whatever the colouring
+    for k, trace in enumerate(umap.figure.data):
+        assert np.array_equal(np.asarray(trace.x), umap.trace_rows[k])  # x = the row number here
+        assert (frame["given_label"].iloc[umap.trace_rows[k]] == trace.name).all()
+        assert trace.hovertext[0] == (f"<b>{umap.trace_rows[k][0]}.png</b><br>given: {trace.name}<br>suggested: "
+                                      f"{frame['suggested_label'].iloc[umap.trace_rows[k][0]]}")
+    point = {"curve_number": 0, "point_index": 3}
+    assert umap.rows_of([point]).tolist() == [int(umap.trace_rows[0][3])]
+
+
 def test_confusion_counts_and_largest_disagreement(samples):
     table = charts.confusion_counts(samples, list(CLASSES))
     assert table.loc["cat", "dog"] == 3 and table.loc["cat", "cat"] == 7

@@ -79,7 +79,7 @@ def test_a_bug_inside_the_worker_fails_the_run_with_exit_1(tmp_path: Path, monke
 
     data = make_image_folder(tmp_path / "data")
 
-    def broken(run, cfg, args, source, progress):
+    def broken(*_: object) -> None:
         raise ValueError("index 7 is out of bounds")
 
     monkeypatch.setattr(handlers, "_fit", broken)

@@ -107,12 +107,17 @@ def test_a_skip_is_no_decision_in_fine_tuning():
     from engine.config import SplitConfig
     from engine.train.finetune import finetune_targets
 
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]], dtype=np.float32)
-    decisions = {"a": Decision("a", "skip", None, "t"), "b": Decision("b", "relabel", "cat", "t")}
-    t = finetune_targets(probs, ("a", "b", "c"), ("cat", "dog"), decisions, SplitConfig(), given=np.array([0, 1, 0]),
-                         min_weight=0.01, seed=0)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4], [0.1, 0.9]], dtype=np.float32)
+    paths, given = ("a", "b", "c", "d", "e"), np.array([0, 1, 0, 1, 1])
+    relabel = {"b": Decision("b", "relabel", "cat", "t")}
+    decisions = {"a": Decision("a", "skip", None, "t"), **relabel}
+    t = finetune_targets(probs, paths, ("cat", "dog"), decisions, SplitConfig(), given=given, min_weight=0.01, seed=0)
+    without = finetune_targets(probs, paths, ("cat", "dog"), relabel, SplitConfig(), given=given, min_weight=0.01,
+                               seed=0)
     assert (t.n_decided, t.n_discarded) == (1, 0)
-    assert t.labels.tolist() == [0, 0, 0] and t.weights[1] == 1.0 and t.weights[0] < 1.0 and t.keep.all()
+    assert t.labels.tolist() == [0, 0, 0, 0, 1] and t.weights[1] == 1.0 and t.keep.all()
+    # The skipped image weighs what the mixture says, exactly as with no answer at all.
+    assert t.weights[0] == without.weights[0] and t.weights.tolist() == without.weights.tolist()
 
 
 def test_keep_trains_on_the_given_label_whatever_the_decision_stored():
@@ -171,6 +176,10 @@ def test_a_new_run_on_renamed_images_starts_with_the_decisions_and_exports_them(
     seeded = {p: (d.action, d.source) for p, d in DecisionStore(second / "decisions.sqlite").all().items()}
     assert seeded == {renamed[kept]: ("keep", MEMORY_SOURCE), renamed[relabeled]: ("relabel", MEMORY_SOURCE),
                       renamed[dropped]: ("discard", MEMORY_SOURCE), renamed[unsure]: ("skip", MEMORY_SOURCE)}
+    # Phase (a) trusts them: the kept and relabeled images are clean in the mixture, so never flagged.
+    s2 = pd.read_csv(second / "samples.csv", dtype={"path": str}, keep_default_na=False).set_index("path")
+    for decided in (renamed[kept], renamed[relabeled]):
+        assert s2.loc[decided, "clean_prob"] == 1.0 and s2.loc[decided, "flagged"] == 0
     out = tmp_path / "labels.csv"
     assert engine("export", second, "--out", out).returncode == 0
     e = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("path")

@@ -137,20 +137,36 @@ class UmapFigure:
         return np.unique(np.asarray(rows, dtype=np.int64))
 
 
-_UMAP_HOVER = ("<b>%{customdata[0]}</b><br>given: %{customdata[1]}<br>suggested: %{customdata[2]}"
-               "<br>clean prob: %{customdata[3]:.2f}<extra></extra>")
+_UMAP_HOVER = "%{hovertext}<br>clean prob: %{customdata:.2f}<extra></extra>"
+# The most points the map draws; above it, a seeded random sample of the images (the map is still fitted
+# on all of them, or on its own sample: engine.method.embed). Plotly deep-copies every array of a figure
+# twice on its way to the browser, and a browser pans 50,000 WebGL points smoothly, not 200,000.
+MAP_POINTS = 50_000
+
+
+def map_rows(n: int, max_points: int = MAP_POINTS, seed: int = 0) -> np.ndarray:
+    """The samples.csv rows the map draws: all of them, or a sorted seeded sample of `max_points`."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
 
 
 def umap_figure(samples: pd.DataFrame, coords: np.ndarray, colour_by: ColourBy = "given",
-                classes: Sequence[str] | None = None, marker_size: float | None = None) -> UmapFigure:
-    """The embedding map as WebGL scatter traces; hover shows the image name and its labels."""
+                classes: Sequence[str] | None = None, marker_size: float | None = None,
+                max_points: int = MAP_POINTS) -> UmapFigure:
+    """The embedding map as WebGL scatter traces; hover shows the image name and its labels.
+
+    Hover text is one string per point and customdata one float (the clean probability): an object
+    array of several columns costs Plotly a Python-level deep copy of every cell (7 s at 200,000 points).
+    """
+    drawn = map_rows(len(samples), max_points)
+    samples = samples.iloc[drawn]
+    coords = coords[drawn]
     n = len(samples)
-    names = samples["path"].str.rsplit("/", n=1).str[-1].to_numpy(dtype=object)
-    custom = np.empty((n, 4), dtype=object)
-    custom[:, 0] = names
-    custom[:, 1] = samples["given_label"].to_numpy(dtype=object)
-    custom[:, 2] = samples["suggested_label"].to_numpy(dtype=object)
-    custom[:, 3] = np.round(samples["clean_prob"].to_numpy(dtype=np.float64), 3)
+    names = samples["path"].str.rsplit("/", n=1).str[-1]
+    hover = ("<b>" + names.astype(str) + "</b><br>given: " + samples["given_label"].astype(str) + "<br>suggested: "
+             + samples["suggested_label"].astype(str)).to_numpy(dtype=object)
+    custom = np.round(samples["clean_prob"].to_numpy(dtype=np.float64), 3)
     size = marker_size or (3 if n > 20_000 else 5 if n > 2_000 else 7)
     x = coords[:, 0]
     y = coords[:, 1]
@@ -159,11 +175,11 @@ def umap_figure(samples: pd.DataFrame, coords: np.ndarray, colour_by: ColourBy =
     if colour_by == "clean":
         rows = np.arange(n)
         traces.append(go.Scattergl(
-            x=x, y=y, mode="markers", customdata=custom, hovertemplate=_UMAP_HOVER, name="images",
+            x=x, y=y, mode="markers", customdata=custom, hovertext=hover, hovertemplate=_UMAP_HOVER, name="images",
             marker={"size": size, "color": samples["clean_prob"].to_numpy(dtype=np.float64),
                     "colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "colorbar": {"title": "clean prob"}},
         ))
-        trace_rows.append(rows)
+        trace_rows.append(drawn[rows])
     else:
         labels = samples[COLOUR_BY_COLUMN[colour_by]].to_numpy(dtype=object)
         order = list(classes) if classes else sorted(pd.unique(labels).tolist())
@@ -178,9 +194,9 @@ def umap_figure(samples: pd.DataFrame, coords: np.ndarray, colour_by: ColourBy =
                 continue
             traces.append(go.Scattergl(
                 x=x[rows], y=y[rows], mode="markers", name=str(label), customdata=custom[rows],
-                hovertemplate=_UMAP_HOVER, marker={"size": size, "color": colours[label]},
+                hovertext=hover[rows], hovertemplate=_UMAP_HOVER, marker={"size": size, "color": colours[label]},
             ))
-            trace_rows.append(rows)
+            trace_rows.append(drawn[rows])
     fig = go.Figure(traces)
     title = {"given": "given label", "suggested": "suggested label", "clean": "clean probability"}[colour_by]
     fig.update_layout(title=f"Embedding map (UMAP), coloured by {title}", margin=_MARGIN, height=560,

@@ -8,7 +8,7 @@ Commands (flags are a contract; add to them, never rename):
     fit DATA --run-dir RUN [--loss ...] [--no-pretrain] [--pretrain-epochs N] [--epochs N]
         [--batch-size N] [--image-size N] [--device auto|cpu|cuda] [--seed N] [--resume]
         [--test DIR] [--truth CSV] [--finetune] [--config JSON] [--set KEY=VALUE ...] [--no-memory] [--budget 10m]
-        [--weights PATH]
+        [--weights PATH] [--gpus N]
     finetune RUN [--truth CSV] [--device ...] [--epochs N] [--set KEY=VALUE ...] [--resume]
     export RUN --out PATH --format csv|json|folder [--overwrite] [--auto-relabel confident|never|all] [--top N]
         [--drop-duplicates] [--drop-outliers Q]
@@ -89,6 +89,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, default=None,
                    help="start the encoder from a local file: a torchvision ResNet-18/34/50 state dict or a CLeaN "
                         "checkpoint (RUN/checkpoints/*.pt); never downloaded (config model.weights)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="train with N processes, one per GPU, through torchrun (DistributedDataParallel); the batch "
+                        "size stays the global batch. With --device cpu: N CPU processes over gloo (for testing)")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # `fit --gpus N` starts the same command N times
     if args.command in ("scan", "prepare", "noise"):
         from engine.cli import data as handlers
     elif args.command == "decisions":

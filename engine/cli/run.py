@@ -7,6 +7,10 @@ Before a command works on a run folder it checks that the folder is CLeaN's (eng
 folder of the user's own is refused with nothing in it changed) and that no run file is damaged
 (engine.runs.integrity: a damaged file is named with the command that repairs it; `--resume` carries
 out that repair, redoing the stage that wrote the file and the stages that depend on it).
+
+`fit` and `finetune` also run as several processes under torchrun (`fit --gpus N` starts them): rank 0 is
+the run's worker and does everything above; the others take part in its training stages and write
+nothing (engine.train.distributed).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
 import sys
 import traceback
 from argparse import Namespace
@@ -36,6 +41,7 @@ from engine.runs.worker_lock import WorkerLock
 
 if TYPE_CHECKING:
     from engine.runs.progress import Progress
+    from engine.train.distributed import Dist
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -224,6 +230,11 @@ def _require_inputs(truth: Path | None, test: Path | None = None) -> None:
 
 
 def cmd_fit(args: Namespace) -> int:
+    launched = _launch_processes(args)
+    return launched if launched is not None else _with_processes(args, _cmd_fit)
+
+
+def _cmd_fit(args: Namespace, dist: Dist) -> int:
     run = RunDir(args.run_dir)
     foreign = owner.ownership_problem(run.path)
     if foreign:  # data inside the folder is the sharper reason to refuse it
@@ -240,9 +251,10 @@ def cmd_fit(args: Namespace) -> int:
         overlap = _run_data_overlap(run.path, args)
         if overlap:
             raise UserError(overlap)
+        _check_processes(cfg, dist)
     except UserError as e:  # ConfigError too: a setting no stage can run with
         return _refused(run, launched, e)
-    return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress), quiet=args.quiet,
+    return _run_worker(run, "fit", lambda progress: _fit(run, cfg, args, source, progress, dist), quiet=args.quiet,
                        lock=launched, repair=repair)
 
 
@@ -286,10 +298,11 @@ def _run_data_overlap(run_path: Path, args: Namespace) -> str | None:
     return None
 
 
-def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: Progress) -> dict:
+def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: Progress, dist: Dist) -> dict:
     from engine.data.intake import scan
     from engine.review.metrics import find_truth
     from engine.train import pipeline
+    from engine.train.device import make_runtime
 
     run.path.mkdir(parents=True, exist_ok=True)
     record = scan(Path(args.data), root=args.root, extract_to=run.source_dir, check="header")
@@ -307,10 +320,11 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     # New truth/test files join source.json only after they loaded: a rejected one must not stick to the run.
     pipeline.write_source(run, record, data=args.data, truth=kept_truth, test=kept_test)
     ctx = pipeline.open_context(run, cfg, record, truth=truth, test=test, progress=progress,
-                                truth_optional=auto_truth)
+                                truth_optional=auto_truth, rt=make_runtime(cfg.device, cfg.precision, dist))
     pipeline.write_source(run, record, data=args.data, truth=truth if ctx.truth is not None else None, test=test)
     summary = pipeline.run_fit(ctx)
     waits = finetune_waits(cfg.finetune.require_decisions, run.decisions) if cfg.finetune_after_fit else None
+    dist.agree(lambda: bool(cfg.finetune_after_fit and not waits))  # the other processes go on with phase (b) too
     if waits:
         progress.note(f"--finetune: {waits}")
         if not progress.show:  # asked for and not done: said even with --quiet
@@ -319,6 +333,69 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
         run.write_status(phase="finetune")
         summary = pipeline.run_finetune(ctx)
     return summary
+
+
+# ================================================================================================ processes
+
+
+def _launch_processes(args: Namespace) -> int | None:
+    """`fit --gpus N`: start N processes of this very command through torchrun (python -m
+    torch.distributed.run, part of torch), one per GPU, and return its exit status; None when the command
+    runs here instead (no --gpus, --gpus 1, or this is one of the N processes already). With
+    `--device cpu` the N processes train on the CPU over gloo, which is how the suite tests it."""
+    n = getattr(args, "gpus", None)
+    if n is None:
+        return None
+    if n < 1:
+        return _fail(f"--gpus must be at least 1, got {n}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return None if world == n else _fail(f"--gpus {n} in a torchrun launch of {world} processes")
+    if n == 1:
+        return None
+    if args.device != "cpu":
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < n:
+            return _fail(f"--gpus {n} needs {n} CUDA GPUs, but {have} are visible; add --device cpu to run {n} "
+                         "CPU processes over gloo instead (for testing: slower than one process)")
+    import engine
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(engine.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "engine", *args.argv]  # --gpus N stays: each process checks it against WORLD_SIZE
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _with_processes(args: Namespace, command: Callable[[Namespace, Dist], int]) -> int:
+    """Run a training command in this process; under torchrun as one of the run's processes: rank 0 runs
+    the command (it is the run's worker), the others follow its stages (engine.train.pipeline.follow)."""
+    from engine.train import distributed
+
+    dist = distributed.start()
+    if not dist.enabled:
+        return command(args, dist)
+    code, began = 1, False
+    try:
+        if dist.is_main:
+            code = command(args, dist)
+        else:
+            from engine.train.pipeline import follow
+
+            began = follow(RunDir(args.run_dir), dist)
+            code = 0
+    finally:  # a follower that rank 0 stopped before the work began meets it no more
+        distributed.finish(dist, ok=code == 0 and (dist.is_main or began))
+    return code
+
+
+def _check_processes(cfg: RunConfig, dist: Dist) -> None:
+    from engine.train.distributed import check_batches
+
+    check_batches({"pretrain.batch_size": cfg.pretrain.batch_size, "classify.batch_size": cfg.classify.batch_size,
+                   "finetune.batch_size": cfg.finetune.batch_size}, dist)
 
 
 def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress) -> RunConfig:
@@ -345,6 +422,10 @@ def _path(value: str | None) -> Path | None:
 
 
 def cmd_finetune(args: Namespace) -> int:
+    return _with_processes(args, _cmd_finetune)
+
+
+def _cmd_finetune(args: Namespace, dist: Dist) -> int:
     run = RunDir(args.run_dir)
     foreign = owner.ownership_problem(run.path, flag="run folder")
     if foreign:
@@ -371,16 +452,18 @@ def cmd_finetune(args: Namespace) -> int:
         waits = finetune_waits(cfg.finetune.require_decisions, run.decisions)
         if waits:
             raise UserError(waits)
+        _check_processes(cfg, dist)
     except UserError as e:
         return _refused(run, launched, e)
-    return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress), quiet=args.quiet,
+    return _run_worker(run, "finetune", lambda progress: _finetune(run, cfg, args, progress, dist), quiet=args.quiet,
                        lock=launched, repair=repair)
 
 
-def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) -> dict:
+def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress, dist: Dist) -> dict:
     from engine.data.intake import scan
     from engine.runs.stages import FINETUNE
     from engine.train import pipeline
+    from engine.train.device import make_runtime
 
     source = read_json(run.source, {})
     record = scan(Path(source["root"]) if source["kind"] != "csv" else Path(source["data"]),
@@ -389,7 +472,7 @@ def _finetune(run: RunDir, cfg: RunConfig, args: Namespace, progress: Progress) 
     if cfg != config_mod.load(run.config):
         config_mod.save(cfg, run.config_finetune)
     ctx = pipeline.open_context(run, cfg, record, truth=truth, test=_path(source.get("test")), progress=progress,
-                                phase=FINETUNE)
+                                phase=FINETUNE, rt=make_runtime(cfg.device, cfg.precision, dist))
     return pipeline.run_finetune(ctx)
 
 

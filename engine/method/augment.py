@@ -256,7 +256,8 @@ class BatchAugment:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def __call__(
-        self, x: Tensor, generator: torch.Generator | None = None, *, return_params: bool = False
+        self, x: Tensor, generator: torch.Generator | None = None, *, return_params: bool = False,
+        within: tuple[int, int] | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Augment a batch.
 
@@ -264,6 +265,9 @@ class BatchAugment:
             x: uint8 (0..255) or float ([0, 1]) images, (B, 3, H, W) or (B, H, W, 3).
             generator: makes the draws reproducible; a CPU generator also works for CUDA images.
             return_params: also return the drawn parameters.
+            within: (start, total): x is images start .. start + B of a batch of `total` images split across
+                processes; the parameters are drawn for the whole batch and x gets its part's, so every
+                image is augmented as it would be in one process.
 
         Returns:
             Views (B, 3, out_size, out_size) float32, and with return_params a dict of per-image
@@ -272,7 +276,10 @@ class BatchAugment:
             bool, "gray" (B,) bool, "blur_sigma" (B,) (0 = not blurred), "jitter_order" (4,).
         """
         img = _as_float_nchw(x)
-        params = self.sample_params(img.shape[0], img.shape[-2], img.shape[-1], generator, img.device)
+        n, start = (img.shape[0], 0) if within is None else (within[1], within[0])
+        params = self.sample_params(n, img.shape[-2], img.shape[-1], generator, img.device)
+        if within is not None:  # this part's draws; the jitter order is one for the whole batch
+            params = {k: v if k == "jitter_order" else v[start:start + img.shape[0]] for k, v in params.items()}
         out = _resized_crop(img, params["crop"], params["flip"], self.out_size)
         identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=img.device)
         factors = torch.where(params["jitter_applied"][:, None], params["jitter"], identity)
@@ -334,9 +341,11 @@ def _check_config(cfg: AugmentConfig) -> None:
             raise ValueError(message)
 
 
-def two_views(aug: BatchAugment, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Two independently augmented views of the same batch (SimCLR). Shapes: 2 x (B, 3, out, out)."""
-    return aug(x, generator), aug(x, generator)  # type: ignore[return-value]
+def two_views(aug: BatchAugment, x: Tensor, generator: torch.Generator | None = None, *,
+              within: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Two independently augmented views of the same batch (SimCLR). Shapes: 2 x (B, 3, out, out).
+    within: x is part of a larger batch (see BatchAugment.__call__)."""
+    return aug(x, generator, within=within), aug(x, generator, within=within)  # type: ignore[return-value]
 
 
 def supervised_augment(
@@ -347,6 +356,7 @@ def supervised_augment(
     std: Sequence[float],
     generator: torch.Generator | None = None,
     pad: int = 4,
+    within: tuple[int, int] | None = None,
 ) -> Tensor:
     """Light training augmentation: random crop of the reflect-padded image + horizontal flip, per image.
 
@@ -359,6 +369,8 @@ def supervised_augment(
         mean, std: per-channel normalisation (3 values each).
         generator: makes the draws reproducible.
         pad: padding (and maximal shift) in pixels, 0 <= pad < S.
+        within: (start, total): x is images start .. start + B of a batch of `total` split across processes;
+            the shifts and flips are drawn for the whole batch and x gets its part's.
 
     Returns:
         float32 (B, 3, out_size, out_size).
@@ -370,9 +382,10 @@ def supervised_augment(
         raise ValueError(f"pad must be in [0, {min(height, width)}) for {height}x{width} images, got {pad}")
     sampler = _Sampler(generator, img.device)
     padded = F.pad(img, (pad, pad, pad, pad), mode="reflect") if pad else img
-    top = (sampler.uniform(n) * (2 * pad + 1)).long().clamp_(max=2 * pad)
-    left = (sampler.uniform(n) * (2 * pad + 1)).long().clamp_(max=2 * pad)
-    flip = sampler.bernoulli(n, 0.5)
+    drawn, start = (n, 0) if within is None else (within[1], within[0])
+    top = (sampler.uniform(drawn) * (2 * pad + 1)).long().clamp_(max=2 * pad)[start:start + n]
+    left = (sampler.uniform(drawn) * (2 * pad + 1)).long().clamp_(max=2 * pad)[start:start + n]
+    flip = sampler.bernoulli(drawn, 0.5)[start:start + n]
     rows = top[:, None] + torch.arange(height, device=img.device)
     cols = left[:, None] + torch.arange(width, device=img.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -445,15 +445,21 @@ class MixupBootLoss(ClassificationLoss):
         return _reduce(per_sample, reduction)
 
     @torch.no_grad()
-    def refit(self, losses: np.ndarray) -> dict[str, float]:
-        """Fit the beta mixture on per-sample losses of every image (N,) and set each w_i to its noise
-        posterior, clipped to [1e-4, 1 - 1e-4] as the paper's code; a degenerate mixture sets every w_i to
-        0. Returns the mixture's summary for the epoch's event."""
+    def refit(self, losses: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float]:
+        """Fit the beta mixture on per-sample losses of every image (N,) — or of the images at `rows`
+        (the ones that train; the others keep w_i = 0) — and set each w_i to its noise posterior, clipped
+        to [1e-4, 1 - 1e-4] as the paper's code; a degenerate mixture sets every w_i to 0. Returns the
+        mixture's summary for the epoch's event."""
         losses = np.asarray(losses, dtype=np.float64)
-        if losses.shape != tuple(self.noisy_prob.shape):
-            raise ValueError(f"refit needs {self.noisy_prob.shape[0]} losses, got shape {losses.shape}")
+        expected = (self.noisy_prob.shape[0],) if rows is None else (len(rows),)
+        if losses.shape != expected:
+            raise ValueError(f"refit needs {expected[0]} losses, got shape {losses.shape}")
         mixture = fit_beta_mixture(losses, max_iter=self.max_iter, percentiles=self.percentiles)
         w = np.zeros_like(losses) if mixture.degenerate else mixture.noisy_posterior(losses).clip(BMM_EPS, 1 - BMM_EPS)
+        if rows is not None:
+            every = np.zeros(self.noisy_prob.shape[0])
+            every[rows] = w
+            w = every
         self.noisy_prob.copy_(torch.as_tensor(w, dtype=torch.float32))
         self.refits += 1
         return {"bmm_noisy_share": round(float((w > 0.5).mean()), 4), "bmm_mean_w": round(float(w.mean()), 4)}

@@ -38,6 +38,7 @@ from engine.method.neighbours import l2_normalised
 from engine.method.selection import suspicion
 from engine.review.decisions import load_decisions
 from engine.review.queue import samples_digest
+from engine.review.trusted import trusted_labels
 from engine.runs.atomic import atomic_write_json, atomic_write_text, now_iso, read_json
 from engine.runs.rundir import RunDir
 from engine.runs.seeds import stream_seed
@@ -118,25 +119,10 @@ class Targets:
 def rerank_targets(paths: list[str], given: np.ndarray, clean_prob: np.ndarray, classes: tuple[str, ...],
                    decisions: dict) -> Targets:
     """Training labels and weights from the trusted decisions (no skips) and the mixture's clean probability."""
-    index = {c: i for i, c in enumerate(classes)}
-    labels = given.astype(np.int64).copy()
+    trusted = trusted_labels(paths, given, classes, decisions)
     weights = np.clip(np.asarray(clean_prob, dtype=np.float32), 0.0, 1.0)
-    action = np.full(len(paths), "", dtype=object)
-    label = np.full(len(paths), "", dtype=object)
-    for i, path in enumerate(paths):
-        d = decisions.get(path)
-        if d is None:
-            continue
-        action[i], label[i] = d.action, d.label or ""
-        if d.action == "discard":
-            weights[i] = 0.0
-        elif d.action == "keep":
-            weights[i] = DECISION_WEIGHT  # keep is the given label, whatever label the row carries
-        elif d.label in index:
-            labels[i], weights[i] = index[d.label], DECISION_WEIGHT
-        else:
-            raise UserError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")
-    return Targets(labels, weights, action, label)
+    weights = np.where(trusted.discarded, 0.0, np.where(trusted.decided, DECISION_WEIGHT, weights)).astype(np.float32)
+    return Targets(trusted.labels, weights, trusted.action, trusted.label)
 
 
 def training_rows(weights: np.ndarray, reviewed: np.ndarray, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -53,6 +53,7 @@ def fit_gmm_split(
     tol: float = 1e-3,
     reg_covar: float = 5e-4,
     covariance: str = "tied",
+    fit_on: np.ndarray | None = None,
 ) -> SplitResult:
     """Fit the 2-component mixture and return each image's probability that its label is clean.
 
@@ -71,17 +72,24 @@ def fit_gmm_split(
         costs nothing where the classifier is good (digits: F1 0.988 -> 0.989; bundled sample 0.967
         -> 0.980). With a shared variance the posterior is also monotone in the loss by construction.
 
+    fit_on : ndarray of bool, shape (N,), optional
+        The images the mixture is fitted on (default: all); every image gets a posterior. Reviewed and
+        discarded images are left out of the fit (engine.review.trusted): a person's answer is not
+        evidence about what a clean loss looks like, and a relabeled image's loss against its old label
+        would pull the noisy component towards the images already fixed.
+
     Degenerate inputs never raise: with fewer than two distinct loss values there is nothing to
     split, so every image is reported clean (clean_prob 1) and `degenerate` is set.
     """
     x = np.asarray(loss_norm, dtype=np.float64)
-    if len(x) < 2 or np.unique(np.round(x, 12)).size < 2:
+    fitted = x if fit_on is None else x[np.asarray(fit_on, bool)]
+    if len(fitted) < 2 or np.unique(np.round(fitted, 12)).size < 2:
         return _degenerate(x, threshold)
     if covariance not in ("tied", "full"):
         raise ValueError(f"covariance must be 'tied' or 'full', got {covariance!r}")
     gmm = GaussianMixture(n_components=2, covariance_type=covariance, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
                           random_state=seed)
-    gmm.fit(x[:, None])
+    gmm.fit(fitted[:, None])
     clean = int(np.argmin(gmm.means_.ravel()))
     posterior = gmm.predict_proba(x[:, None])[:, clean]
     means = gmm.means_.ravel()
@@ -146,8 +154,9 @@ def _degenerate(x: np.ndarray, threshold: float) -> SplitResult:
 def suspicion(clean_prob: np.ndarray, probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """Review-queue order in [0, 1]: half the mixture's doubt, half the model's doubt.
 
-    suspicion = 0.5 * (1 - clean_prob) + 0.5 * (1 - p_given), with p_given the model's probability
-    of the given label. The second term is >= 0.5 exactly when the model prefers another class with
+    suspicion = 0.5 * (1 - clean_prob) + 0.5 * (1 - p_given), with p_given the probability of the
+    given label in `probs`: the run passes out-of-fold probabilities (engine.method.out_of_fold), which
+    the classifier's memorising of wrong labels does not inflate. The second term is >= 0.5 exactly when the model prefers another class with
     more than half its belief (given != pseudo-label), and grows with how sure it is. Measured on our
     runs it ranks the truly wrong labels as well as the loss itself on clean-cut data and better
     than the pseudo-label margin when the classifier is weak (bench/results/quality.md).

@@ -64,38 +64,53 @@ def detection_metrics(
     clean_prob: np.ndarray,
     predicted: np.ndarray,
     corrected: np.ndarray,
+    reviewed: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """Precision/recall/F1/AUROC of the flags against truly mislabeled images, and label accuracies.
 
     All label arrays hold class names; images without a truth row (true is None) are left out.
     `corrected` is the exported label (None for discarded images, which are left out of its accuracy).
+    `reviewed`: (N,) bool, images a person decided. The detection scores are the model's, on the images
+    nobody decided (a decided image is trusted, so never flagged: counting it would score the person's
+    work as the model's misses); the label accuracies are over every image.
     """
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
-
     known = np.array([t is not None for t in true], dtype=bool)
-    g, t, f = given[known], true[known], flagged[known].astype(bool)
+    by_model = known if reviewed is None else known & ~np.asarray(reviewed, bool)
+    g, t = given[known], true[known]
     wrong = np.asarray(g != t, dtype=bool)
-    # A flag is a positive prediction of "mislabeled"; no flag (or no mislabeled image) scores 0, not NaN.
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        wrong, f, average="binary", zero_division=0) if len(wrong) else (0.0, 0.0, 0.0, None)
-    auroc = float(roc_auc_score(wrong, 1.0 - clean_prob[known])) if 0 < wrong.sum() < len(wrong) else float("nan")
+    m = _detection(given[by_model], true[by_model], flagged[by_model].astype(bool), clean_prob[by_model])
     c = corrected[known]
     kept = np.array([v is not None and v == v for v in c])  # None/NaN = discarded
     changed = kept & (c != g)  # exported labels that differ from the given ones
     return {
         "n": int(known.sum()),
         "n_mislabeled": int(wrong.sum()),
-        "n_flagged": int(f.sum()),
-        "precision": round(float(precision), 4),
-        "recall": round(float(recall), 4),
-        "f1": round(float(f1), 4),
-        "auroc": round(auroc, 4),
+        "n_reviewed": int((known & ~by_model).sum()),
+        **m,
         "corrected_accuracy": round(float((c[kept] == t[kept]).mean()) if kept.any() else float("nan"), 4),
         "pseudo_label_accuracy": round(float((predicted[known] == t).mean()), 4),
         "given_label_accuracy": round(float((~wrong).mean()), 4),
         # Does the export help? Changes it makes (decisions included) and how many of them are right.
         "n_changed": int(changed.sum()),
         "changed_precision": round(float((c[changed] == t[changed]).mean()) if changed.any() else float("nan"), 4),
+    }
+
+
+def _detection(g: np.ndarray, t: np.ndarray, f: np.ndarray, clean_prob: np.ndarray) -> dict[str, float | int | None]:
+    """The flags' scores against the truth (`g` given, `t` true labels, `f` flags)."""
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    wrong = np.asarray(g != t, dtype=bool)
+    # A flag is a positive prediction of "mislabeled"; no flag (or no mislabeled image) scores 0, not NaN.
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        wrong, f, average="binary", zero_division=0) if len(wrong) else (0.0, 0.0, 0.0, None)
+    auroc = float(roc_auc_score(wrong, 1.0 - clean_prob)) if 0 < wrong.sum() < len(wrong) else float("nan")
+    return {
+        "n_flagged": int(f.sum()),
+        "precision": round(float(precision), 4),
+        "recall": round(float(recall), 4),
+        "f1": round(float(f1), 4),
+        "auroc": round(auroc, 4),
         "flagged_per_mislabeled": round(float(f.sum() / wrong.sum()), 4) if wrong.any() else None,
         **_noise_estimate_error(g, wrong, f),
     }

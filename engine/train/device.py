@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.train.distributed import Dist
 
 
 class GpuOutOfMemory(RuntimeError):
@@ -24,10 +25,16 @@ class Runtime:
     amp_dtype: torch.dtype | None  # autocast dtype of the contrastive stages (SimCLR, SupCon)
     channels_last: bool
     classifier_amp_dtype: torch.dtype | None = None  # autocast dtype of the classifier stages
+    dist: Dist = field(default_factory=Dist)  # this process among the run's processes (engine.train.distributed)
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    def alone(self) -> Runtime:
+        """The same device and numerics for work this process does without the others (rank 0's test
+        accuracy, say): nothing in it waits for another process."""
+        return replace(self, dist=Dist())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,7 +54,7 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def make_runtime(name: str, precision: str = "auto") -> Runtime:
+def make_runtime(name: str, precision: str = "auto", dist: Dist | None = None) -> Runtime:
     """Device plus numerics. precision "auto": bf16 autocast on CUDA everywhere; on a CPU with native
     bf16 (AVX512-BF16/AMX) for the contrastive stages only, fp32 elsewhere.
 
@@ -56,8 +63,16 @@ def make_runtime(name: str, precision: str = "auto") -> Runtime:
     repeatable run to run (tiny batches, high learning rate) — and CPU runs must be deterministic.
     "bf16" forces bf16 in every stage (faster, not repeatable on CPU), "fp32" turns it off. Losses,
     predictions and the mixture are always fp32.
+
+    dist: the run's processes under torchrun; on CUDA each process trains on the GPU of its local rank.
     """
+    dist = dist or Dist()
     device = resolve_device(name)
+    if dist.enabled and device.type == "cuda":
+        if dist.local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {dist.rank} of {dist.world_size} has local rank {dist.local_rank}, but only "
+                            f"{torch.cuda.device_count()} CUDA GPU(s) are visible: start at most one process per GPU")
+        device = torch.device("cuda", dist.local_rank)
     if precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     if device.type == "cuda":
@@ -72,7 +87,7 @@ def make_runtime(name: str, precision: str = "auto") -> Runtime:
     else:
         contrastive, classifier = (bf16 if cpu_has_native_bf16() else None), None
     # channels_last helps oneDNN convolutions on CPU too (+~25 % per ResNet-18 step here).
-    return Runtime(device, contrastive, channels_last=True, classifier_amp_dtype=classifier)
+    return Runtime(device, contrastive, channels_last=True, classifier_amp_dtype=classifier, dist=dist)
 
 
 def seed_everything(seed: int) -> None:

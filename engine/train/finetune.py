@@ -20,10 +20,12 @@ from engine.method.augment import BatchAugment, two_views
 from engine.method.losses import weighted_supcon
 from engine.method.models import Network, set_trainable
 from engine.method.selection import fit_gmm_split, normalise_losses
-from engine.review.decisions import SKIP, Decision
+from engine.review.decisions import Decision
+from engine.review.trusted import trusted_labels
 from engine.runs.progress import Progress
 from engine.train.classify import per_sample_ce
 from engine.train.device import Runtime, autocast, oom_guard
+from engine.train.distributed import global_batch
 from engine.train.loop import EpochRecord, Rng, run_epochs
 from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
 from engine.train.trainset import TrainSet, steps_per_epoch
@@ -56,31 +58,16 @@ def finetune_targets(
     still means "this run's label is right"); `relabel` trains on its label; `discard` leaves the image out.
     """
     pseudo = probs.argmax(axis=1)
+    trusted = trusted_labels(paths, given, classes, decisions)
+    # Fitted on the undecided images only: decided ones weigh 1 and discarded ones do not train.
     split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo)), threshold=split_cfg.threshold, seed=seed,
                           max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar,
-                          covariance=split_cfg.covariance)
-    labels = pseudo.astype(np.int64).copy()
-    weights = np.maximum(split.clean_prob.astype(np.float32), min_weight)
-    keep = np.ones(len(paths), bool)
-    index = {name: i for i, name in enumerate(classes)}
-    n_decided = n_discarded = 0
-    for i, path in enumerate(paths):
-        d = decisions.get(path)
-        if d is None or d.action == SKIP:  # "unsure" is no decision, whoever passes it in
-            continue
-        if d.action == "discard":
-            keep[i] = False
-            n_discarded += 1
-            continue
-        if d.action == "keep":
-            labels[i], weights[i] = int(given[i]), 1.0
-            n_decided += 1
-            continue
-        if d.label not in index:
-            raise UserError(f"review decision for {path} uses label {d.label!r}, which is not a class of this run")
-        labels[i], weights[i] = index[d.label], 1.0
-        n_decided += 1
-    return FinetuneTargets(labels, weights, keep, n_decided, n_discarded)
+                          covariance=split_cfg.covariance, fit_on=trusted.undecided)
+    labels = np.where(trusted.decided, trusted.labels, pseudo).astype(np.int64)
+    weights = np.where(trusted.decided, 1.0, np.maximum(split.clean_prob.astype(np.float32), min_weight))
+    keep = trusted.trains
+    n_decided, n_discarded = int(trusted.decided.sum()), int(trusted.discarded.sum())
+    return FinetuneTargets(labels, weights.astype(np.float32), keep, n_decided, n_discarded)
 
 
 def finetune_supcon(
@@ -95,16 +82,21 @@ def finetune_supcon(
     last_ckpt: Path,
     progress: Progress,
 ) -> list[EpochRecord]:
-    """Train encoder + projection head with the weighted supervised contrastive loss (eq. 8)."""
+    """Train encoder + projection head with the weighted supervised contrastive loss (eq. 8).
+
+    Under torchrun the loss runs on the projections gathered from every process, with the labels and
+    weights of the whole global batch: positives and negatives span it, as in one process."""
     set_trainable(net, encoder=True, projector=True, classifier=False)
     net.train()
+    dist = rt.dist
+    project = dist.wrap(net, "project", rt.device)  # DistributedDataParallel across processes
     kept = np.flatnonzero(targets.keep)
     if len(kept) < 2:
         raise UserError(f"only {len(kept)} image(s) are not discarded; fine-tuning needs at least two")
     sub = data.subset(targets.keep)
     labels = torch.as_tensor(targets.labels[kept], device=rt.device)
     weights = torch.as_tensor(targets.weights[kept], device=rt.device)
-    batch_size = min(cfg.batch_size, len(sub))
+    batch_size = global_batch(cfg.batch_size, len(sub), dist)
     base_lr = scaled_lr(cfg.lr, batch_size)
     opt = sgd(list(net.encoder.parameters()) + list(net.projector.parameters()), lr=base_lr,
               weight_decay=cfg.weight_decay)
@@ -115,12 +107,14 @@ def finetune_supcon(
 
     def step(index: torch.Tensor, global_step: int) -> float:
         set_lr(opt, lr_at(global_step))
-        v0, v1 = two_views(aug, sub.batch(index), rng.augment)
+        part = dist.part(len(index))  # this process's images of the global batch
+        v0, v1 = two_views(aug, sub.batch(index[part]), rng.augment, within=(part.start, len(index)))
         index = index.to(rt.device)
         with oom_guard(batch_size, "fine-tuning"):
             with autocast(rt):
-                z = net.project(torch.cat([v0, v1]))
+                z = project(torch.cat([v0, v1]))
             z0, z1 = z.float().chunk(2)
+            z0, z1 = dist.gather_with_grad(z0), dist.gather_with_grad(z1)  # the global batch's projections
             loss = weighted_supcon(z0, z1, labels.index_select(0, index), weights.index_select(0, index),
                                    temperature=cfg.temperature, weighting=cfg.weighting, form=cfg.form,
                                    min_weight=cfg.min_weight)
@@ -131,4 +125,4 @@ def finetune_supcon(
 
     return run_epochs(stage="supcon", epochs=cfg.epochs, n=len(sub), batch_size=batch_size, rng=rng, step=step,
                       modules={"net": net, "opt": opt}, last_ckpt=last_ckpt, progress=progress, lr_at=lr_at,
-                      views=2, device=rt.device)
+                      views=2, device=rt.device, dist=dist)

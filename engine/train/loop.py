@@ -4,6 +4,10 @@ A stage supplies `step(index, global_step) -> loss` and the modules whose state 
 After every epoch the loop writes `<stage>.last.pt` (modules, optimiser, RNG states, epoch, history);
 a run killed at any moment restarts from the last finished epoch with the same generator states
 (bit-identical on CPU; on CUDA the augmentation's op order comes from the global CPU generator).
+
+Under torchrun every process runs this loop over the same global batches (the stage's step trains on its
+own part, engine.train.distributed); rank 0 alone writes the epoch checkpoints, and every process reads
+the one to resume from after a barrier, so all of them continue from the same epoch and states.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from engine.runs.progress import WHOLE, Progress, Span
 from engine.runs.seeds import stream_seed
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
+from engine.train.distributed import Dist
 from engine.train.trainset import epoch_batches, steps_per_epoch
 
 
@@ -75,6 +80,7 @@ def run_epochs(
     views: int = 1,
     device: torch.device | str = "cpu",
     span: Span = WHOLE,
+    dist: Dist | None = None,
 ) -> list[EpochRecord]:
     """Run `epochs` epochs of `step`, resuming from `last_ckpt` when it exists.
 
@@ -85,9 +91,13 @@ def run_epochs(
         end_of_epoch: optional evaluation after each epoch; its metrics go to events.jsonl.
         views: images the network sees per dataset image (2 for contrastive stages), for images/s.
         span: steps of the stage before and after this loop, for a stage trained in parts (one count).
+        dist: the run's processes; `step` gets the global batch and trains on this process's part of it.
     """
+    dist = dist or Dist()
     per_epoch = steps_per_epoch(n, batch_size, drop_last=drop_last)
+    dist.barrier()  # rank 0 has finished writing whatever epoch checkpoint is there ...
     history, start = _resume(last_ckpt, modules, rng, device)
+    dist.barrier()  # ... and writes the next one only once every process has read it
     # A resumed stage continues its count where the killed run left it (33/48), not from 0 of what is left.
     progress.stage_start(stage, total=span.before + per_epoch * epochs + span.after,
                          done=span.before + per_epoch * min(start, epochs))
@@ -101,7 +111,8 @@ def run_epochs(
         extra = end_of_epoch(epoch) if end_of_epoch else {}
         record = EpochRecord(epoch + 1, total_loss / max(count, 1), seconds, seen / max(seconds, 1e-9), extra)
         history.append(record)
-        _save(last_ckpt, modules, rng, epoch + 1, history)  # before the event: a logged epoch is never redone
+        if dist.is_main:  # before the event: a logged epoch is never redone
+            _save(last_ckpt, modules, rng, epoch + 1, history)
         lr = lr_at((epoch + 1) * per_epoch - 1) if lr_at else None
         progress.epoch(stage, record.epoch, epochs, loss=record.loss, images_per_s=round(record.images_per_s, 1),
                        seconds=round(seconds, 2), **({"lr": lr} if lr is not None else {}), **extra)

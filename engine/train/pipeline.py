@@ -9,6 +9,11 @@ present) or off in these settings is skipped; any other runs — an interrupted 
 epoch checkpoints — and records itself once its files are written. So `fit --resume` after a kill -9,
 and a rerun with the same config, redo nothing that finished. Every random generator is seeded from
 the run seed and the stream the table names (engine.runs.seeds).
+
+Under torchrun (engine.train.distributed) every process runs these stages: rank 0 reads and writes the run
+folder and takes every decision that depends on it (shared with `Dist.agree`); the others join once the
+images are prepared (`follow`), train and predict with rank 0, and leave the mixture, the map and the
+summary to it.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
 from engine.method.neighbours import K as NEIGHBOURS_K
 from engine.method.neighbours import nearest_neighbours
+from engine.method.out_of_fold import out_of_fold_probs
 from engine.method.relabel import RelabelEvidence, confident_relabels
 from engine.method.selection import SplitResult, fit_gmm_split, normalise_losses, per_class_summary, suspicion
 from engine.review import remembered
 from engine.review.decisions import Decision, finetune_waits, load_decisions
 from engine.review.export import corrected_labels
 from engine.review.metrics import detection_metrics, load_truth
+from engine.review.trusted import TrustedLabels, no_decisions, trusted_labels
 from engine.runs import stages
 from engine.runs.atomic import (
     DamagedFile,
@@ -70,6 +77,7 @@ from engine.train.classify import (
     warmup_head,
 )
 from engine.train.device import Runtime, make_runtime, seed_everything
+from engine.train.distributed import Dist, global_batch
 from engine.train.finetune import FinetuneTargets, finetune_supcon, finetune_targets
 from engine.train.loop import Rng
 from engine.train.pretrain import pretrain_simclr
@@ -94,6 +102,14 @@ class Context:
     def classes(self) -> tuple[str, ...]:
         return self.prepared.classes
 
+    @property
+    def dist(self) -> Dist:
+        return self.rt.dist
+
+    def alone(self) -> Context:
+        """This context for rank 0's work without the other processes (mixture, map, summary)."""
+        return replace(self, rt=self.rt.alone())
+
     def seed(self, stream: str) -> int:
         """The seed of one of the run's named streams (engine.runs.stages declares them)."""
         return stream_seed(self.cfg.seed, stream)
@@ -101,12 +117,34 @@ class Context:
     def rng(self, stream: str) -> Rng:
         return Rng.for_stream(self.cfg.seed, stream, self.rt.device)
 
+    def trusted(self) -> TrustedLabels:
+        """The labels to train and split with: the given ones, overruled by the run's review decisions
+        (engine.review.trusted); read when a stage starts, so decisions a run starts with count in phase (a)."""
+        if not self.run.decisions.exists():
+            return no_decisions(self.prepared.labels)
+        return trusted_labels(self.prepared.paths, self.prepared.labels, self.classes, load_decisions(self.run.decisions))
+
+    def training_labels(self, trusted: TrustedLabels) -> tuple[TrainSet, torch.Tensor, torch.Tensor | None]:
+        return training_images(self.data, trusted, self.rt.device)
+
     def new_network(self) -> Network:
         net = build_network(self.cfg.model, image_size=self.cfg.data.image_size, num_classes=len(self.classes),
                             device_type=self.rt.device.type).to(self.rt.device)
         if self.rt.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
+
+
+def training_images(data: TrainSet, trusted: TrustedLabels,
+                    device: torch.device) -> tuple[TrainSet, torch.Tensor, torch.Tensor | None]:
+    """The images that train (discarded ones left out), every image's trusted label, and the rows mapping
+    the first onto the second (None when nothing is left out; the loss's per-image state stays sized for
+    every image, so a discard never changes what ELR's targets are indexed by)."""
+    labels = torch.as_tensor(trusted.labels, device=device)
+    if not trusted.discarded.any():
+        return data, labels, None
+    rows = torch.as_tensor(np.flatnonzero(trusted.trains), device=device)
+    return data.subset(trusted.trains), labels, rows
 
 
 # ============================================================================================ sources
@@ -189,10 +227,36 @@ def open_context(run: RunDir, cfg: RunConfig, record: DatasetRecord, *, truth: P
     if phase == FIT:
         _begin_phase(run, cfg, progress, FIT, n=len(record.samples))
     prepared = _prepare_stage(run, record, cfg, progress)
+    if rt.dist.enabled:  # the images are decoded: the other processes join (`follow`)
+        progress.note(f"training with {rt.dist.world_size} processes; each takes 1/{rt.dist.world_size} of every "
+                      "global batch")
+        rt.dist.open({"cfg": config_mod.to_dict(cfg), "phase": phase, "torch_rng": torch.get_rng_state()})
     data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device, memory_budget_gb=cfg.data.memory_budget_gb)
     return Context(run, cfg, rt, progress, prepared, data, Normalisation.of(prepared.images),
                    _truth(truth, prepared.paths, prepared.classes, progress, optional=truth_optional),
                    _test_set(run, test, prepared.classes, cfg, rt))
+
+
+def follow(run: RunDir, dist: Dist) -> bool:
+    """A process other than rank 0 under torchrun: wait until rank 0 has prepared the images (`open_context`),
+    then run the same stages with it. It reads the decoded cache, and the checkpoints rank 0 wrote after a
+    barrier; it writes nothing. False when rank 0 ended before the work began (a refused command)."""
+    start = dist.join()
+    if start is None:
+        return False
+    cfg = config_mod.from_dict(start["cfg"])
+    rt = make_runtime(cfg.device, cfg.precision, dist)
+    seed_everything(stream_seed(cfg.seed, stages.PHASE_SEEDS[FIT]))
+    torch.set_rng_state(start["torch_rng"])  # rank 0's, whatever its preparations drew from it
+    prepared = load_prepared(run.data)
+    data = TrainSet.from_numpy(prepared.images, prepared.labels, rt.device, memory_budget_gb=cfg.data.memory_budget_gb)
+    ctx = Context(run, cfg, rt, Progress.silent(), prepared, data, Normalisation.of(prepared.images), None, None)
+    if start["phase"] == FIT:
+        run_fit(ctx)
+        if not dist.agree(lambda: False):  # rank 0 says whether `fit --finetune` goes on into phase (b)
+            return True
+    run_finetune(ctx)
+    return True
 
 
 def _truth(path: Path | None, paths: tuple[str, ...], classes: tuple[str, ...], progress: Progress, *,
@@ -249,7 +313,16 @@ def planned_work(cfg: RunConfig, name: str, n: int) -> Planned:
 
 
 def _runs(ctx: Context, name: str) -> bool:
-    """False (after saying why) when the stage does not run: off in these settings, or done (the table's rule)."""
+    """False (after saying why) when the stage does not run: off in these settings, or done (the table's rule).
+    Rank 0 decides, for every process."""
+    return ctx.dist.agree(lambda: _runs_here(ctx, name))
+
+
+def _done(ctx: Context, name: str) -> bool:
+    return ctx.dist.agree(lambda: stages.is_done(ctx.run, name))
+
+
+def _runs_here(ctx: Context, name: str) -> bool:
     off = stages.stage(name).off(ctx.cfg)
     if off:
         ctx.progress.stage_skipped(name, off)
@@ -266,7 +339,11 @@ def _augment(ctx: Context) -> BatchAugment:
 
 def _final_ckpt(ctx: Context, stage: str, net: Network, **extra: object) -> None:
     """Write the stage's checkpoint, record the stage done, then drop its resume points (in this order: a
-    kill between any two steps leaves either a stage to finish from its last epoch, or a done stage)."""
+    kill between any two steps leaves either a stage to finish from its last epoch, or a done stage).
+    Every process goes on with rank 0's network; rank 0 alone writes."""
+    ctx.dist.sync_from_main(net)
+    if not ctx.dist.is_main:
+        return
     save_checkpoint(ctx.run.checkpoint(stage), {"net": net.state_dict(), "stage": stage,
                                                 "config": config_mod.to_dict(ctx.cfg), **extra})
     stages.mark_done(ctx.run, stage)
@@ -274,8 +351,13 @@ def _final_ckpt(ctx: Context, stage: str, net: Network, **extra: object) -> None
         p.unlink(missing_ok=True)
 
 
+def _read_checkpoint(ctx: Context, stage: str) -> dict:
+    ctx.dist.barrier()  # rank 0 has written it (every process reads it)
+    return load_checkpoint(ctx.run.checkpoint(stage), ctx.rt.device)
+
+
 def _load_net(ctx: Context, net: Network, stage: str) -> Network:
-    net.load_state_dict(load_checkpoint(ctx.run.checkpoint(stage), ctx.rt.device)["net"])
+    net.load_state_dict(_read_checkpoint(ctx, stage)["net"])
     return net
 
 
@@ -284,7 +366,7 @@ def _load_net(ctx: Context, net: Network, stage: str) -> Network:
 
 def stage_pretrain(ctx: Context, net: Network) -> None:
     if not _runs(ctx, "pretrain"):
-        if stages.is_done(ctx.run, "pretrain"):
+        if _done(ctx, "pretrain"):
             _load_net(ctx, net, "pretrain")
         return
     pretrain_simclr(net, ctx.data, ctx.cfg.pretrain, _augment(ctx), ctx.rt, rng=ctx.rng("pretrain"),
@@ -295,14 +377,15 @@ def stage_pretrain(ctx: Context, net: Network) -> None:
 def stage_warmup(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     c = ctx.cfg.classify
     if not _runs(ctx, "warmup"):
-        if stages.is_done(ctx.run, "warmup") and not stages.stage("warmup").off(ctx.cfg):
-            state = load_checkpoint(ctx.run.checkpoint("warmup"), ctx.rt.device)
+        if _done(ctx, "warmup") and not stages.stage("warmup").off(ctx.cfg):
+            state = _read_checkpoint(ctx, "warmup")
             net.load_state_dict(state["net"])
             loss_fn.load_state_dict(state["loss"])
         return
     features = encode(net, ctx.data, ctx.norm, ctx.rt)
-    warmup_head(net, features, ctx.data.labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
-                last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress)
+    _, labels, rows = ctx.training_labels(ctx.dist.agree(ctx.trusted))  # rank 0 reads the decisions
+    warmup_head(net, features, labels, loss_fn, c, ctx.rt, epochs=c.warmup_epochs, rng=ctx.rng("warmup"),
+                last_ckpt=ctx.run.checkpoint("warmup", last=True), progress=ctx.progress, rows=rows)
     _final_ckpt(ctx, "warmup", net, loss=loss_fn.state_dict())
 
 
@@ -317,18 +400,21 @@ def stage_train(ctx: Context, net: Network, loss_fn: torch.nn.Module) -> None:
     def end_of_epoch(epoch: int, epoch_probs: Callable[[], np.ndarray]) -> dict[str, float]:
         out: dict[str, float] = {}
         if epoch >= c.epochs - k:  # per-sample losses of the last k epochs feed the mixture
-            probs = epoch_probs()
-            rows = _read_history(hist_path, epoch)
-            rows.append(per_sample_ce(probs, ctx.prepared.labels))
-            atomic_write_npz(hist_path, losses=np.stack(rows), upto=np.array(epoch + 1))
+            # The epoch's own pass covers the images that train; with some discarded, every image is predicted.
+            probs = epoch_probs() if rows is None else predict(net, ctx.data, ctx.norm, ctx.rt, with_features=False).probs
+            if ctx.dist.is_main:
+                history = _read_history(hist_path, epoch)
+                history.append(per_sample_ce(probs, ctx.prepared.labels))
+                atomic_write_npz(hist_path, losses=np.stack(history), upto=np.array(epoch + 1))
             out["train_acc_given"] = float((probs.argmax(1) == ctx.prepared.labels).mean())
-        if ctx.test is not None:
-            out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt)
+        if ctx.test is not None:  # rank 0's alone: the other processes hold no test set
+            out["test_acc"] = accuracy(net, ctx.test, ctx.norm, ctx.rt.alone())
         return out
 
-    train_classifier(net, ctx.data, ctx.data.labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
+    data, labels, rows = ctx.training_labels(ctx.dist.agree(ctx.trusted))  # rank 0 reads the decisions
+    train_classifier(net, data, labels, loss_fn, c, ctx.norm, ctx.rt, epochs=c.epochs,
                      rng=ctx.rng("train"), last_ckpt=ctx.run.checkpoint("train", last=True), progress=ctx.progress,
-                     end_of_epoch=end_of_epoch)
+                     end_of_epoch=end_of_epoch, rows=rows)
     _final_ckpt(ctx, "train", net)
 
 
@@ -357,6 +443,8 @@ def stage_predict(ctx: Context, net: Network) -> None:
         return
     ctx.progress.stage_start("predict", total=1, unit="pass")
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
+    if not ctx.dist.is_main:
+        return
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
     hist = ctx.run.loss_history
     history = load_npz(hist)["losses"] if hist.exists() else losses[None]
@@ -385,8 +473,10 @@ def stage_split(ctx: Context) -> None:
 def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, phase: str, seed: int) -> SplitResult:
     """Fit the mixture, write samples.csv, split.json and (with a truth file) metrics.json."""
     s = ctx.cfg.split
+    trusted = ctx.trusted()
     result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
-                           tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance)
+                           tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance, fit_on=trusted.undecided)
+    result = trust_decisions(result, trusted)
     # One neighbour search serves the review cards (K nearest), the relabel bar and the outlier score (their k).
     k = max(NEIGHBOURS_K, ctx.cfg.relabel.neighbours, ctx.cfg.evidence.outlier_neighbors)
     neighbours = nearest_neighbours(preds.features, k)
@@ -394,9 +484,13 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
                                 ctx.cfg.evidence)
     # Copies filed under different labels are a certain label error: into the review queue, whatever the loss says.
     result = replace(result, flagged=result.flagged | (evidence["duplicate_conflict"] > 0))
-    relabel = confident_relabels(preds.probs, ctx.prepared.labels, result.flagged, result.clean_prob,
+    # Neighbours vote, and the competence head trains, with the trusted labels: a fixed label is evidence.
+    relabel = confident_relabels(preds.probs, trusted.labels, result.flagged, result.clean_prob,
                                  preds.features, neighbours, ctx.cfg.relabel, seed=seed)
-    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel, evidence)
+    # The review order takes the given label's probability from a head that never saw that label.
+    oof = out_of_fold_probs(preds.features, trusted.labels, len(ctx.classes), trains=trusted.trains, seed=seed)
+    write_samples(ctx, preds, losses[-1] if losses.ndim == 2 else losses, result, relabel, evidence,
+                  order_probs=preds.probs if oof is None else oof)
     atomic_write_npy(ctx.run.neighbours, neighbours[:, :NEIGHBOURS_K])  # the review cards' nearest images
     atomic_write_json(ctx.run.split, {
         "competence": relabel.competence, "min_competence": ctx.cfg.relabel.min_competence,
@@ -410,8 +504,19 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     return result
 
 
+def trust_decisions(result: SplitResult, trusted: TrustedLabels) -> SplitResult:
+    """A reviewed image (kept or relabeled) is clean: clean probability 1, not flagged, whatever its loss."""
+    if not trusted.decided.any():
+        return result
+    clean_prob = np.where(trusted.decided, 1.0, result.clean_prob)
+    return replace(result, clean_prob=clean_prob, flagged=result.flagged & ~trusted.decided)
+
+
 def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: SplitResult,
-                  relabel: RelabelEvidence, evidence: dict[str, np.ndarray]) -> None:
+                  relabel: RelabelEvidence, evidence: dict[str, np.ndarray], *,
+                  order_probs: np.ndarray | None = None) -> None:
+    """samples.csv. order_probs: the probabilities the review order (suspicion) takes the given label's
+    from (engine.method.out_of_fold); default the classifier's own."""
     classes = np.array(ctx.classes, dtype=object)
     given = ctx.prepared.labels
     probs = preds.probs
@@ -432,7 +537,7 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
         "suggested_label": classes[pseudo],
         "suggested_prob": probs[rows, pseudo].round(6),
         "given_prob": probs[rows, given].round(6),
-        "suspicion": np.round(suspicion(split.clean_prob, probs, given), 6),
+        "suspicion": np.round(suspicion(split.clean_prob, probs if order_probs is None else order_probs, given), 6),
         "neighbour_agreement": np.round(relabel.agreement, 4),  # share of neighbours labelled as suggested
         "auto_relabel": relabel.auto.astype(int),  # the suggestion cleared the bar (export --auto-relabel confident)
     })
@@ -453,7 +558,7 @@ def write_metrics(ctx: Context, phase: str) -> dict | None:
     label = corrected["label"].where(corrected["status"] != "discarded", None)
     m = detection_metrics(given=s["given_label"].to_numpy(object), true=ctx.truth, flagged=s["flagged"].to_numpy(),
                           clean_prob=s["clean_prob"].to_numpy(float), predicted=s["predicted_label"].to_numpy(object),
-                          corrected=label.to_numpy(object))
+                          corrected=label.to_numpy(object), reviewed=~ctx.trusted().undecided)
     m = {"phase": phase, **m}
     atomic_write_json(ctx.run.metrics, m)
     return m
@@ -488,8 +593,9 @@ def run_fit(ctx: Context) -> dict:
     """Phase (a) and the split: every stage, skipping those done."""
     t0 = time.perf_counter()
     net = ctx.new_network()
-    if weights.needed(ctx.run, ctx.cfg):  # `fit --weights`: the encoder starts from the user's file
+    if ctx.dist.is_main and weights.needed(ctx.run, ctx.cfg):  # `fit --weights`: the encoder starts from the user's file
         ctx.progress.note(weights.load_into(net, ctx.cfg.model))
+    ctx.dist.sync_from_main(net)  # every process starts from rank 0's weights
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(ctx.data), num_classes=len(ctx.classes),
                                   labels=ctx.prepared.labels)
     loss_fn = loss_fn.to(ctx.rt.device)
@@ -497,6 +603,9 @@ def run_fit(ctx: Context) -> dict:
     stage_warmup(ctx, net, loss_fn)
     stage_train(ctx, net, loss_fn)
     stage_predict(ctx, net)
+    if not ctx.dist.is_main:
+        return {}
+    ctx = ctx.alone()  # the rest reads and writes the run folder: rank 0's work, without the others
     stage_split(ctx)
     stage_embed(ctx)
     fine_tuned = stages.is_done(ctx.run, "refresh")  # then samples.csv & co. are phase (b)'s
@@ -568,6 +677,24 @@ def truth_changed(run: RunDir, truth: Path | None, kept: Path | None) -> None:
 def run_finetune(ctx: Context) -> dict:
     """Phase (b): weighted SupCon on pseudo-labels and decisions, a fresh head, refreshed flags."""
     t0 = time.perf_counter()
+    targets = ctx.dist.agree(lambda: _begin_finetune(ctx))  # rank 0 reads the decisions, for every process
+    if targets is None:
+        return _summary_from_disk(ctx.alone(), FINETUNE, time.perf_counter() - t0) if ctx.dist.is_main else {}
+    # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
+    seed_everything(ctx.seed(stages.PHASE_SEEDS[FINETUNE]))
+    ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
+    net = _load_net(ctx, ctx.new_network(), "train")
+    stage_supcon(ctx, net, targets)
+    net.new_classifier(len(ctx.classes))
+    net.to(ctx.rt.device)
+    ctx.dist.sync_from_main(net)  # the same new head in every process
+    stage_head(ctx, net, targets)
+    stage_refresh(ctx, net)
+    return _summary_from_disk(ctx.alone(), FINETUNE, time.perf_counter() - t0) if ctx.dist.is_main else {}
+
+
+def _begin_finetune(ctx: Context) -> FinetuneTargets | None:
+    """Rank 0's start of phase (b): its training targets, or None when it is already done."""
     run, cfg = ctx.run, ctx.cfg
     if not phase_a_finished(run, cfg):
         raise UserError(f"{run.path} has no finished phase (a); run (or resume) `python -m engine fit` first")
@@ -582,22 +709,13 @@ def run_finetune(ctx: Context) -> dict:
     _begin_phase(run, cfg, ctx.progress, FINETUNE, n=len(ctx.data))
     if done:
         ctx.progress.stage_skipped("finetune", "already fine-tuned with these decisions and settings", done=True)
-        return _summary_from_disk(ctx, FINETUNE, time.perf_counter() - t0)
-    # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
-    seed_everything(ctx.seed(stages.PHASE_SEEDS[FINETUNE]))
-    ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
-    net = _load_net(ctx, ctx.new_network(), "train")
-    stage_supcon(ctx, net, targets)
-    net.new_classifier(len(ctx.classes))
-    net.to(ctx.rt.device)
-    stage_head(ctx, net, targets)
-    stage_refresh(ctx, net)
-    return _summary_from_disk(ctx, FINETUNE, time.perf_counter() - t0)
+        return None
+    return targets
 
 
 def stage_supcon(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     if not _runs(ctx, "supcon"):
-        if stages.is_done(ctx.run, "supcon"):
+        if _done(ctx, "supcon"):
             _load_net(ctx, net, "supcon")
         return
     finetune_supcon(net, ctx.data, targets, ctx.cfg.finetune, _augment(ctx), ctx.rt, rng=ctx.rng("supcon"),
@@ -623,9 +741,10 @@ def stage_head(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     loss_fn = classification_loss(ctx.cfg.classify, num_samples=len(kept), num_classes=len(ctx.classes),
                                   labels=targets.labels[kept])
     loss_fn = loss_fn.to(ctx.rt.device)
-    per_epoch = steps_per_epoch(len(kept), min(ctx.cfg.classify.batch_size, len(kept)), drop_last=True)
+    per_epoch = steps_per_epoch(len(kept), global_batch(ctx.cfg.classify.batch_size, len(kept), ctx.dist),
+                                drop_last=True)
     warmup_steps, full_steps = f.head_epochs * per_epoch, f.full_epochs * per_epoch
-    if not full_resume.exists():  # else the warm-up is done and full training resumes
+    if not ctx.dist.agree(full_resume.exists):  # else the warm-up is done and full training resumes
         features = encode(net, ctx.data, ctx.norm, ctx.rt).index_select(0, torch.as_tensor(kept, device=ctx.rt.device))
         warmup_head(net, features, labels, loss_fn, ctx.cfg.classify, ctx.rt, epochs=f.head_epochs,
                     rng=ctx.rng("head/warmup"), last_ckpt=warmup_resume, progress=ctx.progress, stage="head",
@@ -646,6 +765,9 @@ def stage_refresh(ctx: Context, net: Network) -> None:
     run = ctx.run
     ctx.progress.stage_start("refresh", total=3, unit="step")
     preds = predict(net, ctx.data, ctx.norm, ctx.rt)
+    if not ctx.dist.is_main:
+        return
+    ctx = ctx.alone()  # the mixture, samples.csv and the map: rank 0's alone
     losses = per_sample_ce(preds.probs, ctx.prepared.labels)
     atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses[None])
     ctx.progress.advance(1, images=len(ctx.data))

@@ -311,7 +311,8 @@ def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def ordered_batches(n: int, batch_size: int) -> Iterator[torch.Tensor]:
-    for i in range(0, n, batch_size):
+def ordered_batches(n: int, batch_size: int, *, start: int = 0) -> Iterator[torch.Tensor]:
+    """Indices start .. n - 1 in order, batch_size at a time."""
+    for i in range(start, n, batch_size):
         yield torch.arange(i, min(i + batch_size, n))
 
