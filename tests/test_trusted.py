@@ -146,3 +146,16 @@ def build_cfg():
     from engine.config import ModelConfig
 
     return ModelConfig(stem="small")
+
+
+def test_mixup_boot_refits_on_the_images_that_train_and_leaves_the_discarded_at_zero():
+    cfg = ClassifyConfig(loss="mixup-boot")
+    loss_fn = classification_loss(cfg, num_samples=6, num_classes=2, labels=np.array([0, 1, 0, 1, 0, 1]))
+    rng = np.random.default_rng(0)
+    losses = np.r_[rng.uniform(0.0, 0.3, 30), rng.uniform(2.0, 3.0, 10)]
+    big = classification_loss(cfg, num_samples=42, num_classes=2, labels=np.zeros(42, int))
+    big.refit(losses, rows=np.arange(40))
+    w = big.noisy_prob.numpy()
+    assert w.shape == (42,) and (w[40:] == 0).all() and w[30:40].min() > 0.5 > w[:30].max()
+    with pytest.raises(ValueError, match="refit needs 4 losses"):
+        loss_fn.refit(np.zeros(6), rows=np.array([0, 2, 3, 5]))
