@@ -107,10 +107,11 @@ def found_per_100(paths: list[str], truth: dict[str, str], given: dict[str, str]
     return round(100.0 * sum(truth[p] != given[p] for p in paths) / max(len(paths), 1), 1)
 
 
-def copy_run(src: Path, dst: Path) -> Path:
-    """A fresh copy of the phase-(a) run without its decisions (the source is never written)."""
+def copy_run(src: Path, dst: Path, *, keep_decisions: bool = False) -> Path:
+    """A fresh copy of a run (the source is never written): without its decisions, or with them."""
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("decisions.sqlite*", "rerank.*", "worker.lock"))
+    left_out = ["worker.lock"] + ([] if keep_decisions else ["decisions.sqlite*", "rerank.*"])
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*left_out))
     return dst
 
 
@@ -240,7 +241,7 @@ def one_k(share: float, base: Path, work: Path, truth: dict[str, str], given: di
         f"review only: all {row['review_only']['all']} %, unreviewed {row['review_only']['unreviewed']} % "
         f"(given {row['review_only']['given_unreviewed']} %)")
     if rounds >= 2:  # two rounds of review only, the second from the re-ranked queue
-        only = copy_run(run, work / f"{tag}-review-only")
+        only = copy_run(run, work / f"{tag}-review-only", keep_decisions=True)  # round 1's answers stand
         answer(only, second_reranked, truth, given)
         row["two_rounds_review_only"] = scored(only, work / f"{tag}-review2.csv", truth, given,
                                                reviewed | set(second_reranked))
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine setting for the fit and every fine-tune (repeatable), e.g. finetune.epochs=2")
     p.add_argument("--shared", type=Path, default=None, help="the shared data folder (default ../shared/data)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--suffix", default="", help="added to the results' file names, e.g. -finetune")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -380,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CLEAN_WORKSPACE"] = ws
         result = run_case(case, args, s)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"review_loop_{case.name}.md").write_text(markdown(result))
-    (args.out / f"review_loop_{case.name}.json").write_text(json.dumps(result.__dict__, indent=1, default=str))
+    (args.out / f"review_loop_{case.name}{args.suffix}.md").write_text(markdown(result))
+    (args.out / f"review_loop_{case.name}{args.suffix}.json").write_text(json.dumps(result.__dict__, indent=1,
+                                                                                   default=str))
     print(markdown(result))
     return 0
 

@@ -35,6 +35,9 @@ def test_the_reviewer_keeps_right_labels_and_relabels_wrong_ones_to_the_truth(fa
     assert rl.queue_paths(run, reranked=False)[:3] == queue[9:12]  # answered images leave the queue
     assert not (f.run.path / "decisions.sqlite").exists()  # the source run is never written
     assert not (tmp_path / "ws" / "memory.sqlite").exists()  # simulated decisions are never remembered
+    again = rl.copy_run(run, tmp_path / "again", keep_decisions=True)
+    assert DecisionStore(again / "decisions.sqlite").all() == decided  # a second round builds on the first
+    assert not (rl.copy_run(run, tmp_path / "fresh") / "decisions.sqlite").exists()
 
 
 def test_found_per_100_and_accuracy_count_the_right_images(fake):
