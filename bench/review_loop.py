@@ -274,8 +274,9 @@ def run_case(case: Case, args: argparse.Namespace, s: qm.Settings, say=print) ->
     given = dict(zip(samples["path"], samples["given_label"], strict=True))
     cfg = json.loads((base / "config.json").read_text())
     cached = work / f"cleanlab_ranking_{s.folds}x{s.cnn_epochs}.json"  # label-free of the run: reused across runs
-    if cached.exists() and sorted(json.loads(cached.read_text())["paths"]) == sorted(truth):
-        cleanlab, cl_seconds = json.loads(cached.read_text())["paths"], json.loads(cached.read_text())["seconds"]
+    saved = json.loads(cached.read_text()) if cached.exists() else None
+    if saved is not None and sorted(saved["paths"]) == sorted(truth):
+        cleanlab, cl_seconds = saved["paths"], saved["seconds"]
     else:
         cleanlab, cl_seconds = cleanlab_ranking(data, work, int(cfg["data"]["image_size"]), s)
         cached.write_text(json.dumps({"paths": cleanlab, "seconds": cl_seconds}))

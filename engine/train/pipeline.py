@@ -500,7 +500,7 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
         "n_flagged": int(result.flagged.sum()), "n": len(result.flagged), "degenerate": result.degenerate,
         "per_class": per_class_summary(result.flagged, ctx.prepared.labels, ctx.classes), "phase": phase,
     })
-    write_metrics(ctx, phase)
+    write_metrics(ctx, phase, trusted)
     return result
 
 
@@ -550,7 +550,7 @@ def write_samples(ctx: Context, preds: Predictions, loss: np.ndarray, split: Spl
     atomic_write_text(ctx.run.samples, df.to_csv(index=False, lineterminator="\n"))
 
 
-def write_metrics(ctx: Context, phase: str) -> dict | None:
+def write_metrics(ctx: Context, phase: str, trusted: TrustedLabels) -> dict | None:
     if ctx.truth is None:
         return None
     s = pd.read_csv(ctx.run.samples, dtype={"path": str, "given_label": str, "predicted_label": str}, keep_default_na=False)
@@ -558,7 +558,7 @@ def write_metrics(ctx: Context, phase: str) -> dict | None:
     label = corrected["label"].where(corrected["status"] != "discarded", None)
     m = detection_metrics(given=s["given_label"].to_numpy(object), true=ctx.truth, flagged=s["flagged"].to_numpy(),
                           clean_prob=s["clean_prob"].to_numpy(float), predicted=s["predicted_label"].to_numpy(object),
-                          corrected=label.to_numpy(object), reviewed=~ctx.trusted().undecided)
+                          corrected=label.to_numpy(object), reviewed=~trusted.undecided)
     m = {"phase": phase, **m}
     atomic_write_json(ctx.run.metrics, m)
     return m
