@@ -175,3 +175,45 @@ def test_start_rerank_runs_the_real_command(tmp_path: Path):
     while (jobs.rerank_running(run.path) or not run.rerank.exists()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(pd.read_csv(run.rerank)) == 120, run.rerank_log.read_text()
+
+
+# ----------------------------------------------------------------------------- out-of-fold p_given
+
+
+def _memorisable(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """More dimensions than images: a head can fit every wrong label it trains on."""
+    rng = np.random.default_rng(seed)
+    true = np.repeat(np.arange(4), 40)
+    centres = rng.normal(size=(4, 300)).astype(np.float32)
+    x = centres[true] + 1.5 * rng.normal(size=(160, 300)).astype(np.float32)
+    given = true.copy()
+    wrong = rng.choice(160, 24, replace=False)
+    given[wrong] = (true[wrong] + 1) % 4
+    from engine.method.neighbours import l2_normalised
+
+    return l2_normalised(x), given, wrong
+
+
+def test_a_fold_head_started_from_the_full_head_reaches_the_same_optimum():
+    x, given, _ = _memorisable()
+    w = np.ones(len(given), np.float32)
+    cold = rerank.fit_head(x, given, w, 4)
+    warm = rerank.fit_head(x, given, w, 4, start=cold)
+    assert warm.iterations < cold.iterations
+    assert np.abs(warm.probs(x) - cold.probs(x)).max() < 1e-3
+
+
+def test_the_given_label_of_a_wrong_image_is_not_inflated_out_of_fold():
+    x, given, wrong = _memorisable()
+    w = np.ones(len(given), np.float32)
+    reviewed = np.zeros(len(given), bool)
+    reviewed[:8] = True  # reviewed rows train in every fold
+    rows = np.arange(len(given))
+    head = rerank.fit_head(x, given, w, 4, l2=1e-6)
+    held = rerank.out_of_fold_probs(x, given, rows, w, reviewed, head, 4, seed=3)
+    in_sample = head.probs(x)[np.arange(160), given]
+    out_of_fold = held[np.arange(160), given]
+    assert in_sample[wrong].mean() > 0.5  # memorised
+    assert out_of_fold[wrong].mean() < in_sample[wrong].mean() - 0.2
+    assert np.array_equal(held[:8], head.probs(x)[:8])  # reviewed rows: never held out
+    assert np.allclose(held.sum(axis=1), 1.0, atol=1e-5)
