@@ -11,15 +11,9 @@ network runs) and refreshes, for every image, the suggested label and the review
   label; relabeled: the new one), every other image with its given label weighted by its clean
   probability (the mixture's trust in that label); discarded images are left out and a skip ("unsure")
   counts as not reviewed, as in phase (b);
-* output: the refitted head's probabilities give the suggestion (top-1); p_given comes out of fold, from
-  `FOLDS` heads each fitted without one fold of the unreviewed images (every decision in all of them), as
-  the phase-(a) queue's p_given does (engine.method.out_of_fold): a head that trained on an image's
-  given label is partly fitted to it when it is wrong, and ranking by that in-sample p_given put the
-  re-ranked queue below the phase-(a) order (58.5 against 60.5 wrong per 100 in round 2 on CIFAR-10N
-  worst). The problem is convex, so each fold's head starts from the full head's weights: the same
-  optimum, in a fraction of the iterations. The new suspicion is the split's formula
-  (engine.method.selection.suspicion) with the mixture's clean probability and that p_given, so the two
-  orders are comparable and only the model's half moved.
+* output: the refitted head's probabilities give the suggestion (top-1) and p_given; the new suspicion
+  is the split's formula (engine.method.selection.suspicion) with the mixture's clean probability and the
+  refitted p_given, so the two orders are comparable and only the model's half moved.
 
 `rerank_run` reads a run and writes RUN/rerank.csv (one row per samples.csv row, with the decision each
 row was trained with, so the app can count the decisions made since) and RUN/rerank.json (what it was
@@ -52,10 +46,8 @@ from engine.runs.seeds import stream_seed
 DECISION_WEIGHT = 1.0  # a reviewed image's weight: fully trusted, as in phase (b)
 MAX_ROWS = 20_000  # rows the head trains on; beyond, a weighted sample of the unreviewed (training_rows)
 SAMPLE_STREAM = "rerank/sample"  # the seed stream of that sample (engine.runs.seeds)
-FOLD_STREAM = "rerank/folds"  # the seed stream of the out-of-fold split
 L2 = 1e-4  # penalty on the weights (per unit of total sample weight)
 MAX_ITER = 300
-FOLDS = 5  # out-of-fold p_given: the unreviewed training rows split in this many folds
 # rerank.csv: one row per samples.csv row; top-k columns for k <= 3 classes, as in samples.csv
 RERANK_COLUMNS = ("index", "path", "suggested_label", "suggested_prob", "given_prob", "suspicion", "top1_label",
                   "top1_prob", "top2_label", "top2_prob", "top3_label", "top3_prob", "decision_action",
@@ -73,12 +65,11 @@ class Head:
 
 
 def fit_head(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_classes: int, *, l2: float = L2,
-             max_iter: int = MAX_ITER, start: Head | None = None) -> Head:
+             max_iter: int = MAX_ITER) -> Head:
     """Weighted softmax regression: minimise sum_i w_i CE(x_i, y_i) / sum_i w_i + l2/2 |W|^2 (bias free).
 
     Args:
-        x: (N, D) float32 features (L2-normalised by the caller); labels: (N,) int; weights: (N,) >= 0;
-        start: weights to start L-BFGS from (default zeros); the optimum does not depend on it.
+        x: (N, D) float32 features (L2-normalised by the caller); labels: (N,) int; weights: (N,) >= 0.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     xt = np.ascontiguousarray(x.T)  # the gradient's product runs about 1.5x faster on a contiguous transpose
@@ -104,9 +95,7 @@ def fit_head(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_classes: 
         grad_b = residual.sum(axis=0).astype(np.float64)
         return loss, np.concatenate([grad_w.ravel(), grad_b])
 
-    theta0 = (np.zeros(d * n_classes + n_classes) if start is None
-              else np.concatenate([start.weights.ravel(), start.bias]).astype(np.float64))
-    result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
+    result = minimize(loss_and_grad, np.zeros(d * n_classes + n_classes), jac=True, method="L-BFGS-B",
                       options={"maxiter": max_iter})
     theta = result.x
     return Head(theta[: d * n_classes].reshape(d, n_classes).astype(np.float32),
@@ -154,29 +143,6 @@ def training_rows(weights: np.ndarray, reviewed: np.ndarray, max_rows: int, seed
     return rows, np.concatenate([weights[decided], share])
 
 
-def out_of_fold_probs(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, row_weights: np.ndarray,
-                      reviewed: np.ndarray, head: Head, n_classes: int, seed: int) -> np.ndarray:
-    """(N, C) probabilities: for an unreviewed training row, from a head fitted without its fold; for every
-    other image (reviewed, discarded, outside the sample), from `head`, which never fitted its given label
-    either (a reviewed image's given label is not what it trained on).
-
-    Args:
-        rows, row_weights: the training rows and weights of `head` (training_rows); reviewed: (N,) bool.
-    """
-    probs = head.probs(x)
-    held_out = np.flatnonzero(~reviewed[rows])  # positions in `rows` that may be held out
-    if len(held_out) < FOLDS:
-        return probs
-    fold_of = np.random.default_rng(seed).permutation(len(held_out)) % FOLDS
-    for k in range(FOLDS):
-        out = held_out[fold_of == k]
-        keep = np.ones(len(rows), bool)
-        keep[out] = False
-        fold_head = fit_head(x[rows[keep]], labels[rows[keep]], row_weights[keep], n_classes, start=head)
-        probs[rows[out]] = fold_head.probs(x[rows[out]])
-    return probs
-
-
 def _run_seed(run: RunDir) -> int:
     return config_mod.load(run.config).seed if run.config.exists() else 0
 
@@ -204,8 +170,6 @@ def rerank_run(run_dir: Path) -> dict:
     rows_used, row_weights = training_rows(targets.weights, targets.action != "", MAX_ROWS, seed)
     head = fit_head(x[rows_used], targets.labels[rows_used], row_weights, len(classes))
     probs = head.probs(x)
-    held = out_of_fold_probs(x, targets.labels, rows_used, row_weights, targets.action != "", head, len(classes),
-                             stream_seed(_run_seed(run), FOLD_STREAM))
     names = np.asarray(classes, dtype=object)
     best = np.argsort(-probs, axis=1, kind="stable")[:, :3]
     top = best[:, 0]
@@ -215,8 +179,8 @@ def rerank_run(run_dir: Path) -> dict:
         "path": paths,
         "suggested_label": names[top],
         "suggested_prob": probs[rows, top].round(6),
-        "given_prob": held[rows, given].round(6),
-        "suspicion": np.round(suspicion(samples["clean_prob"].to_numpy(float), held, given), 6),
+        "given_prob": probs[rows, given].round(6),
+        "suspicion": np.round(suspicion(samples["clean_prob"].to_numpy(float), probs, given), 6),
     })
     for k in range(best.shape[1]):
         table[f"top{k + 1}_label"] = names[best[:, k]]
