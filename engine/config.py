@@ -38,6 +38,7 @@ SUPCON_FORMS: tuple[str, ...] = typing.get_args(SupConForm)
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 # A config.json is about 2 KB; anything this large is not one, and is refused before it is read.
 MAX_CONFIG_BYTES = 1024 * 1024
+AUTO_TIME_LIMIT = -1.0  # RunConfig.time_limit_s: the ceiling follows the image count (engine.train.budget)
 
 
 class ConfigError(UserError):
@@ -235,13 +236,32 @@ class RunConfig:
     precision: Precision = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     finetune_after_fit: bool = False  # `fit --finetune`: run phase (b) right after (a)
     # `fit --budget`: seconds phase (a) may take; the epochs a person did not set are sized to fill it
-    # (engine.train.budget). 0: no budget, the epochs as given. AUTO_BUDGET: the profile's own rule.
+    # (engine.train.budget). 0: no budget, the epochs as given.
     budget_s: float = 0.0
+    # Phase (a)'s ceiling when there is no budget: the epochs a person did not set are kept, unless this
+    # machine would take longer than this with them, and then shrunk to fit (never grown). AUTO_TIME_LIMIT:
+    # the rule of engine.train.budget.auto_time_limit, by image count (the CPU profile's default, so that
+    # the defaults finish in minutes on a slow CPU as on a fast one); 0: no ceiling (the GPU profile).
+    # A new run records the seconds it used, so a resumed run is the run that was planned.
+    time_limit_s: float = AUTO_TIME_LIMIT
 
 
 # The epochs a budget sizes (engine.train.budget); a value a person sets for one of them keeps it.
 BUDGET_SIZED: tuple[str, ...] = ("pretrain.epochs", "classify.epochs")
 _DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_time_limit(text: str) -> float:
+    """`fit --time-limit`: "auto", "none" / "0", or a duration as --budget takes it."""
+    word = str(text).strip().lower()
+    if word == "auto":
+        return AUTO_TIME_LIMIT
+    if word in ("none", "0", "0s", "0m"):
+        return 0.0
+    try:
+        return parse_budget(text)
+    except ConfigError:
+        raise ConfigError(f"--time-limit must be auto, none or a duration such as 3m, got {text!r}") from None
 
 
 def parse_budget(text: str) -> float:
@@ -273,6 +293,7 @@ def gpu_profile(cfg: RunConfig) -> RunConfig:
         pretrain=replace(cfg.pretrain, epochs=100, batch_size=512),
         classify=replace(cfg.classify, epochs=30, warmup_epochs=3, batch_size=256),
         finetune=replace(cfg.finetune, epochs=20, batch_size=512, head_epochs=15),
+        time_limit_s=0.0,  # an epoch costs seconds: the schedule as given
     )
 
 
@@ -338,6 +359,8 @@ def validate(cfg: RunConfig) -> RunConfig:
          "relabel.min_competence, min_prob and min_agreement must be in [0, 1]"),
         (cfg.budget_s == 0 or 10 <= cfg.budget_s <= 7 * 24 * 3600,
          f"budget_s must be 0 (no budget) or between 10 s and 7 days, got {cfg.budget_s}"),
+        (cfg.time_limit_s in (0, AUTO_TIME_LIMIT) or 10 <= cfg.time_limit_s <= 7 * 24 * 3600,
+         f"time_limit_s must be {AUTO_TIME_LIMIT:g} (auto), 0 (none) or between 10 s and 7 days, got {cfg.time_limit_s}"),
         (cfg.relabel.neighbours >= 1, f"relabel.neighbours must be >= 1, got {cfg.relabel.neighbours}"),
         (cfg.review.rerank_every >= 0, f"review.rerank_every must be >= 0 (0: only on request), got "
                                        f"{cfg.review.rerank_every}"),

@@ -593,3 +593,24 @@ def test_with_a_budget_the_form_leaves_the_epochs_to_it():
     values["budget_s"] = 600.0
     overrides = fit_overrides(build_parser().parse_args(["fit", "d", "--run-dir", "r", *fit_flags(values)]))
     assert overrides["budget_s"] == 600.0 and not {"pretrain.epochs", "classify.epochs"} & set(overrides)
+
+
+def test_with_a_time_limit_the_form_sends_only_the_epochs_typed_into_it():
+    from engine.cli import build_parser
+    from engine.cli.run import fit_overrides
+    from ui.train_form import fit_flags, initial_values
+
+    def overrides(values, profile):
+        return fit_overrides(build_parser().parse_args(["fit", "d", "--run-dir", "r", *fit_flags(values, profile=profile)]))
+
+    values = initial_values("cpu", "cpu")
+    assert values["time_limit_s"] == -1.0  # the CPU profile's auto ceiling is what the form shows
+    cpu = profile_for("cpu")
+    sent = overrides(values, cpu)
+    assert sent["time_limit_s"] == -1.0 and not {"pretrain.epochs", "classify.epochs"} & set(sent)
+    sent = overrides({**values, "classify.epochs": 30}, cpu)
+    assert sent["classify.epochs"] == 30 and "pretrain.epochs" not in sent  # typed: kept; left alone: the engine's
+    sent = overrides({**values, "time_limit_s": 0.0}, cpu)
+    assert sent["pretrain.epochs"] == 12 and sent["classify.epochs"] == 12  # no limit: the epochs shown are trained
+    gpu = initial_values("cuda", "cuda")
+    assert gpu["time_limit_s"] == 0.0 and {"pretrain.epochs", "classify.epochs"} <= set(overrides(gpu, profile_for("cuda")))

@@ -289,7 +289,8 @@ def test_a_run_just_started_lists_its_settings_and_no_none(fake_run, fake_jobs):
     submit(at)
     shown = at.dataframe[0].value
     row = shown[shown["run"] == at.query_params["run"]].iloc[0]  # queued: no config.json, no results yet
-    assert (row["state"], row["loss"], row["pre-training"], row["epochs"]) == ("queued", "ce", "on", "12 + 1 + 12")
+    # the epochs left at the profile's are the engine's to shrink to the time limit: known once config.json is
+    assert (row["state"], row["loss"], row["pre-training"], row["epochs"]) == ("queued", "ce", "on", "– + 1 + –")
     assert (row["flagged"], row["F1"], row["accuracy"]) == ("–", "–", "–")
     assert not (shown == "None").any().any() and not shown.isna().any().any()
 
@@ -299,3 +300,29 @@ def test_every_page_tells_what_is_next(fake_run, fake_jobs):
         at = open_page(name, run_id=fake_run.run_id)
         assert not at.exception, name
         assert any(link.proto.label.startswith("Next:") for link in at.get("page_link")), name
+
+
+def test_the_time_limit_field_leaves_untouched_epochs_to_the_engine(app_workspace, fake_jobs, tmp_path, monkeypatch):
+    data = tmp_path / "digits"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    at = open_page("train", data=data)
+    assert form_widget(at, "Time limit (s)").value == -1.0  # auto: the CPU profile's ceiling
+    form_widget(at, "Classifier epochs").set_value(3)
+    submit(at)
+    flags = fake_jobs.calls[0][1][2]
+    assert "time_limit_s=-1.0" in flags and "classify.epochs=3" in flags
+    assert not any(f.startswith("pretrain.epochs=") for f in flags)  # left at the profile's: the engine may shrink it
+    cfg = engine_config(flags, data, monkeypatch)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s) == (12, 3, -1.0)
+
+
+def test_no_time_limit_sends_every_epoch_shown(app_workspace, fake_jobs, tmp_path, monkeypatch):
+    data = tmp_path / "digits"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    at = open_page("train", data=data)
+    form_widget(at, "Time limit (s)").set_value(0)
+    submit(at)
+    flags = fake_jobs.calls[0][1][2]
+    assert {"pretrain.epochs=12", "classify.epochs=12", "time_limit_s=0.0"} <= set(flags)

@@ -60,3 +60,114 @@ def test_no_budget_changes_nothing_and_a_tiny_budget_still_trains() -> None:
     tiny = plan(replace(RunConfig(), budget_s=10.0), 5000, COSTS)
     assert (tiny.pretrain.epochs, tiny.classify.epochs) == (1, 1)
     assert fixed_seconds(RunConfig(), 5000, COSTS) > 10  # why it cannot be met: said by the estimate
+
+
+# ----------------------------------------------------------------------------- the ceiling (--time-limit)
+
+SLOW = StepCosts(simclr=0.0167, classifier=0.006, score=0.0015)  # the 60 SimCLR images/s of an AVX2 2-core CPU
+
+
+def test_the_auto_ceiling_follows_the_image_count() -> None:
+    from engine.train.budget import auto_time_limit
+
+    assert auto_time_limit(10) == auto_time_limit(1797) == auto_time_limit(2000) == 150.0  # the bundled sample
+    assert auto_time_limit(3500) == pytest.approx(375.0)  # linear between 2,000 and 5,000 images
+    assert auto_time_limit(5000) == auto_time_limit(200_000) == 600.0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("auto", -1.0), ("AUTO", -1.0), ("none", 0.0), ("0", 0.0),
+                                               ("3m", 180.0), ("1h", 3600.0)])
+def test_time_limits(text: str, seconds: float) -> None:
+    from engine.config import parse_time_limit
+
+    assert parse_time_limit(text) == seconds
+
+
+def test_a_bad_time_limit_is_one_sentence() -> None:
+    from engine.config import parse_time_limit, validate
+
+    with pytest.raises(ConfigError, match="--time-limit must be auto, none or a duration"):
+        parse_time_limit("soon")
+    with pytest.raises(ConfigError, match="time_limit_s must be"):
+        validate(replace(RunConfig(), time_limit_s=5.0))
+
+
+def test_the_ceiling_shrinks_the_epochs_to_fit_and_never_grows_them() -> None:
+    from engine.train.budget import capped
+
+    cfg = RunConfig()
+    assert estimate_seconds(cfg, 1797, SLOW) > 500  # the profile's 12 + 12 epochs take minutes here
+    shrunk = capped(cfg, 1797, SLOW, 150.0)
+    assert estimate_seconds(shrunk, 1797, SLOW) <= 150.0
+    assert 1 <= shrunk.pretrain.epochs < cfg.pretrain.epochs and 1 <= shrunk.classify.epochs < cfg.classify.epochs
+    assert capped(cfg, 1797, COSTS, 10_000.0) == cfg  # a fast machine: the profile's epochs, not more
+    assert capped(cfg, 1797, SLOW, 0.0) == cfg  # no ceiling
+
+
+def test_epochs_set_by_hand_stay_under_the_ceiling() -> None:
+    from engine.train.budget import capped
+
+    shrunk = capped(RunConfig(), 1797, SLOW, 150.0, set_by_hand=frozenset({"classify.epochs"}))
+    assert shrunk.classify.epochs == RunConfig().classify.epochs and shrunk.pretrain.epochs < RunConfig().pretrain.epochs
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _planned(argv: list[str], n: int, monkeypatch: pytest.MonkeyPatch, costs: StepCosts | None) -> tuple[RunConfig, list[str]]:
+    from engine.cli import build_parser
+    from engine.cli import run as cli_run
+    from engine.train import budget
+
+    def measure(*_args: object) -> StepCosts:
+        if costs is None:
+            raise AssertionError("the speed was measured although the epochs fit on any machine")
+        return costs
+
+    monkeypatch.setattr(budget, "measure", measure)
+    args = build_parser().parse_args(["fit", "data", "--run-dir", "run", "--device", "cpu", *argv])
+    notes = _Notes()
+    cfg = cli_run._planned(cli_run.fit_config(args), args, n, 10, notes)  # type: ignore[arg-type]
+    return cfg, notes.lines
+
+
+def test_a_new_cpu_run_records_its_ceiling_and_says_when_it_shrinks_the_epochs(monkeypatch) -> None:
+    cfg, notes = _planned([], 1797, monkeypatch, SLOW)
+    assert cfg.time_limit_s == 150.0 and estimate_seconds(cfg, 1797, SLOW) <= 150.0
+    assert len(notes) == 1 and notes[0].startswith("time limit 150 s for 1,797 images:")
+    assert "instead of 12 and 12" in notes[0] and "--time-limit none" in notes[0]
+
+
+def test_a_small_run_is_not_measured_and_keeps_the_profile(monkeypatch) -> None:
+    cfg, notes = _planned([], 60, monkeypatch, None)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s, notes) == (12, 12, 150.0, [])
+
+
+def test_no_ceiling_and_both_epochs_by_hand_keep_the_epochs(monkeypatch) -> None:
+    cfg, _ = _planned(["--time-limit", "none"], 1797, monkeypatch, None)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s) == (12, 12, 0.0)
+    cfg, _ = _planned(["--epochs", "20", "--pretrain-epochs", "30"], 1797, monkeypatch, None)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs) == (30, 20)
+    cfg, _ = _planned(["--time-limit", "5m"], 1797, monkeypatch, SLOW)
+    assert cfg.time_limit_s == 300.0 and cfg.pretrain.epochs < 12 and estimate_seconds(cfg, 1797, SLOW) <= 300
+
+
+def test_the_gpu_profile_has_no_ceiling() -> None:
+    from engine.config import profile_for
+
+    assert profile_for("cuda").time_limit_s == 0.0 and profile_for("cpu").time_limit_s == -1.0
+
+
+def test_the_ceiling_cuts_pre_training_before_the_classifier() -> None:
+    from engine.train.budget import capped
+
+    tight = capped(RunConfig(), 1797, SLOW, 150.0)
+    assert tight.pretrain.epochs == 1 and tight.classify.epochs >= 4  # the sample on a slow CPU
+    roomy = capped(RunConfig(), 5000, StepCosts(simclr=1 / 120, classifier=1 / 110, score=1 / 1100), 600.0)
+    assert roomy.classify.epochs == 6 and 1 < roomy.pretrain.epochs < 12  # half the classifier's, the rest to SimCLR
+    assert estimate_seconds(roomy, 5000, StepCosts(simclr=1 / 120, classifier=1 / 110, score=1 / 1100)) <= 600.0

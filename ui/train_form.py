@@ -60,6 +60,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("budget_s", "Time budget (s)", 2, minimum=0, maximum=7 * 24 * 3600,
             help="Seconds phase (a) may take: the pre-training and classifier epochs are sized from this "
                  "machine's measured speed to fill it (0 = no budget, the epochs above as given)"),
+    Setting("time_limit_s", "Time limit (s)", 2, minimum=-1, maximum=7 * 24 * 3600,
+            help="Without a budget: the most seconds phase (a) may take. Epochs left at the profile's values are "
+                 "shrunk (never grown) when this machine would need longer for them. -1 = auto (2.5 min up to "
+                 "2,000 images, rising to 10 min at 5,000), 0 = no limit. Epochs you change are kept"),
     Setting("review.memory", "Use the decisions remembered for these images", 2,
             help="Images decided in earlier runs (the same file content, even renamed or moved) start as reviewed "
                  "with that decision; off = `fit --no-memory`"),
@@ -126,15 +130,19 @@ def set_value_text(value: Any) -> str:
     return repr(value)
 
 
-def fit_flags(values: Mapping[str, Any], *, truth: str | None = None, finetune: bool = False) -> list[str]:
+def fit_flags(values: Mapping[str, Any], *, truth: str | None = None, finetune: bool = False,
+              profile: RunConfig | None = None) -> list[str]:
     """`fit` flags for the form's values: one `--set key=value` each, then `--truth` and `--finetune`.
 
-    With a time budget the epochs are the budget's to size: the form's epoch values are not sent.
+    With a time budget the epochs are the budget's to size: the form's epoch values are not sent. With a
+    time limit, epochs left at `profile`'s values are not sent either, so the engine may shrink them to the
+    limit; an epoch count typed into the form is sent, and kept.
     """
     flags: list[str] = []
     budgeted = float(values.get("budget_s") or 0) > 0
+    limited = profile is not None and float(values.get("time_limit_s") or 0) != 0
     for key, value in values.items():
-        if budgeted and key in BUDGET_SIZED:
+        if key in BUDGET_SIZED and (budgeted or (limited and value == value_of(profile, key))):
             continue
         flags += ["--set", f"{key}={set_value_text(value)}"]
     if truth:

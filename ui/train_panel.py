@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from engine.config import profile_for
 from engine.runs import jobs
 from engine.runs.rundir import RunDir
 from ui import charts, datasets, devices, page, runs_table, train_form, workspace
@@ -83,7 +84,8 @@ def _start(dataset: Path, values: dict[str, Any], truth_text: str, finetune: boo
         st.error(f"Not started: {problem}.")
         return
     run_id = jobs.new_run_id()
-    flags = train_form.fit_flags(values, truth=truth, finetune=finetune)
+    profile = profile_for(train_form.engine_device(values[train_form.DEVICE.key], "cuda" if cuda else "cpu"))
+    flags = train_form.fit_flags(values, truth=truth, finetune=finetune, profile=profile)
     try:
         jobs.start(dataset, workspace.runs_root() / run_id, flags, workspace=workspace.workspace_root())
     except jobs.JobError as e:

@@ -91,6 +91,8 @@ def fit_overrides(args: Namespace) -> dict[str, Any]:
         o["finetune_after_fit"] = True
     if getattr(args, "budget", None) is not None:
         o["budget_s"] = config_mod.parse_budget(args.budget)
+    if getattr(args, "time_limit", None) is not None:
+        o["time_limit_s"] = config_mod.parse_time_limit(args.time_limit)
     if args.no_memory:
         o["review.memory"] = False  # recorded in config.json: the app and later commands respect the opt-out
     if getattr(args, "weights", None) is not None:
@@ -399,19 +401,32 @@ def _check_processes(cfg: RunConfig, dist: Dist) -> None:
 
 
 def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress) -> RunConfig:
-    """A new run with a budget: measure this machine's speed and size the epochs (engine.train.budget)."""
-    if not cfg.budget_s:
-        return cfg
+    """A new run's epochs: sized to fill its budget, or shrunk to its ceiling (engine.train.budget).
+
+    The ceiling is recorded in seconds (config.json), so the run says what it was planned for."""
     from engine.train import budget
     from engine.train.device import make_runtime
 
-    costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
     hand = frozenset(k for k in fit_overrides(args) if k in _PLANNED_KEYS)
-    planned = budget.plan(cfg, n, costs, set_by_hand=hand)
-    progress.note(f"budget {cfg.budget_s:.0f} s for {n:,} images: {planned.pretrain.epochs} pre-training and "
-                  f"{planned.classify.epochs} classifier epochs (about "
-                  f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)")
-    return planned
+    if cfg.budget_s:
+        costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
+        planned = budget.plan(cfg, n, costs, set_by_hand=hand)
+        progress.note(f"budget {cfg.budget_s:.0f} s for {n:,} images: {planned.pretrain.epochs} pre-training and "
+                      f"{planned.classify.epochs} classifier epochs (about "
+                      f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)")
+        return planned
+    limit = budget.time_limit(cfg, n)
+    cfg = replace(cfg, time_limit_s=limit)
+    if not limit or hand >= set(_PLANNED_KEYS) or budget.fits_on_any_machine(cfg, n, limit):
+        return cfg
+    costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
+    capped = budget.capped(cfg, n, costs, limit, set_by_hand=hand)
+    if capped != cfg:
+        progress.note(f"time limit {limit:.0f} s for {n:,} images: {capped.pretrain.epochs} pre-training and "
+                      f"{capped.classify.epochs} classifier epochs instead of {cfg.pretrain.epochs} and "
+                      f"{cfg.classify.epochs} (about {budget.estimate_seconds(capped, n, costs):.0f} s measured on "
+                      "this machine; --time-limit none keeps the epochs)")
+    return capped
 
 
 def _path(value: str | None) -> Path | None:
