@@ -4,6 +4,7 @@
     python bench/weights_transfer.py                                  # Imagenette 25 %, 2,000 photos, 5 min each
     python bench/weights_transfer.py --case imagenette5 --budget 5m
     python bench/weights_transfer.py --source-run RUN                  # reuse a finished source run
+    python bench/weights_transfer.py --source-run RUN --arms scratch --image-size 64 --out bench/results/image_size_64
 
 1. Source weights: one CLeaN run on other images, `fit` on 5,000 CIFAR-10 train images (clean labels,
    bench/data/cifar10-5k) with `--source-budget` (default 10m); its SimCLR checkpoint
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-budget", default="10m", help="`fit --budget` of the CIFAR-10 source run")
     p.add_argument("--source-run", type=Path, help="a finished run whose checkpoints/pretrain.pt is the source")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    p.add_argument("--image-size", type=int, help="`fit --image-size` of every target arm (default: the engine's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="results stem (default bench/results/weights_transfer_<case>)")
     return p
@@ -97,8 +99,11 @@ def source_weights(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
 
 
 def target_arm(arm: str, data: Any, weights: Path, args: argparse.Namespace) -> dict[str, Any]:
-    run = WORK / f"{args.case}-{args.n_per_class}pc-{arm}"
+    size = f"-{args.image_size}px" if args.image_size else ""
+    run = WORK / f"{args.case}-{args.n_per_class}pc{size}-{arm}"
     extra = [a.format(weights=weights) for a in ARMS[arm]]
+    if args.image_size:
+        extra += ["--image-size", str(args.image_size)]
     argv = [str(data.train), "--run-dir", str(run), "--truth", str(data.truth), "--test", str(data.test),
             "--budget", args.budget, "--seed", str(args.seed), "--set", "embed.enabled=false", *extra]
     print(f"{arm}: python -m engine fit {shlex.join(argv)}", flush=True)
