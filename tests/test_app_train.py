@@ -326,3 +326,13 @@ def test_no_time_limit_sends_every_epoch_shown(app_workspace, fake_jobs, tmp_pat
     submit(at)
     flags = fake_jobs.calls[0][1][2]
     assert {"pretrain.epochs=12", "classify.epochs=12", "time_limit_s=0.0"} <= set(flags)
+
+
+def test_the_epochs_a_time_limit_chose_are_said_on_the_run(fake_run, fake_jobs):
+    at = open_page("train", run_id=fake_run.run_id)
+    assert not any("time limit" in c.value.lower() for c in at.caption)  # no plan: nothing to say
+    fake_run.run.append_event(kind="plan", message="time limit 150 s for 1,797 images: 1 pre-training and 6 "
+                                                   "classifier epochs instead of 12 and 12")
+    at = open_page("train", run_id=fake_run.run_id)
+    assert any(c.value.endswith("Time limit 150 s for 1,797 images: 1 pre-training and 6 classifier epochs instead "
+                                "of 12 and 12") for c in at.caption)

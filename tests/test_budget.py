@@ -119,7 +119,8 @@ class _Notes:
         self.lines.append(text)
 
 
-def _planned(argv: list[str], n: int, monkeypatch: pytest.MonkeyPatch, costs: StepCosts | None) -> tuple[RunConfig, list[str]]:
+def _planned(argv: list[str], n: int, monkeypatch: pytest.MonkeyPatch, costs: StepCosts | None,
+             run: object = None) -> tuple[RunConfig, list[str]]:
     from engine.cli import build_parser
     from engine.cli import run as cli_run
     from engine.train import budget
@@ -132,15 +133,19 @@ def _planned(argv: list[str], n: int, monkeypatch: pytest.MonkeyPatch, costs: St
     monkeypatch.setattr(budget, "measure", measure)
     args = build_parser().parse_args(["fit", "data", "--run-dir", "run", "--device", "cpu", *argv])
     notes = _Notes()
-    cfg = cli_run._planned(cli_run.fit_config(args), args, n, 10, notes)  # type: ignore[arg-type]
+    cfg = cli_run._planned(cli_run.fit_config(args), args, n, 10, notes, run)  # type: ignore[arg-type]
     return cfg, notes.lines
 
 
-def test_a_new_cpu_run_records_its_ceiling_and_says_when_it_shrinks_the_epochs(monkeypatch) -> None:
-    cfg, notes = _planned([], 1797, monkeypatch, SLOW)
+def test_a_new_cpu_run_records_its_ceiling_and_says_when_it_shrinks_the_epochs(monkeypatch, tmp_path) -> None:
+    from engine.runs.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    cfg, notes = _planned([], 1797, monkeypatch, SLOW, run)
     assert cfg.time_limit_s == 150.0 and estimate_seconds(cfg, 1797, SLOW) <= 150.0
     assert len(notes) == 1 and notes[0].startswith("time limit 150 s for 1,797 images:")
     assert "instead of 12 and 12" in notes[0] and "--time-limit none" in notes[0]
+    assert [e["message"] for e in run.read_events() if e["kind"] == "plan"] == notes  # for the Train page
 
 
 def test_a_small_run_is_not_measured_and_keeps_the_profile(monkeypatch) -> None:

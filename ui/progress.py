@@ -143,6 +143,9 @@ def render_status(run: RunDir, status: dict[str, Any], *, key: str) -> None:
     if line:
         st.caption(line)
     events = run.read_events()
+    plans = [e for e in events if e.get("kind") == "plan" and e.get("message")]
+    if plans:  # the epochs a budget or a time limit chose differ from the form's: say so
+        st.caption(f":material/timer: {str(plans[-1]['message'])[:1].upper()}{str(plans[-1]['message'])[1:]}")
     rows = stage_rows(status, events)
     if state in ACTIVE_STATES and status.get("run_eta_s") is not None:
         st.markdown(f"**About {format_seconds(status['run_eta_s'])} left** for the whole run")

@@ -310,7 +310,7 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     record = scan(Path(args.data), root=args.root, extract_to=run.source_dir, check="header")
     # Written once the data is known to be usable, so that a refused first attempt leaves no settings behind.
     if not run.config.exists():
-        cfg = _planned(cfg, args, len(record.samples), len(record.classes), progress)
+        cfg = _planned(cfg, args, len(record.samples), len(record.classes), progress, run)
         config_mod.save(replace(cfg, finetune_after_fit=False), run.config)
     # A resumed run keeps the truth and test files it was started with (the app resumes without them).
     kept_truth, kept_test = _path(source.get("truth")), _path(source.get("test"))
@@ -400,10 +400,12 @@ def _check_processes(cfg: RunConfig, dist: Dist) -> None:
                    "finetune.batch_size": cfg.finetune.batch_size}, dist)
 
 
-def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress) -> RunConfig:
+def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress,
+             run: RunDir | None = None) -> RunConfig:
     """A new run's epochs: sized to fill its budget, or shrunk to its ceiling (engine.train.budget).
 
-    The ceiling is recorded in seconds (config.json), so the run says what it was planned for."""
+    The ceiling is recorded in seconds (config.json), so the run says what it was planned for; a plan
+    that changed the epochs is also a `plan` event (events.jsonl), which the Train page shows."""
     from engine.train import budget
     from engine.train.device import make_runtime
 
@@ -411,9 +413,9 @@ def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress
     if cfg.budget_s:
         costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
         planned = budget.plan(cfg, n, costs, set_by_hand=hand)
-        progress.note(f"budget {cfg.budget_s:.0f} s for {n:,} images: {planned.pretrain.epochs} pre-training and "
-                      f"{planned.classify.epochs} classifier epochs (about "
-                      f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)")
+        _say_plan(f"budget {cfg.budget_s:.0f} s for {n:,} images: {planned.pretrain.epochs} pre-training and "
+                  f"{planned.classify.epochs} classifier epochs (about "
+                  f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)", progress, run)
         return planned
     limit = budget.time_limit(cfg, n)
     cfg = replace(cfg, time_limit_s=limit)
@@ -422,11 +424,18 @@ def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress
     costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
     capped = budget.capped(cfg, n, costs, limit, set_by_hand=hand)
     if capped != cfg:
-        progress.note(f"time limit {limit:.0f} s for {n:,} images: {capped.pretrain.epochs} pre-training and "
-                      f"{capped.classify.epochs} classifier epochs instead of {cfg.pretrain.epochs} and "
-                      f"{cfg.classify.epochs} (about {budget.estimate_seconds(capped, n, costs):.0f} s measured on "
-                      "this machine; --time-limit none keeps the epochs)")
+        _say_plan(f"time limit {limit:.0f} s for {n:,} images: {capped.pretrain.epochs} pre-training and "
+                  f"{capped.classify.epochs} classifier epochs instead of {cfg.pretrain.epochs} and "
+                  f"{cfg.classify.epochs} (about {budget.estimate_seconds(capped, n, costs):.0f} s measured on "
+                  "this machine; --time-limit none, or a time limit of 0 on the Train page, keeps the epochs)",
+                  progress, run)
     return capped
+
+
+def _say_plan(message: str, progress: Progress, run: RunDir | None) -> None:
+    progress.note(message)
+    if run is not None:
+        run.append_event(kind="plan", message=message)
 
 
 def _path(value: str | None) -> Path | None:
