@@ -336,3 +336,10 @@ def test_the_epochs_a_time_limit_chose_are_said_on_the_run(fake_run, fake_jobs):
     at = open_page("train", run_id=fake_run.run_id)
     assert any(c.value.endswith("Time limit 150 s for 1,797 images: 1 pre-training and 6 classifier epochs instead "
                                 "of 12 and 12") for c in at.caption)
+
+
+def test_the_seconds_fields_read_as_whole_seconds(app_workspace, fake_jobs):
+    at = open_page("train")
+    for label in ("Time budget (s)", "Time limit (s)"):
+        w = form_widget(at, label)
+        assert w.proto.format == "%.0f" and w.proto.step == 1.0, label

@@ -39,6 +39,7 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     names: Mapping[str, str] | None = None  # how a choice's values read on the page
+    whole: bool = False  # a float shown and stepped in whole units (seconds), not as 0.01s
 
 
 DEVICE = Setting("device", "Device", help="auto = the GPU when the server has one, else the CPU")
@@ -57,10 +58,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data.image_size", "Image size (px)", 2, minimum=8, maximum=512,
             help="Every image is resized to this square size once, before training"),
     Setting("seed", "Seed", 2, minimum=0, maximum=2**31 - 1),
-    Setting("budget_s", "Time budget (s)", 2, minimum=0, maximum=7 * 24 * 3600,
+    Setting("budget_s", "Time budget (s)", 2, minimum=0, maximum=7 * 24 * 3600, whole=True,
             help="Seconds phase (a) may take: the pre-training and classifier epochs are sized from this "
                  "machine's measured speed to fill it (0 = no budget, the epochs above as given)"),
-    Setting("time_limit_s", "Time limit (s)", 2, minimum=-1, maximum=7 * 24 * 3600,
+    Setting("time_limit_s", "Time limit (s)", 2, minimum=-1, maximum=7 * 24 * 3600, whole=True,
             help="Without a budget: the most seconds phase (a) may take. Epochs left at the profile's values are "
                  "shrunk (never grown) when this machine would need longer for them. -1 = auto (2.5 min up to "
                  "2,000 images, rising to 10 min at 5,000), 0 = no limit. Epochs you change are kept"),

@@ -27,7 +27,8 @@ def setting_widget(setting: train_form.Setting, value: Any, *, key: str, where: 
     number = int if kind is int else float
     bounds = {name: number(b) for name, b in (("min_value", setting.minimum), ("max_value", setting.maximum))
               if b is not None}
-    return where.number_input(setting.label, value=number(value), help=setting.help, key=key, **bounds)
+    whole = {"step": 1.0, "format": "%.0f"} if setting.whole and number is float else {}
+    return where.number_input(setting.label, value=number(value), help=setting.help, key=key, **bounds, **whole)
 
 
 def new_run_form(dataset: Path, current_run: str | None) -> None:
