@@ -176,3 +176,12 @@ def test_the_ceiling_cuts_pre_training_before_the_classifier() -> None:
     roomy = capped(RunConfig(), 5000, StepCosts(simclr=1 / 120, classifier=1 / 110, score=1 / 1100), 600.0)
     assert roomy.classify.epochs == 6 and 1 < roomy.pretrain.epochs < 12  # half the classifier's, the rest to SimCLR
     assert estimate_seconds(roomy, 5000, StepCosts(simclr=1 / 120, classifier=1 / 110, score=1 / 1100)) <= 600.0
+
+
+def test_larger_images_and_the_small_stem_are_measured_sooner() -> None:
+    from engine.train.budget import fits_on_any_machine
+
+    cfg = RunConfig()
+    assert fits_on_any_machine(cfg, 60, 150.0)
+    assert not fits_on_any_machine(replace(cfg, data=replace(cfg.data, image_size=96)), 60, 150.0)
+    assert not fits_on_any_machine(replace(cfg, model=replace(cfg.model, stem="small")), 60, 150.0)

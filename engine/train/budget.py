@@ -134,8 +134,13 @@ def time_limit(cfg: RunConfig, n: int) -> float:
 
 
 def fits_on_any_machine(cfg: RunConfig, n: int, limit: float) -> bool:
-    """Whether `cfg`'s epochs fit `limit` even on the slowest machine planned for (no measurement needed)."""
-    return estimate_seconds(cfg, n, SLOWEST) <= limit
+    """Whether `cfg`'s epochs fit `limit` even on the slowest machine planned for (no measurement needed).
+
+    SLOWEST is for 32 px through the standard stem; the work grows with the pixels, and the small stem
+    (no stride-2 conv, no max-pool) does about 16x the work at the same size (bench/throughput.py)."""
+    scale = max(1.0, (cfg.data.image_size / 32) ** 2) * (16.0 if cfg.model.stem == "small" else 1.0)
+    slowest = StepCosts(*(scale * c for c in (SLOWEST.simclr, SLOWEST.classifier, SLOWEST.score)))
+    return estimate_seconds(cfg, n, slowest) <= limit
 
 
 def capped(cfg: RunConfig, n: int, costs: StepCosts, limit: float, *,
