@@ -175,6 +175,11 @@ class FinetuneConfig:
     # the accuracy on real human noise (CIFAR-10N worst: predicted labels 0.39 against the given 0.59, AUROC
     # 0.72 -> 0.67; bench/results/supcon_forms.md). false runs it on the model's own clean probabilities.
     require_decisions: bool = True
+    # Phase (b) is kept only when it beats phase (a) on reviewed images it did not train on
+    # (engine.method.holdout): this share of the decisions is held out for that check (0: no check, (b) is
+    # always kept), and (b) must fix more of them than it breaks, by a one-sided sign test at check_p.
+    check_share: float = 0.2
+    check_p: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -352,6 +357,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                              cfg.finetune.head_lr, cfg.finetune.full_lr)), "learning rates must be > 0"),
         (0.0 <= cfg.finetune.min_weight <= 1.0, "finetune.min_weight must be in [0, 1]"),
         (0.0 <= cfg.finetune.head_min_weight <= 1.0, "finetune.head_min_weight must be in [0, 1]"),
+        (0.0 <= cfg.finetune.check_share < 1.0, "finetune.check_share must be in [0, 1)"),
+        (0.0 < cfg.finetune.check_p <= 1.0, "finetune.check_p must be in (0, 1]"),
         (cfg.finetune.head_epochs >= 0 and cfg.finetune.full_epochs >= 0, "epochs must be >= 0"),
         (cfg.embed.n_neighbors >= 2 and 0.0 <= cfg.embed.min_dist, "embed.n_neighbors must be >= 2, min_dist >= 0"),
         (cfg.embed.fit_sample >= 100, "embed.fit_sample must be >= 100"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pandas as pd
 import streamlit as st
 
 from engine.review.decisions import finetune_waits
 from engine.runs import jobs
 from engine.runs.status import ACTIVE_STATES
+from engine.method.holdout import Check
 from ui import page, progress, readers, runs_table, wording, workspace
 
 ctx = page.page_setup("finetune", "Phase (b): retrain the encoder with weighted supervised contrastive learning, "
@@ -44,6 +47,11 @@ if state in ACTIVE_STATES:
 elif waits:
     pass  # the info above says what to do first; the link at the bottom goes there
 else:
+    share = readers.run_config(run).finetune.check_share
+    if share > 0:
+        st.caption(f"{share:.0%} of your decisions are held out to check the result: the fine-tuned model is kept "
+                   "only when it agrees with you on them clearly better than phase (a)'s; otherwise the run keeps "
+                   "phase (a)'s model with your decisions, so fine-tuning cannot make the labels worse.")
     label = "Fine-tune again with the current decisions" if run.samples_before.exists() else "Start fine-tuning"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="start_finetune"):
         try:
@@ -58,6 +66,11 @@ before = readers.samples(run, phase_a=True)
 after = readers.samples(run)
 if before is not None and after is not None:
     st.subheader("Before and after")
+    check = (readers.json_file(run.finetune_meta) or {}).get("check")
+    if isinstance(check, dict) and set(check) >= {f.name for f in fields(Check)}:
+        verdict = Check(**{f.name: check[f.name] for f in fields(Check)})
+        line = verdict.sentence()
+        (st.success if verdict.kept else st.warning)(line[0].upper() + line[1:] + ".", icon=":material/fact_check:")
     merged = before[["path", "suggested_label", "flagged"]].merge(
         after[["path", "suggested_label", "flagged"]], on="path", suffixes=("_before", "_after"))
     changed = int((merged["suggested_label_before"] != merged["suggested_label_after"]).sum())

@@ -48,3 +48,25 @@ def test_before_and_after(fake_run, fake_jobs):
     assert table.index.tolist() == ["Precision", "Recall", "F1", "AUROC", "Exported labels right",
                                     "Predicted labels right", "Given labels right"]  # no raw metrics.json names
     assert at.button(key="start_finetune").label == "Fine-tune again with the current decisions"
+
+
+def test_says_whether_the_fine_tuned_model_passed_its_check(fake_run, fake_jobs):
+    from engine.runs.atomic import atomic_write_json
+
+    write_phase_b(fake_run, changed=2)
+    DecisionStore(fake_run.run.decisions).decide(fake_run.flagged["path"][:1], "keep", "cat", source="t")
+    at = open_page("finetune", run_id=fake_run.run_id)
+    assert any("are held out to check the result" in c.value for c in at.caption)  # before the button
+    assert not at.warning and not at.success  # fine-tuned before the check existed: nothing to say
+    check = {"n": 40, "a_right": 24, "b_right": 20, "fixes": 3, "breaks": 7, "p_value": 0.9453, "kept": False,
+             "enabled": True}
+    fake_run.run.finetune_meta.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(fake_run.run.finetune_meta, {"fingerprint": "x", "check": check})
+    at = open_page("finetune", run_id=fake_run.run_id)
+    assert [w.value for w in at.warning] == [
+        "Fine-tuning not kept: on 40 reviewed images it did not train on, fine-tuning agrees with you on 20 and "
+        "phase (a) on 24, not clearly better, so the run keeps phase (a)'s model with your decisions."]
+    atomic_write_json(fake_run.run.finetune_meta, {"check": {**check, "b_right": 31, "fixes": 9, "breaks": 2,
+                                                             "p_value": 0.0327, "kept": True}})
+    at = open_page("finetune", run_id=fake_run.run_id)
+    assert at.success[0].value.startswith("Fine-tuning kept: on 40 reviewed images") and not at.warning

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -143,6 +144,13 @@ def test_finetune_uses_decisions_and_export_reflects_them(fitted, tmp_path: Path
     assert (run / "samples_phase_a.csv").exists() and (run / "metrics_phase_a.json").exists()
     assert json.loads((run / "metrics.json").read_text())["phase"] == "finetune"
     assert "fine-tuning with 2 reviewed and 1 discarded images" in r.stderr or "finetune:" in r.stdout
+    # 2 reviewed images: none can be held out to check phase (b), so phase (a)'s model stays, with the decisions
+    check = json.loads((run / "checkpoints" / "finetune.json").read_text())["check"]
+    assert check["n"] == 0 and check["kept"] is False and check["enabled"] is True
+    with np.load(run / "predictions_phase_a.npz") as a, np.load(run / "predictions.npz") as b:
+        assert np.array_equal(a["probs"], b["probs"]) and np.array_equal(a["features"], b["features"])
+    after = pd.read_csv(run / "samples.csv", dtype=str).set_index("path")
+    assert after.loc[first, "flagged"] == "0" and float(after.loc[first, "clean_prob"]) == 1.0  # decided: clean
     out = tmp_path / "labels.csv"
     r = engine("export", run, "--out", out, "--format", "csv")
     assert r.returncode == 0, r.stderr
@@ -162,6 +170,24 @@ def test_finetune_uses_decisions_and_export_reflects_them(fitted, tmp_path: Path
     assert refit.returncode == 0, refit.stderr[-2000:]
     assert (run / "samples.csv").read_bytes() == samples_b
     assert json.loads((run / "metrics.json").read_text())["phase"] == "finetune"
+
+
+@pytest.mark.slow
+def test_finetune_without_its_check_keeps_the_fine_tuned_network(fitted, tmp_path: Path) -> None:
+    """finetune.check_share=0 turns the held-out check off: phase (b)'s network replaces phase (a)'s."""
+    data, run = fitted[0], tmp_path / "run"
+    assert engine("fit", data, "--run-dir", run, *TINY).returncode == 0
+    s = pd.read_csv(run / "samples.csv", dtype=str)
+    DecisionStore(run / "decisions.sqlite").decide([s["path"].iloc[0]], "keep", s["given_label"].iloc[0])
+    r = engine("finetune", run, "--epochs", "1", "--set", "finetune.head_epochs=2", "--set", "finetune.full_epochs=1",
+               "--set", "finetune.check_share=0", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    check = json.loads((run / "checkpoints" / "finetune.json").read_text())["check"]
+    assert check["kept"] is True and check["enabled"] is False
+    with np.load(run / "predictions_phase_a.npz") as a, np.load(run / "predictions.npz") as b:
+        assert not np.array_equal(a["features"], b["features"])
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip().endswith("}")]
+    assert [e["kept"] for e in events if e.get("kind") == "finetune_check"][-1] is True
 
 
 @pytest.mark.slow

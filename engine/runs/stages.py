@@ -114,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
           writes=lambda r: (r.umap,), seeds=("embed/umap",), off=_no_map),
     Stage("supcon", FINETUNE, "(b2) weighted SupCon on pseudo-labels and decisions",
           lambda r: (r.checkpoint("train"), r.predictions_before, r.decisions), *_epochs("supcon"),
-          seeds=("supcon/weights", *_rng("supcon")), off=_no_supcon),
+          seeds=("supcon/weights", "supcon/check", *_rng("supcon")), off=_no_supcon),
     Stage("head", FINETUNE, "(b3) a fresh head: alone on frozen features, then with the encoder",
           lambda r: (r.checkpoint("supcon"), r.checkpoint("train"), r.predictions_before, r.decisions),
           writes=lambda r: (r.checkpoint("head"),),

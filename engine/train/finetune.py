@@ -26,6 +26,7 @@ from engine.runs.progress import Progress
 from engine.train.classify import per_sample_ce
 from engine.train.device import Runtime, autocast, oom_guard
 from engine.train.distributed import global_batch
+from engine.method.holdout import check_rows
 from engine.train.loop import EpochRecord, Rng, run_epochs
 from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
 from engine.train.trainset import TrainSet, steps_per_epoch
@@ -35,9 +36,15 @@ from engine.train.trainset import TrainSet, steps_per_epoch
 class FinetuneTargets:
     labels: np.ndarray  # (N,) int64 training label: decided label, else the phase-(a) pseudo-label
     weights: np.ndarray  # (N,) float32 in [min_weight, 1]: 1 for decided images
-    keep: np.ndarray  # (N,) bool, False for discarded images
+    keep: np.ndarray  # (N,) bool, False for discarded images and for the held-out check
     n_decided: int
     n_discarded: int
+    # (N,) bool: reviewed images held out of phase (b) to check it against (engine.method.holdout); None: none
+    check: np.ndarray | None = None
+
+    @property
+    def n_check(self) -> int:
+        return 0 if self.check is None else int(self.check.sum())
 
 
 def finetune_targets(
@@ -50,12 +57,16 @@ def finetune_targets(
     given: np.ndarray,
     min_weight: float,
     seed: int,
+    check_share: float = 0.0,
+    check_seed: int = 0,
 ) -> FinetuneTargets:
     """Training labels and SupCon weights for phase (b) from phase-(a) probabilities and decisions.
 
     given: (N,) the run's given label indices. A `keep` trains on the image's given label in this run,
     whatever label the decision stored (a decision remembered from a run where the file had another label
     still means "this run's label is right"); `relabel` trains on its label; `discard` leaves the image out.
+    check_share: the share of the reviewed images held out of training to check phase (b) against
+    (engine.method.holdout), drawn with `check_seed`.
     """
     pseudo = probs.argmax(axis=1)
     trusted = trusted_labels(paths, given, classes, decisions)
@@ -65,9 +76,10 @@ def finetune_targets(
                           covariance=split_cfg.covariance, fit_on=trusted.undecided)
     labels = np.where(trusted.decided, trusted.labels, pseudo).astype(np.int64)
     weights = np.where(trusted.decided, 1.0, np.maximum(split.clean_prob.astype(np.float32), min_weight))
-    keep = trusted.trains
+    check = check_rows(trusted.decided, check_share, seed=check_seed)
+    keep = trusted.trains & ~check
     n_decided, n_discarded = int(trusted.decided.sum()), int(trusted.discarded.sum())
-    return FinetuneTargets(labels, weights.astype(np.float32), keep, n_decided, n_discarded)
+    return FinetuneTargets(labels, weights.astype(np.float32), keep, n_decided, n_discarded, check=check)
 
 
 def finetune_supcon(

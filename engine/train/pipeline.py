@@ -79,6 +79,7 @@ from engine.train.classify import (
 from engine.train.device import Runtime, make_runtime, seed_everything
 from engine.train.distributed import Dist, global_batch
 from engine.train.finetune import FinetuneTargets, finetune_supcon, finetune_targets
+from engine.method.holdout import judge
 from engine.train.loop import Rng
 from engine.train.pretrain import pretrain_simclr
 from engine.train.trainset import TrainSet, steps_per_epoch
@@ -623,7 +624,8 @@ def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
         out.update({k: metrics.get(k) for k in ("precision", "recall", "f1", "auroc", "corrected_accuracy",
                                                    "pseudo_label_accuracy", "given_label_accuracy")})
     if ctx.test is not None:
-        net = _load_net(ctx, ctx.new_network(), "head" if phase == FINETUNE else "train")
+        fine_tuned = phase == FINETUNE and finetune_kept(ctx.run)
+        net = _load_net(ctx, ctx.new_network(), "head" if fine_tuned else "train")
         out["test_acc"] = round(accuracy(net, ctx.test, ctx.norm, ctx.rt), 4)
     ctx.run.append_event(**out)
     return out
@@ -682,14 +684,15 @@ def run_finetune(ctx: Context) -> dict:
         return _summary_from_disk(ctx.alone(), FINETUNE, time.perf_counter() - t0) if ctx.dist.is_main else {}
     # Phase (b) must not depend on what ran before it in this process (`fit --finetune` vs `finetune`).
     seed_everything(ctx.seed(stages.PHASE_SEEDS[FINETUNE]))
-    ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images")
+    ctx.progress.note(f"fine-tuning with {targets.n_decided} reviewed and {targets.n_discarded} discarded images"
+                      + (f"; {targets.n_check} of the reviewed held out to check it" if targets.n_check else ""))
     net = _load_net(ctx, ctx.new_network(), "train")
     stage_supcon(ctx, net, targets)
     net.new_classifier(len(ctx.classes))
     net.to(ctx.rt.device)
     ctx.dist.sync_from_main(net)  # the same new head in every process
     stage_head(ctx, net, targets)
-    stage_refresh(ctx, net)
+    stage_refresh(ctx, net, targets)
     return _summary_from_disk(ctx.alone(), FINETUNE, time.perf_counter() - t0) if ctx.dist.is_main else {}
 
 
@@ -703,8 +706,9 @@ def _begin_finetune(ctx: Context) -> FinetuneTargets | None:
     phase_a = load_npz(run.predictions_before)
     # Targets first: a decision the run cannot use fails here, before any phase (b) state is touched.
     targets = finetune_targets(phase_a["probs"], ctx.prepared.paths, ctx.classes, decisions, cfg.split,
-                               given=ctx.prepared.labels,
-                               min_weight=cfg.finetune.min_weight, seed=ctx.seed("supcon/weights"))
+                               given=ctx.prepared.labels, min_weight=cfg.finetune.min_weight,
+                               seed=ctx.seed("supcon/weights"), check_share=cfg.finetune.check_share,
+                               check_seed=ctx.seed("supcon/check"))
     done = reset_finetune(run, finetune_fingerprint(decisions, cfg))
     _begin_phase(run, cfg, ctx.progress, FINETUNE, n=len(ctx.data))
     if done:
@@ -758,8 +762,9 @@ def stage_head(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     _final_ckpt(ctx, "head", net)
 
 
-def stage_refresh(ctx: Context, net: Network) -> None:
-    """New predictions, mixture, samples.csv, metrics and map from the fine-tuned network."""
+def stage_refresh(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
+    """New predictions, mixture, samples.csv, metrics and map from the fine-tuned network — or, when it
+    does not beat phase (a) on the held-out decisions (engine.method.holdout), from phase (a)'s."""
     if not _runs(ctx, "refresh"):
         return
     run = ctx.run
@@ -768,15 +773,35 @@ def stage_refresh(ctx: Context, net: Network) -> None:
     if not ctx.dist.is_main:
         return
     ctx = ctx.alone()  # the mixture, samples.csv and the map: rank 0's alone
-    losses = per_sample_ce(preds.probs, ctx.prepared.labels)
-    atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses[None])
+    phase_a = load_npz(run.predictions_before)
+    f = ctx.cfg.finetune
+    held_out = targets.check if targets.check is not None else np.zeros(len(targets.labels), bool)
+    check = judge(phase_a["probs"], preds.probs, targets.labels, held_out, p_max=f.check_p,
+                  enabled=f.check_share > 0)
+    atomic_write_json(run.finetune_meta, {**(read_json(run.finetune_meta, {}) or {}), "check": check.to_dict()})
+    run.append_event(kind="finetune_check", **check.to_dict())
+    ctx.progress.note(check.sentence())
+    if check.kept:
+        losses = per_sample_ce(preds.probs, ctx.prepared.labels)[None]
+    else:  # what review alone gives: phase (a)'s model, re-split with every decision
+        preds, losses = Predictions(phase_a["probs"], phase_a["features"]), phase_a["losses"]
+    atomic_write_npz(run.predictions, probs=preds.probs, features=preds.features, losses=losses)
     ctx.progress.advance(1, images=len(ctx.data))
-    split_and_write(ctx, preds, losses[None], phase=FINETUNE, seed=ctx.seed("refresh/mixture"))
+    split_and_write(ctx, preds, losses, phase=FINETUNE, seed=ctx.seed("refresh/mixture"))
     ctx.progress.advance(1)
-    if stages.stage("embed").off(ctx.cfg):
+    if not check.kept:
+        pass  # phase (a)'s map is the map of these features
+    elif stages.stage("embed").off(ctx.cfg):
         run.umap.unlink(missing_ok=True)  # phase (a)'s map would not match the new features
     else:
         embed_map(ctx, preds.features, seed=ctx.seed("refresh/umap"))
     ctx.progress.advance(1)
     ctx.progress.stage_end()
     stages.mark_done(run, "refresh")
+
+
+def finetune_kept(run: RunDir) -> bool:
+    """Whether the run's results are the fine-tuned network's (False: phase (a)'s, after a fine-tune that
+    did not pass its check). True for runs fine-tuned before the check existed."""
+    check = (read_json(run.finetune_meta, {}) or {}).get("check")
+    return bool(check.get("kept", True)) if isinstance(check, dict) else True
