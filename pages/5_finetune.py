@@ -10,7 +10,7 @@ import streamlit as st
 from engine.review.decisions import finetune_waits
 from engine.runs import jobs
 from engine.runs.status import ACTIVE_STATES
-from engine.method.holdout import Check
+from engine.method.holdout import Check, least_decisions
 from ui import page, progress, readers, runs_table, wording, workspace
 
 ctx = page.page_setup("finetune", "Phase (b): retrain the encoder with weighted supervised contrastive learning, "
@@ -47,11 +47,15 @@ if state in ACTIVE_STATES:
 elif waits:
     pass  # the info above says what to do first; the link at the bottom goes there
 else:
-    share = readers.run_config(run).finetune.check_share
-    if share > 0:
-        st.caption(f"{share:.0%} of your decisions are held out to check the result: the fine-tuned model is kept "
-                   "only when it agrees with you on them clearly better than phase (a)'s; otherwise the run keeps "
-                   "phase (a)'s model with your decisions, so fine-tuning cannot make the labels worse.")
+    f = readers.run_config(run).finetune
+    if f.check_share > 0:
+        st.caption(f"{f.check_share:.0%} of your decisions are held out to check the result: the fine-tuned model "
+                   "is kept only when it agrees with you on them clearly better than phase (a)'s; otherwise the run "
+                   "keeps phase (a)'s model with your decisions, so fine-tuning cannot make the labels worse.")
+        least = least_decisions(f.check_share, f.check_p)
+        if len(decisions) < least:
+            st.caption(f"With {len(decisions):,} decision{'' if len(decisions) == 1 else 's'} the check cannot pass yet: review at least {least:,} "
+                       "images for fine-tuning to be able to keep its model.")
     label = "Fine-tune again with the current decisions" if run.samples_before.exists() else "Start fine-tuning"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="start_finetune"):
         try:

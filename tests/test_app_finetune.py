@@ -57,6 +57,7 @@ def test_says_whether_the_fine_tuned_model_passed_its_check(fake_run, fake_jobs)
     DecisionStore(fake_run.run.decisions).decide(fake_run.flagged["path"][:1], "keep", "cat", source="t")
     at = open_page("finetune", run_id=fake_run.run_id)
     assert any("are held out to check the result" in c.value for c in at.caption)  # before the button
+    assert any("With 1 decision the check cannot pass yet: review at least 20 images" in c.value for c in at.caption)
     assert not at.warning and not at.success  # fine-tuned before the check existed: nothing to say
     check = {"n": 40, "a_right": 24, "b_right": 20, "fixes": 3, "breaks": 7, "p_value": 0.9453, "kept": False,
              "enabled": True}

@@ -8,7 +8,7 @@ import pytest
 from engine.config import SplitConfig
 from engine.review.decisions import Decision
 from engine.train.finetune import finetune_targets
-from engine.method.holdout import check_rows, judge
+from engine.method.holdout import check_rows, judge, least_decisions
 
 
 def _onehot(pred: list[int], c: int = 3) -> np.ndarray:
@@ -79,3 +79,13 @@ def test_finetune_targets_leave_the_held_out_images_out_of_training() -> None:
     plain = finetune_targets(probs, paths, ("cat", "dog"), decisions, SplitConfig(), given=given, min_weight=0.01,
                              seed=0)
     assert plain.n_check == 0 and plain.keep.sum() == n - 1
+
+
+def test_least_decisions_is_the_first_count_whose_check_can_pass() -> None:
+    assert least_decisions(0.2, 0.1) == 20  # 4 held out, all fixed: p = 1/16
+    assert least_decisions(0.25, 0.05) == 20  # 5 held out: p = 1/32
+    assert least_decisions(0.0, 0.1) == 0
+    labels, a, b = np.zeros(20, int), _onehot([1] * 20), _onehot([0] * 20)
+    for count, passes in ((19, False), (20, True)):
+        check = check_rows(np.arange(20) < count, 0.2, seed=0)
+        assert judge(a, b, labels, check, p_max=0.1).kept is passes

@@ -20,6 +20,7 @@ images it has seen the right answer; that favours (a), which is the side a wrong
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -54,6 +55,16 @@ class Check:
         if self.kept:
             return f"fine-tuning kept: {scores}"
         return f"fine-tuning not kept: {scores}, not clearly better, so the run keeps phase (a)'s model with your decisions"
+
+
+def least_decisions(share: float, p_max: float) -> int:
+    """The fewest reviewed images with which phase (b) can pass its check at all: the held-out share must
+    hold m images, where m fixes and no break give a sign test p = 0.5^m <= p_max (4 images at 0.1).
+    0 when the check is off (share 0)."""
+    if share <= 0:
+        return 0
+    m = max(1, math.ceil(math.log2(1.0 / p_max))) if p_max < 1 else 1
+    return math.ceil(m / share - 1e-9)
 
 
 def check_rows(decided: np.ndarray, share: float, *, seed: int) -> np.ndarray:
