@@ -40,6 +40,7 @@ from all cases there; --gpu writes bench/results/gpu_quality.{md,json}. Generate
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -219,7 +220,18 @@ def case_result(case: Case, data: CaseData, rows: list[qm.Row], s: qm.Settings, 
         "target": report.target_check([asdict(r) for r in rows]),
         "never_worse": report.never_worse([asdict(r) for r in rows]),
         "data": {"train": str(data.train), "truth": str(data.truth), "test": str(data.test) if data.test else None},
+        "trained": trained_epochs(work / case.name / "clean"),
     }
+
+
+def trained_epochs(run: Path) -> dict[str, Any] | None:
+    """The epochs the CLeaN default run really trained (config.json: after the time limit or a budget), which
+    can be fewer than the profile's in `settings`."""
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    if not saved:
+        return None
+    return {"pretrain_epochs": saved["pretrain"]["epochs"], "classify_epochs": saved["classify"]["epochs"],
+            "time_limit_s": saved.get("time_limit_s"), "budget_s": saved.get("budget_s")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -249,6 +249,12 @@ def case_markdown(result: dict[str, Any]) -> str:
         f"{s['pretrain_epochs']} epochs, head warm-up {s['warmup_epochs']}, classifier {s['classify_epochs']} epochs; "
         f"fine-tuning {s['finetune_epochs']} SupCon epochs; extra --set: {', '.join(s['sets']) or 'none'}"
         + ("; UMAP map left out (bench default; --map draws it)" if s.get("skip_map") else "; UMAP map drawn (--map)"),
+        *([f"- trained by CLeaN default: {t['pretrain_epochs']} pre-training + {t['classify_epochs']} classifier epochs"
+           + " (its config.json" + ("; the time limit, " + f"{t['time_limit_s']:.0f} s, shrank the profile's)"
+                                     if (t['pretrain_epochs'], t['classify_epochs'])
+                                     != (s['pretrain_epochs'], s['classify_epochs'])
+                                     and (t.get('time_limit_s') or 0) > 0 else ")")]
+          if (t := result.get("trained")) else []),
         f"- budget: B = (2 x {s['pretrain_epochs']} + {s['classify_epochs']}) x {result['n']:,} = "
         f"{b['image_passes']:,} image passes; cleanlab {s['folds']} folds x {b['fold_epochs']} epochs on "
         f"(K-1)/K of the images = {b['cleanlab_passes']:,} passes"
