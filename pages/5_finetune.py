@@ -7,10 +7,10 @@ from dataclasses import fields
 import pandas as pd
 import streamlit as st
 
+from engine.method.holdout import Check, least_decisions
 from engine.review.decisions import finetune_waits
 from engine.runs import jobs
 from engine.runs.status import ACTIVE_STATES
-from engine.method.holdout import Check, least_decisions
 from ui import page, progress, readers, runs_table, wording, workspace
 
 ctx = page.page_setup("finetune", "Phase (b): retrain the encoder with weighted supervised contrastive learning, "

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from engine.config import SplitConfig
+from engine.method.holdout import check_rows, judge, least_decisions
 from engine.review.decisions import Decision
 from engine.train.finetune import finetune_targets
-from engine.method.holdout import check_rows, judge, least_decisions
 
 
 def _onehot(pred: list[int], c: int = 3) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch
 from engine.config import FinetuneConfig, SplitConfig
 from engine.errors import UserError
 from engine.method.augment import BatchAugment, two_views
+from engine.method.holdout import check_rows
 from engine.method.losses import weighted_supcon
 from engine.method.models import Network, set_trainable
 from engine.method.selection import fit_gmm_split, normalise_losses
@@ -26,7 +27,6 @@ from engine.runs.progress import Progress
 from engine.train.classify import per_sample_ce
 from engine.train.device import Runtime, autocast, oom_guard
 from engine.train.distributed import global_batch
-from engine.method.holdout import check_rows
 from engine.train.loop import EpochRecord, Rng, run_epochs
 from engine.train.schedule import cosine_lr, scaled_lr, set_lr, sgd
 from engine.train.trainset import TrainSet, steps_per_epoch

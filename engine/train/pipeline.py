@@ -38,6 +38,7 @@ from engine.errors import UserError
 from engine.method.augment import BatchAugment
 from engine.method.embed import umap_2d
 from engine.method.evidence import evidence_columns
+from engine.method.holdout import judge
 from engine.method.losses import classification_loss
 from engine.method.models import Network, build_network
 from engine.method.neighbours import K as NEIGHBOURS_K
@@ -79,7 +80,6 @@ from engine.train.classify import (
 from engine.train.device import Runtime, make_runtime, seed_everything
 from engine.train.distributed import Dist, global_batch
 from engine.train.finetune import FinetuneTargets, finetune_supcon, finetune_targets
-from engine.method.holdout import judge
 from engine.train.loop import Rng
 from engine.train.pretrain import pretrain_simclr
 from engine.train.trainset import TrainSet, steps_per_epoch
