@@ -86,9 +86,18 @@ def test_suspicion_orders_confident_disagreement_first() -> None:
     given = np.array([0, 0, 0, 1])
     clean_prob = np.array([0.99, 0.4, 0.01, 0.95])
     s = suspicion(clean_prob, probs, given)
-    assert s.argmax() == 2 and s.argmin() in (0, 3)
-    np.testing.assert_allclose(s[2], 0.5 * 0.99 + 0.5 * 0.98, atol=1e-6)
-    assert ((0 <= s) & (s <= 1)).all()
+    assert s.argmax() == 2 and s.argmin() == 0
+    # ranks of 1 - clean_prob: 1, 3, 4, 2; of 1 - p_given (0.1, 0.5, 0.98, 0.1): 1.5, 3, 4, 1.5 — over 4 images
+    np.testing.assert_allclose(s, [0.3125, 0.75, 1.0, 0.4375], atol=1e-6)
+    assert ((0 < s) & (s <= 1)).all() and suspicion(clean_prob[:0], probs[:0], given[:0]).shape == (0,)
+
+
+def test_suspicion_lets_the_model_order_images_the_mixture_calls_equally_clean() -> None:
+    """A saturated posterior (1.0 for both) must not hide that the model doubts one label far more."""
+    probs = np.array([[0.95, 0.05], [0.30, 0.70], [0.6, 0.4], [0.9, 0.1]])
+    given = np.array([0, 0, 0, 0])
+    s = suspicion(np.array([1.0, 1.0, 0.2, 0.3]), probs, given)
+    assert s[1] > s[0] and s[2] > s[3]
 
 
 def test_per_class_summary_counts_flags() -> None:

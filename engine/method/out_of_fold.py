@@ -8,7 +8,8 @@ for the cost of a linear head on cached features instead of K trainings of the n
 
 Measured on CIFAR-10N 'worst', 2,000 images, wrong labels found per 100 reviewed at the top 10 % of the
 queue (bench/review_loop.py's reviewer): 75.5 -> 80.0, with the review order 0.5 (1 - clean_prob) +
-0.5 (1 - p_given) taking p_given from here instead of from the classifier.
+0.5 (1 - p_given) taking p_given from here instead of from the classifier (the order is now the mean of
+the two ranks: engine.method.selection.suspicion).
 """
 
 from __future__ import annotations

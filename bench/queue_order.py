@@ -1,0 +1,127 @@
+"""How good is the review queue's order? Two formulas of the suspicion side by side on finished runs.
+
+    python bench/queue_order.py RUN [RUN ...]
+    python bench/queue_order.py      # the runs bench/quality.py and bench/review_loop.py leave (below)
+
+For each finished run with a truth file (samples.csv has `true_label`), the queue is rebuilt from what
+the run saved — the mixture's clean probability (samples.csv) and the out-of-fold probability of the
+given label (engine.method.out_of_fold on predictions.npz's features, with the run's own seed) — under
+
+* plain sum: 0.5 (1 - clean_prob) + 0.5 (1 - p_given), the order before ranks;
+* ranks: engine.method.selection.suspicion, the mean of the two ranks (today's order);
+
+and scored as the review-loop benchmark does: wrong labels per 100 images in the top K % (K = 2, 5, 10,
+20), and the AUROC of the order. Where bench/review_loop.py has cached cleanlab's label-quality ranking
+of the same images (3-fold small CNN), it is scored alongside. No network runs: seconds per run.
+Writes bench/results/queue_order.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, ROOT  # noqa: E402
+from engine.method.out_of_fold import out_of_fold_probs  # noqa: E402
+from engine.method.selection import suspicion  # noqa: E402
+from engine.runs.seeds import stream_seed  # noqa: E402
+
+KS = (2, 5, 10, 20)
+DEFAULT_RUNS = {  # run folder -> where review_loop.py caches cleanlab's ranking of the same images
+    "bench/work/quality/cifar10n-worst-n2000/clean": "bench/work/review_loop/cifar10n-worst-n2000",
+    "bench/work/quality/cifar10n-worst-n5000/clean": "bench/work/review_loop/cifar10n-worst-n5000",
+    "bench/work/quality/cifar10n-aggre-n2000/clean": "bench/work/review_loop/cifar10n-aggre-n2000",
+    "bench/work/review_loop/sample/phase-a": "bench/work/review_loop/sample",
+}
+
+
+def plain_sum(clean_prob: np.ndarray, p_given: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 - clean_prob) + 0.5 * (1.0 - p_given)
+
+
+def found_per_100(order_score: np.ndarray, wrong: np.ndarray) -> list[float]:
+    order = np.argsort(-order_score, kind="stable")
+    return [100.0 * wrong[order[: max(1, int(len(wrong) * k / 100))]].mean() for k in KS]
+
+
+def cleanlab_order(cache_dir: Path, paths: np.ndarray) -> np.ndarray | None:
+    """A score whose descending order is cleanlab's ranking of `paths` (None: none cached for them)."""
+    files = sorted(cache_dir.glob("cleanlab_ranking_*.json")) if cache_dir.is_dir() else []
+    if not files:
+        return None
+    ranked = json.loads(files[0].read_text())["paths"]
+    if set(ranked) != set(paths):
+        return None
+    place = {p: i for i, p in enumerate(ranked)}
+    return -np.array([place[p] for p in paths], dtype=np.float64)
+
+
+def score_run(run: Path, cache_dir: Path | None) -> dict:
+    s = pd.read_csv(run / "samples.csv", dtype={"path": str, "given_label": str, "true_label": str},
+                    keep_default_na=False)
+    if "true_label" not in s:
+        raise SystemExit(f"{run}: samples.csv has no true_label (fit it with --truth)")
+    cfg = json.loads((run / "config.json").read_text())
+    classes = json.loads((run / "source.json").read_text())["classes"]
+    index = {c: i for i, c in enumerate(classes)}
+    given = s["given_label"].map(index).to_numpy()
+    wrong = (s["given_label"] != s["true_label"]).to_numpy()
+    with np.load(run / "predictions.npz") as z:
+        features, probs = z["features"], z["probs"]
+    oof = out_of_fold_probs(features, given, len(classes), seed=stream_seed(int(cfg["seed"]), "split/mixture"))
+    oof = probs if oof is None else oof
+    clean_prob = s["clean_prob"].to_numpy(float)
+    p_given = oof[np.arange(len(given)), given]
+    orders = {"plain sum (before)": plain_sum(clean_prob, p_given), "ranks (today)": suspicion(clean_prob, oof, given)}
+    cl = cleanlab_order(cache_dir, s["path"].to_numpy(object)) if cache_dir else None
+    if cl is not None:
+        orders["cleanlab, 3-fold small CNN"] = cl
+    return {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "n": len(s),
+            "wrong": int(wrong.sum()), "epochs": (cfg["pretrain"]["epochs"], cfg["classify"]["epochs"]),
+            "rows": {name: {"found": found_per_100(v, wrong), "auroc": float(roc_auc_score(wrong, v))
+                            if 0 < wrong.sum() < len(wrong) else None} for name, v in orders.items()}}
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = ["# Review-queue order: plain sum against ranks", "",
+             "Wrong labels found per 100 images reviewed in the top K % of the queue, rebuilt from each finished "
+             "run's saved clean probabilities and out-of-fold p_given (no network runs); AUROC of the whole order.",
+             "", f"- command: `{command}`", f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", ""]
+    for r in results:
+        lines += [f"## {r['run']}", "",
+                  f"{r['n']:,} images, {r['wrong']:,} wrong labels; the run trained {r['epochs'][0]} + "
+                  f"{r['epochs'][1]} epochs.", "",
+                  "| order | " + " | ".join(f"K = {k} %" for k in KS) + " | AUROC |",
+                  "|---|" + "---:|" * (len(KS) + 1)]
+        for name, row in r["rows"].items():
+            auroc = "–" if row["auroc"] is None else f"{row['auroc']:.3f}"
+            lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in row["found"]) + f" | {auroc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path)
+    p.add_argument("--out", type=Path, default=RESULTS / "queue_order.md")
+    args = p.parse_args(argv)
+    pairs = [(r, None) for r in args.runs] or [(ROOT / r, ROOT / c) for r, c in DEFAULT_RUNS.items()
+                                               if (ROOT / r / "samples.csv").exists()]
+    results = [score_run(run, cache) for run, cache in pairs]
+    text = markdown(results, "python bench/queue_order.py " + " ".join(str(r) for r in args.runs))
+    args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
