@@ -71,6 +71,7 @@ after = readers.samples(run)
 if before is not None and after is not None:
     st.subheader("Before and after")
     check = (readers.json_file(run.finetune_meta) or {}).get("check")
+    verdict = None
     if isinstance(check, dict) and set(check) >= {f.name for f in fields(Check)}:
         verdict = Check(**{f.name: check[f.name] for f in fields(Check)})
         line = verdict.sentence()
@@ -88,8 +89,9 @@ if before is not None and after is not None:
     if metrics_before or metrics_after:
         st.markdown("**Against the truth file**")
         names = wording.METRIC_NAMES
+        after_name = "after (phase b)" if verdict is None or verdict.kept else "after (phase a + your decisions)"
         table = pd.DataFrame({"before (phase a)": [metrics_before.get(m) for m in names],
-                              "after (phase b)": [metrics_after.get(m) for m in names]}, index=list(names.values()))
+                              after_name: [metrics_after.get(m) for m in names]}, index=list(names.values()))
         st.dataframe(runs_table.shown(table))
 elif state not in ACTIVE_STATES and not waits:
     st.caption("Before/after numbers appear here once fine-tuning has finished.")

@@ -64,6 +64,7 @@ def test_says_whether_the_fine_tuned_model_passed_its_check(fake_run, fake_jobs)
     fake_run.run.finetune_meta.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(fake_run.run.finetune_meta, {"fingerprint": "x", "check": check})
     at = open_page("finetune", run_id=fake_run.run_id)
+    assert at.dataframe[0].value.columns.tolist() == ["before (phase a)", "after (phase a + your decisions)"]
     assert [w.value for w in at.warning] == [
         "Fine-tuning not kept: on 40 reviewed images it did not train on, fine-tuning agrees with you on 20 and "
         "phase (a) on 24, not clearly better, so the run keeps phase (a)'s model with your decisions."]
