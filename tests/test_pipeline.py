@@ -138,6 +138,7 @@ def test_finetune_uses_decisions_and_export_reflects_them(fitted, tmp_path: Path
     store.decide([first], "relabel", "vertical")
     store.decide([second], "discard")
     store.decide([third], "keep", s["given_label"].iloc[2])
+    map_a = np.load(run / "umap.npy")
     r = engine("finetune", run, "--epochs", "1", "--set", "finetune.head_epochs=2", "--set", "finetune.full_epochs=1",
                "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -149,6 +150,7 @@ def test_finetune_uses_decisions_and_export_reflects_them(fitted, tmp_path: Path
     assert check["n"] == 0 and check["kept"] is False and check["enabled"] is True
     with np.load(run / "predictions_phase_a.npz") as a, np.load(run / "predictions.npz") as b:
         assert np.array_equal(a["probs"], b["probs"]) and np.array_equal(a["features"], b["features"])
+    np.testing.assert_allclose(np.load(run / "umap.npy"), map_a, atol=1e-5)  # phase (a)'s map again
     after = pd.read_csv(run / "samples.csv", dtype=str).set_index("path")
     assert after.loc[first, "flagged"] == "0" and float(after.loc[first, "clean_prob"]) == 1.0  # decided: clean
     out = tmp_path / "labels.csv"

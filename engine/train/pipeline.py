@@ -789,12 +789,12 @@ def stage_refresh(ctx: Context, net: Network, targets: FinetuneTargets) -> None:
     ctx.progress.advance(1, images=len(ctx.data))
     split_and_write(ctx, preds, losses, phase=FINETUNE, seed=ctx.seed("refresh/mixture"))
     ctx.progress.advance(1)
-    if not check.kept:
-        pass  # phase (a)'s map is the map of these features
-    elif stages.stage("embed").off(ctx.cfg):
-        run.umap.unlink(missing_ok=True)  # phase (a)'s map would not match the new features
-    else:
+    if stages.stage("embed").off(ctx.cfg):
+        run.umap.unlink(missing_ok=True)  # an older map would not match these features
+    elif check.kept:
         embed_map(ctx, preds.features, seed=ctx.seed("refresh/umap"))
+    else:  # phase (a)'s own map again (same features, same seed): an earlier kept fine-tune may have replaced it
+        embed_map(ctx, preds.features, seed=ctx.seed("embed/umap"))
     ctx.progress.advance(1)
     ctx.progress.stage_end()
     stages.mark_done(run, "refresh")
