@@ -9,6 +9,8 @@ given label (engine.method.out_of_fold on predictions.npz's features, with the r
 
 * plain sum: 0.5 (1 - clean_prob) + 0.5 (1 - p_given), the order before ranks;
 * ranks: engine.method.selection.suspicion, the mean of the two ranks (today's order);
+* the alternatives measured against it (`alternatives`: either signal alone, a third rank for the nearest
+  neighbours' labels, per-class thresholds);
 
 and scored as the review-loop benchmark does: wrong labels per 100 images in the top K % (K = 2, 5, 10,
 20), and the AUROC of the order. Where bench/review_loop.py has cached cleanlab's label-quality ranking
@@ -26,16 +28,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, ROOT  # noqa: E402
+from engine.method.neighbours import nearest_neighbours  # noqa: E402
 from engine.method.out_of_fold import out_of_fold_probs  # noqa: E402
 from engine.method.selection import suspicion  # noqa: E402
 from engine.runs.seeds import stream_seed  # noqa: E402
 
 KS = (2, 5, 10, 20)
+KNN = 10
 DEFAULT_RUNS = {  # run folder -> where review_loop.py caches cleanlab's ranking of the same images
     "bench/work/quality/cifar10n-worst-n2000/clean": "bench/work/review_loop/cifar10n-worst-n2000",
     "bench/work/quality/cifar10n-worst-n5000/clean": "bench/work/review_loop/cifar10n-worst-n5000",
@@ -46,6 +51,32 @@ DEFAULT_RUNS = {  # run folder -> where review_loop.py caches cleanlab's ranking
 
 def plain_sum(clean_prob: np.ndarray, p_given: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 - clean_prob) + 0.5 * (1.0 - p_given)
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    return rankdata(x) / len(x)
+
+
+def alternatives(clean_prob: np.ndarray, p_given: np.ndarray, oof: np.ndarray, given: np.ndarray,
+                 features: np.ndarray) -> dict[str, np.ndarray]:
+    """Other orders measured against today's, each a score whose descending order is the queue:
+
+    * one signal alone: the mixture's doubt, the out-of-fold doubt;
+    * a third rank: the share of the KNN nearest images (cosine of the features) whose given label differs;
+    * cleanlab-style thresholds: p_given relative to the mean p_given of its given class.
+    """
+    n = len(given)
+    ids = nearest_neighbours(features, KNN)
+    valid = ids >= 0
+    disagree = ((given[np.where(valid, ids, 0)] != given[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
+    num_classes = oof.shape[1]
+    class_mean = np.array([p_given[given == c].mean() if (given == c).any() else 1.0 for c in range(num_classes)])
+    return {
+        "mixture alone": 1.0 - clean_prob,
+        "out-of-fold alone": 1.0 - p_given,
+        f"ranks + {KNN} neighbours' disagreement": (_rank(1 - clean_prob) + _rank(1 - p_given) + _rank(disagree)) / 3,
+        "out-of-fold / its class mean": -(p_given / np.maximum(class_mean[given], 1e-12)),
+    } if n else {}
 
 
 def found_per_100(order_score: np.ndarray, wrong: np.ndarray) -> list[float]:
@@ -81,7 +112,8 @@ def score_run(run: Path, cache_dir: Path | None) -> dict:
     oof = probs if oof is None else oof
     clean_prob = s["clean_prob"].to_numpy(float)
     p_given = oof[np.arange(len(given)), given]
-    orders = {"plain sum (before)": plain_sum(clean_prob, p_given), "ranks (today)": suspicion(clean_prob, oof, given)}
+    orders = {"plain sum (before)": plain_sum(clean_prob, p_given), "ranks (today)": suspicion(clean_prob, oof, given),
+              **alternatives(clean_prob, p_given, oof, given, features)}
     cl = cleanlab_order(cache_dir, s["path"].to_numpy(object)) if cache_dir else None
     if cl is not None:
         orders["cleanlab, 3-fold small CNN"] = cl
@@ -92,7 +124,7 @@ def score_run(run: Path, cache_dir: Path | None) -> dict:
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = ["# Review-queue order: plain sum against ranks", "",
+    lines = ["# Review-queue order: plain sum, ranks and the alternatives", "",
              "Wrong labels found per 100 images reviewed in the top K % of the queue, rebuilt from each finished "
              "run's saved clean probabilities and out-of-fold p_given (no network runs); AUROC of the whole order.",
              "", f"- command: `{command}`", f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", ""]

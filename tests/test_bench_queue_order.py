@@ -35,7 +35,11 @@ def test_score_run_rebuilds_both_orders_from_the_run_folder(tmp_path: Path) -> N
     np.savez(tmp_path / "predictions.npz", features=features, probs=np.full((n, 2), 0.5, np.float32))
     r = score_run(tmp_path, None)
     assert (r["n"], r["wrong"], r["epochs"]) == (200, 20, (2, 3))
-    assert set(r["rows"]) == {"plain sum (before)", "ranks (today)"}
-    for row in r["rows"].values():
+    assert set(r["rows"]) == {"plain sum (before)", "ranks (today)", "mixture alone", "out-of-fold alone",
+                              "ranks + 10 neighbours' disagreement", "out-of-fold / its class mean"}
+    for name in ("plain sum (before)", "ranks (today)"):
+        row = r["rows"][name]
         assert row["found"][0] == 100.0 and row["auroc"] > 0.95  # both find separable wrong labels first
+    for name, row in r["rows"].items():
+        assert row["auroc"] > 0.9, name  # every alternative is a real order, not noise
     assert "| ranks (today) | 100.0 |" in markdown([r], "python bench/queue_order.py X")
