@@ -76,8 +76,14 @@ def resolved_config(argv: list[str]) -> Any:
     """The RunConfig `python -m engine fit <argv>` would run with (same parser, same resolution)."""
     from engine.cli import build_parser
     from engine.cli import run as cli_run
+    from engine.config import AUTO_SIZE
+    from engine.data.intake import scan
 
-    return cli_run.fit_config(build_parser().parse_args(argv))  # the fit command's own resolution
+    args = build_parser().parse_args(argv)
+    cfg = cli_run.fit_config(args)  # the fit command's own resolution
+    if cfg.data.image_size == AUTO_SIZE:  # the size the run will choose from its images (engine.data.working_size)
+        cfg, _ = cli_run.working_size_of(cfg, scan(Path(args.data), check="header"))
+    return cfg
 
 
 @contextmanager

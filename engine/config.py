@@ -39,6 +39,7 @@ ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 # A config.json is about 2 KB; anything this large is not one, and is refused before it is read.
 MAX_CONFIG_BYTES = 1024 * 1024
 AUTO_TIME_LIMIT = -1.0  # RunConfig.time_limit_s: the ceiling follows the image count (engine.train.budget)
+AUTO_SIZE = 0  # DataConfig.image_size: follows the images and the device (engine.data.working_size)
 
 
 class ConfigError(UserError):
@@ -47,7 +48,10 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    image_size: int = 32  # working size: every image is decoded once to this square size (prepare step)
+    # working size: every image is decoded once to this square size (prepare step). The device profiles
+    # start from AUTO_SIZE, which a new run resolves from its images and device (engine.data.working_size)
+    # and records here as a number.
+    image_size: int = 32
     # The most memory the decoded images may take where training holds them (the GPU, else host memory);
     # above it batches stream from the cache file (engine.train.trainset). 0 = auto: half of the memory
     # free there when the run starts. It changes where images are held, never the results.
@@ -287,7 +291,7 @@ def profile_for(device: str) -> RunConfig:
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"profile_for takes a resolved device, cpu or cuda, got {device!r}")
-    cfg = RunConfig()
+    cfg = RunConfig(data=DataConfig(image_size=AUTO_SIZE))
     return gpu_profile(cfg) if device == "cuda" else cfg
 
 
@@ -308,7 +312,8 @@ def gpu_profile(cfg: RunConfig) -> RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError with a specific message for settings no stage can run with."""
     checks: list[tuple[bool, str]] = [
-        (8 <= cfg.data.image_size <= 512, f"image_size must be between 8 and 512, got {cfg.data.image_size}"),
+        (cfg.data.image_size == AUTO_SIZE or 8 <= cfg.data.image_size <= 512,
+         f"image_size must be between 8 and 512, got {cfg.data.image_size} ({AUTO_SIZE} = auto: from the images)"),
         (cfg.data.memory_budget_gb >= 0, f"data.memory_budget_gb must be >= 0 (0 = auto), got {cfg.data.memory_budget_gb}"),
         (cfg.data.prepare_workers >= 0, f"data.prepare_workers must be >= 0 (0 = every core), got {cfg.data.prepare_workers}"),
         (cfg.classify.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {cfg.classify.loss!r}"),

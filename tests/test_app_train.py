@@ -343,3 +343,15 @@ def test_the_seconds_fields_read_as_whole_seconds(app_workspace, fake_jobs):
     for label in ("Time budget (s)", "Time limit (s)"):
         w = form_widget(at, label)
         assert w.proto.format == "%.0f" and w.proto.step == 1.0, label
+
+
+def test_the_form_starts_at_auto_size_and_the_run_says_which_size_it_chose(fake_run, fake_jobs):
+    at = open_page("train")
+    assert form_widget(at, "Image size (px)").value == 0  # auto: the run chooses from its images and device
+    at = open_page("train", run_id=fake_run.run_id)
+    assert not any("working size" in c.value.lower() for c in at.caption)
+    fake_run.run.append_event(kind="size", size=32, native=375, message="working size 32 px (the images' shorter "
+                              "side is about 375 px; the CPU's best measured size is 32 px)")
+    at = open_page("train", run_id=fake_run.run_id)
+    assert any(c.value.endswith("Working size 32 px (the images' shorter side is about 375 px; the CPU's best "
+                                "measured size is 32 px)") for c in at.caption)

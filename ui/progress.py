@@ -132,6 +132,10 @@ def progress_panel(run: RunDir, *, key: str = "progress") -> dict[str, Any]:
     return status
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def render_status(run: RunDir, status: dict[str, Any], *, key: str) -> None:
     state = status.get("state", "new")
     phase = status.get("phase") or "fit"
@@ -144,8 +148,11 @@ def render_status(run: RunDir, status: dict[str, Any], *, key: str) -> None:
         st.caption(line)
     events = run.read_events()
     plans = [e for e in events if e.get("kind") == "plan" and e.get("message")]
+    sizes = [e for e in events if e.get("kind") == "size" and e.get("message")]
+    if sizes:  # "auto" became a number: say which, and why
+        st.caption(f":material/photo_size_select_large: {_sentence(str(sizes[-1]['message']))}")
     if plans:  # the epochs a budget or a time limit chose differ from the form's: say so
-        st.caption(f":material/timer: {str(plans[-1]['message'])[:1].upper()}{str(plans[-1]['message'])[1:]}")
+        st.caption(f":material/timer: {_sentence(str(plans[-1]['message']))}")
     rows = stage_rows(status, events)
     if state in ACTIVE_STATES and status.get("run_eta_s") is not None:
         st.markdown(f"**About {format_seconds(status['run_eta_s'])} left** for the whole run")

@@ -98,8 +98,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _image_size_problem(size: int) -> str | None:
     """The working-size rule of a run (engine.config.validate, the one place it is written), as a flag."""
-    from engine.config import DataConfig, RunConfig, validate
+    from engine.config import AUTO_SIZE, DataConfig, RunConfig, validate
 
+    if size == AUTO_SIZE:  # a run resolves auto from its device (engine.data.working_size); a cache has none
+        return f"--image-size must be between 8 and 512, got {size} (auto is for fit, which knows the device)"
     try:
         validate(RunConfig(data=DataConfig(image_size=size)))  # every other setting is a valid default
     except ValueError as e:

@@ -40,6 +40,8 @@ from engine.runs.status import CANCELLED, DONE, FAILED, RUNNING, effective_state
 from engine.runs.worker_lock import WorkerLock
 
 if TYPE_CHECKING:
+    from engine.data.intake import DatasetRecord
+    from engine.data.working_size import WorkingSize
     from engine.runs.progress import Progress
     from engine.train.distributed import Dist
 
@@ -153,8 +155,42 @@ def _concrete(cfg: RunConfig) -> RunConfig:
     from engine.train.device import resolve_device
 
     cfg = weights.resolve(cfg)  # the weights file pinned (path, sha256) and its stem, or refused
+    if cfg.data.image_size == config_mod.AUTO_SIZE:
+        return cfg  # the stem depends on the size, which the images decide (_sized, once they are scanned)
     stem = resolve_stem(cfg.model.stem, cfg.data.image_size, resolve_device(cfg.device).type)
     return replace(cfg, model=replace(cfg.model, stem=stem))
+
+
+def _with_size(cfg: RunConfig, size: int) -> RunConfig:
+    """`cfg` at working size `size`, its stem resolved for it if still "auto"."""
+    from engine.method.models import resolve_stem
+    from engine.train.device import resolve_device
+
+    cfg = replace(cfg, data=replace(cfg.data, image_size=size))
+    stem = resolve_stem(cfg.model.stem, size, resolve_device(cfg.device).type)
+    return replace(cfg, model=replace(cfg.model, stem=stem))
+
+
+def working_size_of(cfg: RunConfig, record: DatasetRecord) -> tuple[RunConfig, WorkingSize | None]:
+    """`cfg` with an auto working size resolved from `record`'s images and the device
+    (engine.data.working_size), and the choice; (cfg, None) when the size was given."""
+    from engine.data import working_size
+    from engine.train.device import resolve_device
+
+    if cfg.data.image_size != config_mod.AUTO_SIZE:
+        return cfg, None
+    chosen = working_size.resolve(Path(record.root), [s.path for s in record.samples],
+                                  resolve_device(cfg.device).type)
+    return _with_size(cfg, chosen.size), chosen
+
+
+def _sized(cfg: RunConfig, record: DatasetRecord, progress: Progress, run: RunDir) -> RunConfig:
+    """A new run's working size; when it was auto, the reason is a `size` event (the Train page shows it)."""
+    cfg, chosen = working_size_of(cfg, record)
+    if chosen is not None:
+        progress.note(chosen.reason())
+        run.append_event(kind="size", message=chosen.reason(), size=chosen.size, native=chosen.native)
+    return cfg
 
 
 # Settings that choose what a command does, not what the run is: they may differ between invocations.
@@ -169,6 +205,8 @@ def _resolve_config(args: Namespace, run: RunDir, repair: integrity.Plan | None 
         # A finished or interrupted run continues with its own settings; flags may only repeat them
         # (flags left out keep the run's values, so `fit DATA --run-dir RUN --finetune` works on any run).
         wanted = fit_config(args) if args.config is not None else config_mod.with_overrides(existing, overrides)
+        if wanted.data.image_size == config_mod.AUTO_SIZE:  # auto asks for what the run chose from its images
+            wanted = _with_size(wanted, existing.data.image_size)
         ignored = _INVOCATION_KEYS + (_PLANNED_KEYS if existing.budget_s else ())
         diff = [d for d in _config_diff(existing, wanted) if d.split(" ")[0] not in ignored]
         if diff:
@@ -310,6 +348,7 @@ def _fit(run: RunDir, cfg: RunConfig, args: Namespace, source: dict, progress: P
     record = scan(Path(args.data), root=args.root, extract_to=run.source_dir, check="header")
     # Written once the data is known to be usable, so that a refused first attempt leaves no settings behind.
     if not run.config.exists():
+        cfg = _sized(cfg, record, progress, run)
         cfg = _planned(cfg, args, len(record.samples), len(record.classes), progress, run)
         config_mod.save(replace(cfg, finetune_after_fit=False), run.config)
     # A resumed run keeps the truth and test files it was started with (the app resumes without them).
