@@ -94,7 +94,7 @@ def test_the_flags_of_start_give_the_run_exactly_the_values_on_the_form(app_work
     form_widget(at, "Warm-up epochs").set_value(0)
     form_widget(at, "Classifier epochs").set_value(2)
     form_widget(at, "Batch size").set_value(16)
-    form_widget(at, "Image size (px)").set_value(24)
+    form_widget(at, "Image size (px, 0 = auto)").set_value(24)
     form_widget(at, "Seed").set_value(5)
     form_widget(at, "Also fine-tune (phase b) right after").check()
     shown = form_values(at)
@@ -347,7 +347,7 @@ def test_the_seconds_fields_read_as_whole_seconds(app_workspace, fake_jobs):
 
 def test_the_form_starts_at_auto_size_and_the_run_says_which_size_it_chose(fake_run, fake_jobs):
     at = open_page("train")
-    assert form_widget(at, "Image size (px)").value == 0  # auto: the run chooses from its images and device
+    assert form_widget(at, "Image size (px, 0 = auto)").value == 0  # auto: the run chooses from its images and device
     at = open_page("train", run_id=fake_run.run_id)
     assert not any("working size" in c.value.lower() for c in at.caption)
     fake_run.run.append_event(kind="size", size=32, native=375, message="working size 32 px (the images' shorter "

@@ -55,7 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("classify.epochs", "Classifier epochs", 1, minimum=1, maximum=5000,
             help="Epochs of encoder + head with the noise-robust loss, after the warm-up"),
     Setting("classify.batch_size", "Batch size", 1, minimum=2, maximum=8192, help="Images per classifier step"),
-    Setting("data.image_size", "Image size (px)", 2, minimum=0, maximum=512,
+    Setting("data.image_size", "Image size (px, 0 = auto)", 2, minimum=0, maximum=512,
             help="Every image is resized to this square size once, before training. 0 = auto: from the images "
                  "and the device (32 px on a CPU, where it was measured best; up to 96 px on a GPU; never "
                  "enlarged beyond the images' own size above 32 px). The run shows the size it chose"),
