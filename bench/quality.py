@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                position=0)
     try:
         for case in cases:
-            image_size = args.image_size or (96 if case.kind.startswith("imagenette") else None)
+            image_size = args.image_size  # None: the run's own (auto: from the images and the device)
             try:
                 data = materialise(case, root=args.data_root, seed=args.seed, shared=args.shared_data)
             except ValueError as e:

@@ -161,3 +161,21 @@ def test_new_classifier_changes_width_and_resets_weights() -> None:
 def test_classifier_rejects_fewer_than_two_classes() -> None:
     with pytest.raises(ValueError, match="num_classes >= 2, got 1"):
         ClassifierHead(1)
+
+
+def test_the_small_cnn_encoder_gives_256_features_at_any_working_size_and_is_light() -> None:
+    m = ModelConfig(arch="small-cnn")
+    for size in (16, 32, 96):
+        net = build_network(m, image_size=size, num_classes=7, device_type="cpu").eval()
+        x = torch.zeros(2, 3, size, size)
+        assert net.features(x).shape == (2, 256) and net(x).shape == (2, 7)
+        assert net.project(x).shape == (2, 128)
+    resnet = build_network(ModelConfig(), image_size=32, num_classes=7, device_type="cpu")
+    assert count_parameters(net.encoder) * 20 < count_parameters(resnet.encoder)  # 0.39 M against 11.2 M
+
+
+def test_the_cpu_profile_builds_the_small_cnn_and_the_gpu_profile_the_papers_resnet() -> None:
+    from engine.config import profile_for
+
+    assert profile_for("cpu").model.arch == "small-cnn"
+    assert profile_for("cuda").model.arch == "resnet18"

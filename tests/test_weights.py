@@ -48,6 +48,29 @@ def test_a_resnet50_state_dict_is_refused_by_name_for_a_resnet18_run(tmp_path: P
         weights.resolve(_cfg(path))
 
 
+def test_the_cpu_profiles_small_cnn_gives_way_to_the_resnet_a_file_holds(tmp_path: Path) -> None:
+    path = tmp_path / "r50.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    cfg = weights.resolve(_cfg(path, arch="small-cnn"))
+    assert cfg.model.arch == "resnet50"  # a small CNN cannot hold a ResNet's weights: the file names the encoder
+    assert "resnet50" in weights.load_into(_fresh(cfg.model), cfg.model)
+
+
+def test_a_small_cnn_checkpoint_starts_a_small_cnn_run(tmp_path: Path) -> None:
+    m = ModelConfig(arch="small-cnn")
+    torch.manual_seed(0)
+    source = build_network(m, image_size=32, num_classes=4, device_type="cpu")
+    path = tmp_path / "train.pt"
+    torch.save({"net": source.state_dict(), "epoch": 2}, path)
+    cfg = weights.resolve(_cfg(path, arch="small-cnn"))
+    assert cfg.model.arch == "small-cnn"
+    net = _fresh(cfg.model)
+    weights.load_into(net, cfg.model)
+    assert torch.equal(net.encoder.trunk[0].weight, source.encoder.trunk[0].weight)
+    with pytest.raises(WeightsError, match="does not fit the resnet18 encoder"):
+        weights.resolve(_cfg(path))  # a small CNN's weights into a ResNet: refused with what differs
+
+
 def test_a_clean_checkpoint_loads_encoder_and_projection_head(tmp_path: Path) -> None:
     m = ModelConfig(stem="small")
     torch.manual_seed(0)

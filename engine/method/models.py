@@ -20,6 +20,10 @@ from engine.config import ModelConfig
 FEATURE_DIM = 512  # ResNet-18 pooled features
 TRUNKS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 STEMS: tuple[str, ...] = ("auto", "small", "standard")
+# A light encoder for CPUs: four 3x3 conv blocks at full resolution (no stem that quarters the image),
+# about a quarter of ResNet-18's FLOPs at 32 px through the standard stem. The stem setting does not apply.
+SMALL_CNN = "small-cnn"
+SMALL_CNN_CHANNELS: tuple[int, ...] = (32, 64, 128, 256)
 SMALL_STEM_MAX_SIZE = 64
 
 
@@ -37,6 +41,18 @@ def resolve_stem(stem: str, image_size: int, device_type: str) -> Literal["small
     raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
 
 
+def small_cnn_trunk() -> nn.Sequential:
+    """(B, 3, H, W) -> (B, SMALL_CNN_CHANNELS[-1]): 3x3 conv-BN-ReLU + 2x2 max-pool per block, global
+    average pooling (any input size from 16 px)."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for cout in SMALL_CNN_CHANNELS:
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2)]
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 class Encoder(nn.Module):
     """torchvision ResNet trunk (ResNet-18 by default) without its fc layer.
 
@@ -47,9 +63,13 @@ class Encoder(nn.Module):
         super().__init__()
         if stem not in ("small", "standard"):
             raise ValueError(f"encoder stem must be small or standard, got {stem!r}")
-        if arch not in TRUNKS:
-            raise ValueError(f"encoder arch must be one of {', '.join(TRUNKS)}, got {arch!r}")
+        if arch not in (*TRUNKS, SMALL_CNN):
+            raise ValueError(f"encoder arch must be one of {', '.join((*TRUNKS, SMALL_CNN))}, got {arch!r}")
         self.stem, self.arch = stem, arch
+        if arch == SMALL_CNN:
+            self.feature_dim = SMALL_CNN_CHANNELS[-1]
+            self.trunk = small_cnn_trunk()
+            return
         trunk: ResNet = TRUNKS[arch](weights=None)
         self.feature_dim = int(trunk.fc.in_features)
         if stem == "small":

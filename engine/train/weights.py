@@ -33,7 +33,7 @@ from torch import Tensor
 from engine.config import ARCHS, ModelConfig, RunConfig
 from engine.errors import UserError
 from engine.filekind import require_regular_file
-from engine.method.models import Encoder, Network
+from engine.method.models import SMALL_CNN, Encoder, Network
 from engine.review.hashes import sha256_file
 from engine.runs import stages
 from engine.runs.rundir import RunDir
@@ -150,6 +150,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     path = Path(m.weights).expanduser().resolve()
     sha = _checked_sha(path, m.weights_sha256)
     found = encoder_part(read_state(path), path)
+    if found.arch in ARCHS and m.arch == SMALL_CNN:
+        # The CPU profile's light encoder cannot hold a ResNet's weights: the file names the encoder.
+        m = replace(m, arch=found.arch)
     if found.arch is not None and found.arch != m.arch:
         fix = (f"add --set model.arch={found.arch}" if found.arch in ARCHS
                else f"CLeaN builds {', '.join(ARCHS)}")
