@@ -46,6 +46,12 @@ DEFAULT_RUNS = {  # run folder -> where review_loop.py caches cleanlab's ranking
     "bench/work/quality/cifar10n-worst-n5000/clean": "bench/work/review_loop/cifar10n-worst-n5000",
     "bench/work/quality/cifar10n-aggre-n2000/clean": "bench/work/review_loop/cifar10n-aggre-n2000",
     "bench/work/review_loop/sample/phase-a": "bench/work/review_loop/sample",
+    # the CPU encoder's runs of bench/results/cpu_encoder.md (small-cnn), same images as the ResNet runs above
+    "bench/work/cpu_encoder/worst": "bench/work/review_loop/cifar10n-worst-n2000",
+    "bench/work/cpu_encoder/aggre": "bench/work/review_loop/cifar10n-aggre-n2000",
+    "bench/work/cpu_encoder/sample": "bench/work/review_loop/sample",
+    "bench/work/cpu_encoder/imnet": "bench/work/review_loop/imagenette25-200pc",
+    "bench/work/review_loop/imagenette25-200pc/phase-a": "bench/work/review_loop/imagenette25-200pc",
 }
 
 
@@ -119,6 +125,7 @@ def score_run(run: Path, cache_dir: Path | None) -> dict:
         orders["cleanlab, 3-fold small CNN"] = cl
     return {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "n": len(s),
             "wrong": int(wrong.sum()), "epochs": (cfg["pretrain"]["epochs"], cfg["classify"]["epochs"]),
+            "arch": cfg.get("model", {}).get("arch", "resnet18"),
             "rows": {name: {"found": found_per_100(v, wrong), "auroc": float(roc_auc_score(wrong, v))
                             if 0 < wrong.sum() < len(wrong) else None} for name, v in orders.items()}}
 
@@ -131,7 +138,7 @@ def markdown(results: list[dict], command: str) -> str:
     for r in results:
         lines += [f"## {r['run']}", "",
                   f"{r['n']:,} images, {r['wrong']:,} wrong labels; the run trained {r['epochs'][0]} + "
-                  f"{r['epochs'][1]} epochs.", "",
+                  f"{r['epochs'][1]} epochs ({r.get('arch', 'resnet18')} encoder).", "",
                   "| order | " + " | ".join(f"K = {k} %" for k in KS) + " | AUROC |",
                   "|---|" + "---:|" * (len(KS) + 1)]
         for name, row in r["rows"].items():
