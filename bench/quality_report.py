@@ -245,7 +245,8 @@ def case_markdown(result: dict[str, Any]) -> str:
         f"- data: {result['case']['title']}: {result['n']:,} images, {result['n_mislabeled']:,} truly mislabeled "
         f"({result['n_mislabeled'] / max(result['n'], 1):.1%}); "
         + (f"clean test split {result['n_test']:,} images" if result.get("n_test") else "no test split"),
-        f"- settings: {s['image_size']} px, {s['stem']} stem, device {s['device']}, seed {s['seed']}; pre-training "
+        f"- settings: {s['image_size']} px, {s.get('arch', 'resnet18')} encoder, {s['stem']} stem, device {s['device']}, "
+        f"seed {s['seed']}; pre-training "
         f"{s['pretrain_epochs']} epochs, head warm-up {s['warmup_epochs']}, classifier {s['classify_epochs']} epochs; "
         f"fine-tuning {s['finetune_epochs']} SupCon epochs; extra --set: {', '.join(s['sets']) or 'none'}"
         + ("; UMAP map left out (bench default; --map draws it)" if s.get("skip_map") else "; UMAP map drawn (--map)"),
