@@ -186,7 +186,7 @@ def test_a_new_run_on_renamed_images_starts_with_the_decisions_and_exports_them(
     assert e.loc[renamed[kept], "status"] == "kept"
     assert e.loc[renamed[relabeled], ["label", "status"]].tolist() == [other, "relabeled"]
     assert e.loc[renamed[dropped], ["label", "status"]].tolist() == ["", "discarded"]
-    assert e.loc[renamed[unsure], "status"] in ("unchanged", "auto-relabeled")  # unsure: as if unreviewed
+    assert e.loc[renamed[unsure], "status"] in ("unchanged", "auto-relabeled", "needs-review")  # unsure: as if unreviewed
 
     third = tmp_path / "third"
     r = engine("fit", moved, "--run-dir", third, *TINY, "--no-memory")

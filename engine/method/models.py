@@ -43,12 +43,14 @@ def resolve_stem(stem: str, image_size: int, device_type: str) -> Literal["small
 
 def small_cnn_trunk() -> nn.Sequential:
     """(B, 3, H, W) -> (B, SMALL_CNN_CHANNELS[-1]): 3x3 conv-BN-ReLU + 2x2 max-pool per block, global
-    average pooling (any input size from 16 px)."""
+    average pooling (any input size)."""
     layers: list[nn.Module] = []
     cin = 3
     for cout in SMALL_CNN_CHANNELS:
+        # ceil_mode: an odd or 1-pixel map still pools to at least one pixel, so every size fit takes (8 px
+        # and up) works; even sizes pool exactly as without it.
         layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                   nn.MaxPool2d(2)]
+                   nn.MaxPool2d(2, ceil_mode=True)]
         cin = cout
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
