@@ -150,15 +150,12 @@ def fit_config(args: Namespace) -> RunConfig:
 
 
 def _concrete(cfg: RunConfig) -> RunConfig:
-    from engine.method.models import resolve_stem
     from engine.train import weights
-    from engine.train.device import resolve_device
 
     cfg = weights.resolve(cfg)  # the weights file pinned (path, sha256) and its stem, or refused
     if cfg.data.image_size == config_mod.AUTO_SIZE:
         return cfg  # the stem depends on the size, which the images decide (_sized, once they are scanned)
-    stem = resolve_stem(cfg.model.stem, cfg.data.image_size, resolve_device(cfg.device).type)
-    return replace(cfg, model=replace(cfg.model, stem=stem))
+    return _with_size(cfg, cfg.data.image_size)
 
 
 def _with_size(cfg: RunConfig, size: int) -> RunConfig:
@@ -188,8 +185,9 @@ def _sized(cfg: RunConfig, record: DatasetRecord, progress: Progress, run: RunDi
     """A new run's working size; when it was auto, the reason is a `size` event (the Train page shows it)."""
     cfg, chosen = working_size_of(cfg, record)
     if chosen is not None:
-        progress.note(chosen.reason())
-        run.append_event(kind="size", message=chosen.reason(), size=chosen.size, native=chosen.native)
+        reason = chosen.reason()
+        progress.note(reason)
+        run.append_event(kind="size", message=reason, size=chosen.size, native=chosen.native)
     return cfg
 
 
