@@ -1,0 +1,144 @@
+"""Does the number flagged match the noise? Rules for the count side by side on finished runs.
+
+    python bench/flag_count.py RUN [RUN ...]
+    python bench/flag_count.py      # the CPU encoder's runs bench/results/cpu_encoder.md names, and worst 5,000
+
+The issue's aim: flagged within +-20 % of the really wrong labels, at most 2 % flagged on clean data, and a
+per-class noise estimate within 5 points of the truth. For each finished run with a truth file, from what
+the run saved (predictions.npz's loss history, probabilities and features; samples.csv's queue order):
+
+* today: the run's own flags (samples.csv), the two-component mixture with one shared variance;
+* the same mixture with one variance per component, and the mixture fitted within each given class;
+* cleanlab's count (`cleanlab.count.num_label_issues`, the calibrated confident joint) on the out-of-fold
+  probabilities the review order uses, flagging that many from the top of the queue;
+* the true count: as many from the top of the queue as are really wrong, the best any count can do with
+  this order (a reference, not a rule: it needs the truth).
+
+Scored: flagged, flagged / really wrong, F1, and the per-class noise estimate's error (flagged share of a
+class against its wrong share, in points: the worst class and the mean). No network runs: seconds per run.
+Writes bench/results/flag_count.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from cleanlab.count import num_label_issues
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, ROOT  # noqa: E402
+from engine.method.out_of_fold import out_of_fold_probs  # noqa: E402
+from engine.method.selection import fit_gmm_split, normalise_losses  # noqa: E402
+from engine.runs.seeds import stream_seed  # noqa: E402
+
+DEFAULT_RUNS = (
+    "bench/work/cpu_encoder/worst",
+    "bench/work/cpu_encoder/aggre",
+    "bench/work/cpu_encoder/clean",
+    "bench/work/cpu_encoder/imnet",
+    "bench/work/cpu_encoder/sample",
+    "bench/work/quality/cifar10n-worst-n5000/clean",
+    "bench/work/quality/cifar10n-aggre-n5000/clean",
+)
+TODAY = "today: mixture, shared variance"
+
+
+def top_of_queue(order: np.ndarray, count: int) -> np.ndarray:
+    """Flags for the `count` images first in the queue (highest `order`)."""
+    flagged = np.zeros(len(order), bool)
+    flagged[np.argsort(-order, kind="stable")[:max(0, int(count))]] = True
+    return flagged
+
+
+def per_class_mixture(loss_norm: np.ndarray, given: np.ndarray, *, seed: int, reg_covar: float) -> np.ndarray:
+    flagged = np.zeros(len(given), bool)
+    for c in np.unique(given):
+        members = given == c
+        flagged[members] = fit_gmm_split(normalise_losses(loss_norm[members]), seed=seed, reg_covar=reg_covar).flagged
+    return flagged
+
+
+def score(flagged: np.ndarray, wrong: np.ndarray, given: np.ndarray) -> dict:
+    tp = int((flagged & wrong).sum())
+    precision = tp / max(int(flagged.sum()), 1)
+    recall = tp / max(int(wrong.sum()), 1)
+    errors = [100.0 * abs(flagged[given == c].mean() - wrong[given == c].mean()) for c in np.unique(given)]
+    return {"flagged": int(flagged.sum()),
+            "ratio": float(flagged.sum() / wrong.sum()) if wrong.any() else None,
+            "f1": 2 * precision * recall / (precision + recall) if wrong.any() and precision + recall else None,
+            "error_max": float(max(errors)), "error_mean": float(np.mean(errors))}
+
+
+def score_run(run: Path) -> dict:
+    s = pd.read_csv(run / "samples.csv", dtype={"path": str, "given_label": str, "true_label": str},
+                    keep_default_na=False)
+    if "true_label" not in s:
+        raise SystemExit(f"{run}: samples.csv has no true_label (fit it with --truth)")
+    cfg = json.loads((run / "config.json").read_text())
+    classes = json.loads((run / "source.json").read_text())["classes"]
+    index = {c: i for i, c in enumerate(classes)}
+    given = s["given_label"].map(index).to_numpy()
+    wrong = (s["given_label"] != s["true_label"]).to_numpy()
+    with np.load(run / "predictions.npz") as z:
+        features, probs, losses = z["features"], z["probs"], z["losses"]
+    seed = stream_seed(int(cfg["seed"]), "split/mixture")
+    split = cfg["split"]
+    loss_norm = normalise_losses(losses[-int(split.get("average_last", 1)):])
+    oof = out_of_fold_probs(features, given, len(classes), seed=seed)
+    oof = probs if oof is None else oof
+    order = s["suspicion"].to_numpy(float)
+    rules = {
+        TODAY: s["flagged"].to_numpy().astype(bool),
+        "mixture, one variance per component": fit_gmm_split(loss_norm, seed=seed, reg_covar=split["reg_covar"],
+                                                             covariance="full").flagged,
+        "mixture within each class": per_class_mixture(loss_norm, given, seed=seed, reg_covar=split["reg_covar"]),
+        "cleanlab's count (out-of-fold), top of the queue": top_of_queue(order, num_label_issues(given, oof)),
+        "the true count, top of the queue (reference)": top_of_queue(order, int(wrong.sum())),
+    }
+    return {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "n": len(s),
+            "wrong": int(wrong.sum()), "arch": cfg.get("model", {}).get("arch", "resnet18"),
+            "rows": {name: score(flagged, wrong, given) for name, flagged in rules.items()}}
+
+
+def _cell(x: float | None, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = ["# The number flagged against the number wrong: the count's rules side by side", "",
+             "Rebuilt from each finished run's saved losses, probabilities and queue order (no network runs). The "
+             "aim: flagged / really wrong within 0.8-1.2, at most 2 % flagged on clean data, class noise error "
+             "<= 5 points.", "", f"- command: `{command}`", f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", ""]
+    for r in results:
+        lines += [f"## {r['run']}", "", f"{r['n']:,} images, {r['wrong']:,} really wrong ({r['arch']} encoder).", "",
+                  "| rule | flagged | flagged / wrong | F1 | class noise error, max / mean (points) |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, row in r["rows"].items():
+            lines.append(f"| {name} | {row['flagged']:,} ({100 * row['flagged'] / r['n']:.1f} %) | "
+                         f"{_cell(row['ratio'], '.2f')} | {_cell(row['f1'], '.3f')} | "
+                         f"{row['error_max']:.1f} / {row['error_mean']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path)
+    p.add_argument("--out", type=Path, default=RESULTS / "flag_count.md")
+    args = p.parse_args(argv)
+    runs = args.runs or [ROOT / r for r in DEFAULT_RUNS if (ROOT / r / "samples.csv").exists()]
+    text = markdown([score_run(run) for run in runs], "python bench/flag_count.py " + " ".join(map(str, args.runs)))
+    args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
