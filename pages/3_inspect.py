@@ -52,6 +52,7 @@ if competence is not None and competence < split.get("min_competence", 0.9):
     st.caption(f"No label changes by itself in this run: on images it believes clean, the model agrees with the "
                f"labels {competence:.0%} of the time (held out), below the {split.get('min_competence', 0.9):.0%} "
                "it needs before a suggestion may replace a label. Review the flagged images instead.")
+    st.caption(wording.ROUGH_COUNT)
 if split.get("degenerate"):
     st.warning("The loss mixture is degenerate (one component): the flags are unreliable for this run.")
 

@@ -116,3 +116,14 @@ def test_inspect_says_how_right_the_labels_are_and_why_nothing_changes_by_itself
     fake_run.run.split.write_text(json.dumps(split))
     at = open_page("inspect", run_id=fake_run.run_id)
     assert any("agrees with the labels 55% of the time (held out), below the 90%" in c.value for c in at.caption)
+    assert any(c.value.startswith("With a model this unsure") for c in at.caption)
+
+
+def test_a_competent_model_gets_no_rough_count_warning(fake_run):
+    split = json.loads(fake_run.run.split.read_text())
+    split.update(competence=0.95, min_competence=0.9)
+    fake_run.run.split.write_text(json.dumps(split))
+    at = open_page("inspect", run_id=fake_run.run_id)
+    assert not at.exception
+    assert not any("With a model this unsure" in c.value for c in at.caption)
+    assert not any("No label changes by itself" in c.value for c in at.caption)
