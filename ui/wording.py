@@ -22,9 +22,3 @@ METRIC_HELP = {
     "given_label_accuracy": "Share of the given labels that are right (before any correction)",
 }
 
-# Shown with a model below the relabel bar's competence. Why: such a model's losses cannot tell hard images
-# from wrong labels, so the mixture's share of "noisy" images is not a measurement of the noise (measured,
-# README Findings: clean CIFAR-10 and CIFAR-10N aggre, 9 % wrong, gave the same mixture, 16 % flagged).
-ROUGH_COUNT = ("With a model this unsure, hard images and wrong labels look alike to it: the number flagged and "
-               "the noise rates below are rough (too many on clean data, too few under heavy noise). Read the "
-               "flags as a review order, most suspicious first.")

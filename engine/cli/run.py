@@ -32,6 +32,7 @@ from engine.config import ConfigError, RunConfig
 from engine.errors import UserError, bug_message
 from engine.filekind import require_regular_file
 from engine.review.decisions import finetune_waits
+from engine.review.estimate import ROUGH_COUNT, count_is_rough
 from engine.runs import integrity, owner, worker_lock
 from engine.runs.atomic import DamagedFile, now_iso, read_json
 from engine.runs.rundir import RunDir
@@ -630,6 +631,9 @@ def _print_summary(summary: dict) -> None:
     line = (f"{s['phase']}: {s['images']} images, {s['classes']} classes, {s['flagged']} flagged "
             f"({s['flagged'] / max(s['images'], 1):.1%}), {s['seconds']:.0f} s on {s['device']}")
     print(line)
+    if s.get("min_competence") is not None and count_is_rough(s):
+        print(f"  the model agrees with {s['competence']:.0%} of the labels it believes clean (held out; "
+              f"{s['min_competence']:.0%} needed before a label changes by itself). {ROUGH_COUNT}")
     if s.get("pseudo_label_accuracy") is not None:
         print(f"  accuracy vs truth: predicted labels {_num(s['pseudo_label_accuracy'])} "
               f"(given labels {_num(s['given_label_accuracy'])})")

@@ -618,7 +618,8 @@ def _summary_from_disk(ctx: Context, phase: str, seconds: float) -> dict:
     split = read_json(ctx.run.split, {}) or {}
     out: dict = {"kind": "summary", "phase": phase, "images": len(ctx.data), "classes": len(ctx.classes),
                  "flagged": int(split.get("n_flagged", 0)), "seconds": round(seconds, 1),
-                 "stem": ctx.cfg.model.stem, "device": str(ctx.rt.device)}
+                 "stem": ctx.cfg.model.stem, "device": str(ctx.rt.device),
+                 "competence": split.get("competence"), "min_competence": split.get("min_competence")}
     if ctx.truth is not None:
         metrics = read_json(ctx.run.metrics, {}) or {}
         out.update({k: metrics.get(k) for k in ("precision", "recall", "f1", "auroc", "corrected_accuracy",
