@@ -144,18 +144,18 @@ def test_a_new_cpu_run_records_its_ceiling_and_says_when_it_shrinks_the_epochs(m
     cfg, notes = _planned([], 1797, monkeypatch, SLOW, run)
     assert cfg.time_limit_s == 150.0 and estimate_seconds(cfg, 1797, SLOW) <= 150.0
     assert len(notes) == 1 and notes[0].startswith("time limit 150 s for 1,797 images:")
-    assert "instead of 12 and 12" in notes[0] and "--time-limit none" in notes[0]
+    assert "instead of 24 and 12" in notes[0] and "--time-limit none" in notes[0]  # the CPU profile's epochs
     assert [e["message"] for e in run.read_events() if e["kind"] == "plan"] == notes  # for the Train page
 
 
 def test_a_small_run_is_not_measured_and_keeps_the_profile(monkeypatch) -> None:
     cfg, notes = _planned([], 60, monkeypatch, None)
-    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s, notes) == (12, 12, 150.0, [])
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s, notes) == (24, 12, 150.0, [])
 
 
 def test_no_ceiling_and_both_epochs_by_hand_keep_the_epochs(monkeypatch) -> None:
     cfg, _ = _planned(["--time-limit", "none"], 1797, monkeypatch, None)
-    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s) == (12, 12, 0.0)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s) == (24, 12, 0.0)
     cfg, _ = _planned(["--epochs", "20", "--pretrain-epochs", "30"], 1797, monkeypatch, None)
     assert (cfg.pretrain.epochs, cfg.classify.epochs) == (30, 20)
     cfg, _ = _planned(["--time-limit", "5m"], 1797, monkeypatch, SLOW)
@@ -185,3 +185,20 @@ def test_larger_images_and_the_small_stem_are_measured_sooner() -> None:
     assert fits_on_any_machine(cfg, 60, 150.0)
     assert not fits_on_any_machine(replace(cfg, data=replace(cfg.data, image_size=96)), 60, 150.0)
     assert not fits_on_any_machine(replace(cfg, model=replace(cfg.model, stem="small")), 60, 150.0)
+
+
+def test_a_small_overshoot_shortens_pre_training_alone() -> None:
+    from engine.train.budget import capped
+
+    # The small CNN on 5,000 CIFAR images on 2 cores (the CPU profile's 24 + 12 epochs, this machine's speed):
+    # a few seconds over the limit costs pre-training epochs, never half the classifier's.
+    costs = StepCosts(simclr=19 / 5000, classifier=8.5 / 5000, score=0.5 / 5000)
+    cfg = replace(RunConfig(), pretrain=replace(RunConfig().pretrain, epochs=24))
+    assert 600 < estimate_seconds(cfg, 5000, costs) < 650
+    near = capped(cfg, 5000, costs, 600.0)
+    assert near.classify.epochs == 12 and 12 <= near.pretrain.epochs < 24
+    assert estimate_seconds(near, 5000, costs) <= 600.0
+    # Where pre-training would lose more than half its epochs, the classifier gives way first, as before.
+    far = capped(cfg, 2000, costs, 150.0)
+    assert far.classify.epochs == 6 and 1 <= far.pretrain.epochs < 24
+    assert estimate_seconds(far, 2000, costs) <= 150.0
