@@ -45,6 +45,7 @@ DEFAULT_RUNS = {  # run folder -> where review_loop.py caches cleanlab's ranking
     "bench/work/quality/cifar10n-worst-n2000/clean": "bench/work/review_loop/cifar10n-worst-n2000",
     "bench/work/quality/cifar10n-worst-n5000/clean": "bench/work/review_loop/cifar10n-worst-n5000",
     "bench/work/quality/cifar10n-aggre-n2000/clean": "bench/work/review_loop/cifar10n-aggre-n2000",
+    "bench/work/quality/cifar10n-aggre-n5000/clean": "bench/work/review_loop/cifar10n-aggre-n5000",
     "bench/work/review_loop/sample/phase-a": "bench/work/review_loop/sample",
     # the CPU encoder's runs of bench/results/cpu_encoder.md (small-cnn), same images as the ResNet runs above
     "bench/work/cpu_encoder/worst": "bench/work/review_loop/cifar10n-worst-n2000",
