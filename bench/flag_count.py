@@ -1,7 +1,7 @@
 """Does the number flagged match the noise? Rules for the count side by side on finished runs.
 
     python bench/flag_count.py RUN [RUN ...]
-    python bench/flag_count.py      # the CPU encoder's runs bench/results/cpu_encoder.md names, and worst 5,000
+    python bench/flag_count.py      # the CPU encoder's runs bench/results/cpu_encoder.md names, and the 5,000-image ones
 
 The issue's aim: flagged within +-20 % of the really wrong labels, at most 2 % flagged on clean data, and a
 per-class noise estimate within 5 points of the truth. For each finished run with a truth file, from what
@@ -46,6 +46,7 @@ DEFAULT_RUNS = (
     "bench/work/cpu_encoder/sample",
     "bench/work/quality/cifar10n-worst-n5000/clean",
     "bench/work/quality/cifar10n-aggre-n5000/clean",
+    "bench/work/quality/cifar10n-random1-n5000/clean",
 )
 TODAY = "today: mixture, shared variance"
 
