@@ -22,21 +22,18 @@ Writes bench/results/flag_count.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from cleanlab.count import num_label_issues
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, ROOT  # noqa: E402
-from engine.method.out_of_fold import out_of_fold_probs  # noqa: E402
+from bench.saved_run import load_saved_run  # noqa: E402
 from engine.method.selection import fit_gmm_split, normalise_losses  # noqa: E402
-from engine.runs.seeds import stream_seed  # noqa: E402
 
 DEFAULT_RUNS = (
     "bench/work/cpu_encoder/worst",
@@ -78,22 +75,12 @@ def score(flagged: np.ndarray, wrong: np.ndarray, given: np.ndarray) -> dict:
 
 
 def score_run(run: Path) -> dict:
-    s = pd.read_csv(run / "samples.csv", dtype={"path": str, "given_label": str, "true_label": str},
-                    keep_default_na=False)
-    if "true_label" not in s:
-        raise SystemExit(f"{run}: samples.csv has no true_label (fit it with --truth)")
-    cfg = json.loads((run / "config.json").read_text())
-    classes = json.loads((run / "source.json").read_text())["classes"]
-    index = {c: i for i, c in enumerate(classes)}
-    given = s["given_label"].map(index).to_numpy()
-    wrong = (s["given_label"] != s["true_label"]).to_numpy()
-    with np.load(run / "predictions.npz") as z:
-        features, probs, losses = z["features"], z["probs"], z["losses"]
-    seed = stream_seed(int(cfg["seed"]), "split/mixture")
+    saved = load_saved_run(run)
+    s, cfg, given, wrong = saved.samples, saved.config, saved.given, saved.wrong
+    seed = saved.seed
     split = cfg["split"]
-    loss_norm = normalise_losses(losses[-int(split.get("average_last", 1)):])
-    oof = out_of_fold_probs(features, given, len(classes), seed=seed)
-    oof = probs if oof is None else oof
+    loss_norm = normalise_losses(saved.losses[-int(split.get("average_last", 1)):])
+    oof = saved.out_of_fold()
     order = s["suspicion"].to_numpy(float)
     rules = {
         TODAY: s["flagged"].to_numpy().astype(bool),

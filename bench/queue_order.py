@@ -27,17 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, ROOT  # noqa: E402
+from bench.saved_run import load_saved_run  # noqa: E402
 from engine.method.neighbours import nearest_neighbours  # noqa: E402
-from engine.method.out_of_fold import out_of_fold_probs  # noqa: E402
 from engine.method.selection import suspicion  # noqa: E402
-from engine.runs.seeds import stream_seed  # noqa: E402
 
 KS = (2, 5, 10, 20)
 KNN = 10
@@ -104,19 +102,9 @@ def cleanlab_order(cache_dir: Path, paths: np.ndarray) -> np.ndarray | None:
 
 
 def score_run(run: Path, cache_dir: Path | None) -> dict:
-    s = pd.read_csv(run / "samples.csv", dtype={"path": str, "given_label": str, "true_label": str},
-                    keep_default_na=False)
-    if "true_label" not in s:
-        raise SystemExit(f"{run}: samples.csv has no true_label (fit it with --truth)")
-    cfg = json.loads((run / "config.json").read_text())
-    classes = json.loads((run / "source.json").read_text())["classes"]
-    index = {c: i for i, c in enumerate(classes)}
-    given = s["given_label"].map(index).to_numpy()
-    wrong = (s["given_label"] != s["true_label"]).to_numpy()
-    with np.load(run / "predictions.npz") as z:
-        features, probs = z["features"], z["probs"]
-    oof = out_of_fold_probs(features, given, len(classes), seed=stream_seed(int(cfg["seed"]), "split/mixture"))
-    oof = probs if oof is None else oof
+    saved = load_saved_run(run)
+    s, cfg, given, wrong, features = saved.samples, saved.config, saved.given, saved.wrong, saved.features
+    oof = saved.out_of_fold()
     clean_prob = s["clean_prob"].to_numpy(float)
     p_given = oof[np.arange(len(given)), given]
     orders = {"plain sum (before)": plain_sum(clean_prob, p_given), "ranks (today)": suspicion(clean_prob, oof, given),
