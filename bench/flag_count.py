@@ -1,14 +1,16 @@
 """Does the number flagged match the noise? Rules for the count side by side on finished runs.
 
     python bench/flag_count.py RUN [RUN ...]
-    python bench/flag_count.py      # the CPU encoder's runs bench/results/cpu_encoder.md names, and the 5,000-image ones
+    python bench/flag_count.py      # DEFAULT_RUNS: the filled runs (`bench/quality.py ... --set budget_s=600
+                                    # --work bench/work/budget600`), the sample, two at the profile's epochs
 
-The issue's aim: flagged within +-20 % of the really wrong labels, at most 2 % flagged on clean data, and a
+The aim: flagged within +-20 % of the really wrong labels, at most 2 % flagged on clean data, and a
 per-class noise estimate within 5 points of the truth. For each finished run with a truth file, from what
 the run saved (predictions.npz's loss history, probabilities and features; samples.csv's queue order):
 
-* today: the run's own flags (samples.csv), the two-component mixture with one shared variance;
-* the same mixture with one variance per component, and the mixture fitted within each given class;
+* the run's own flags (samples.csv): its split settings (config.json's `split`);
+* the two-component mixture on the losses and on their square roots, each with one shared variance and
+  with one variance per component, and the mixture fitted within each given class;
 * cleanlab's count (`cleanlab.count.num_label_issues`, the calibrated confident joint) on the out-of-fold
   probabilities the review order uses, flagging that many from the top of the queue;
 * the true count: as many from the top of the queue as are really wrong, the best any count can do with
@@ -36,16 +38,18 @@ from bench.saved_run import load_saved_run  # noqa: E402
 from engine.method.selection import fit_gmm_split, normalise_losses  # noqa: E402
 
 DEFAULT_RUNS = (
-    "bench/work/cpu_encoder/worst",
-    "bench/work/cpu_encoder/aggre",
-    "bench/work/cpu_encoder/clean",
-    "bench/work/cpu_encoder/imnet",
-    "bench/work/cpu_encoder/sample",
+    "bench/work/budget600/cifar10-n5000-sym40/clean",
+    "bench/work/budget600/cifar10n-worst-n5000/clean",
+    "bench/work/budget600/cifar10n-aggre-n5000/clean",
+    "bench/work/budget600/cifar10n-random1-n5000/clean",
+    "bench/work/budget600/cifar10-clean-n5000/clean",
+    "bench/work/budget600/imagenette25-200pc/clean",
+    "bench/work/budget600/imagenette5-200pc/clean",
+    "bench/work/sample/default",
+    "bench/work/quality/cifar10-n5000-sym40/clean",
     "bench/work/quality/cifar10n-worst-n5000/clean",
-    "bench/work/quality/cifar10n-aggre-n5000/clean",
-    "bench/work/quality/cifar10n-random1-n5000/clean",
 )
-TODAY = "today: mixture, shared variance"
+TODAY = "the run's own flags"
 
 
 def top_of_queue(order: np.ndarray, count: int) -> np.ndarray:
@@ -79,13 +83,21 @@ def score_run(run: Path) -> dict:
     s, cfg, given, wrong = saved.samples, saved.config, saved.given, saved.wrong
     seed = saved.seed
     split = cfg["split"]
-    loss_norm = normalise_losses(saved.losses[-int(split.get("average_last", 1)):])
+    last = saved.losses[-int(split.get("average_last", 1)):]
+    loss_norm = normalise_losses(last, split.get("scale", "ce"))
     oof = saved.out_of_fold()
     order = s["suspicion"].to_numpy(float)
+
+    def mixture(scale: str, covariance: str) -> np.ndarray:
+        return fit_gmm_split(normalise_losses(last, scale), seed=seed, reg_covar=split["reg_covar"],
+                             covariance=covariance).flagged
+
     rules = {
         TODAY: s["flagged"].to_numpy().astype(bool),
-        "mixture, one variance per component": fit_gmm_split(loss_norm, seed=seed, reg_covar=split["reg_covar"],
-                                                             covariance="full").flagged,
+        "mixture on the losses, shared variance": mixture("ce", "tied"),
+        "mixture on the losses, one variance per component": mixture("ce", "full"),
+        "mixture on their square roots, shared variance": mixture("sqrt", "tied"),
+        "mixture on their square roots, one variance per component": mixture("sqrt", "full"),
         "mixture within each class": per_class_mixture(loss_norm, given, seed=seed, reg_covar=split["reg_covar"]),
         "cleanlab's count (out-of-fold), top of the queue": top_of_queue(order, num_label_issues(given, oof)),
         "the true count, top of the queue (reference)": top_of_queue(order, int(wrong.sum())),

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.review import findings
-from engine.review.estimate import ROUGH_COUNT, accuracy_line, count_is_rough, label_accuracy
+from engine.review.estimate import ROUGH_COUNT, accuracy_line, competence_bar, count_is_rough, label_accuracy
 from ui import charts, exporting, page, readers, review_actions, wording
 
 COLOUR_CHOICES = {"given": "given label", "suggested": "suggested label", "clean": "clean probability"}
@@ -50,7 +50,7 @@ st.info(accuracy_line(label_accuracy(samples, exporting.labels_table(run))) + " 
 competence = split.get("competence")
 if count_is_rough(split):
     st.caption(f"No label changes by itself in this run: on images it believes clean, the model agrees with the "
-               f"labels {competence:.0%} of the time (held out), below the {split.get('min_competence', 0.9):.0%} "
+               f"labels {competence:.0%} of the time (held out), below the {competence_bar(split):.0%} "
                "it needs before a suggestion may replace a label. Review the flagged images instead.")
     st.caption(ROUGH_COUNT)
 if split.get("degenerate"):

@@ -614,3 +614,10 @@ def test_with_a_time_limit_the_form_sends_only_the_epochs_typed_into_it():
     assert sent["pretrain.epochs"] == 24 and sent["classify.epochs"] == 12  # no limit: the epochs shown are trained
     gpu = initial_values("cuda", "cuda")
     assert gpu["time_limit_s"] == 0.0 and {"pretrain.epochs", "classify.epochs"} <= set(overrides(gpu, profile_for("cuda")))
+
+
+def test_the_loss_histogram_names_the_scale_the_mixture_saw() -> None:
+    split = {"means": [0.1, 0.6], "stds": [0.1, 0.1], "weights": [0.7, 0.3], "loss_threshold": 0.4}
+    loss = np.random.default_rng(0).uniform(0, 1, 200)
+    assert charts.loss_histogram_figure(loss, split).layout.xaxis.title.text == "normalised loss"
+    assert charts.loss_histogram_figure(loss, {**split, "scale": "sqrt"}).layout.xaxis.title.text == "normalised √loss"

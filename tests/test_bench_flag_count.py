@@ -44,7 +44,7 @@ def test_score_run_rebuilds_every_rule_from_the_run_folder(tmp_path: Path) -> No
     np.savez(tmp_path / "predictions.npz", features=features, probs=probs, losses=losses)
     r = score_run(tmp_path)
     assert (r["n"], r["wrong"], r["arch"]) == (400, 80, "small-cnn")
-    assert len(r["rows"]) == 5 and r["rows"][TODAY]["f1"] == 1.0
+    assert len(r["rows"]) == 8 and r["rows"][TODAY]["f1"] == 1.0
     reference = r["rows"]["the true count, top of the queue (reference)"]
     assert (reference["flagged"], reference["ratio"], reference["f1"]) == (80, 1.0, 1.0)
     for name, row in r["rows"].items():  # separable losses: every rule finds the wrong labels

@@ -202,3 +202,54 @@ def test_a_small_overshoot_shortens_pre_training_alone() -> None:
     far = capped(cfg, 2000, costs, 150.0)
     assert far.classify.epochs == 6 and 1 <= far.pretrain.epochs < 24
     assert estimate_seconds(far, 2000, costs) <= 150.0
+
+
+# ----------------------------------------------------------------------------- filling the automatic ceiling
+FAST = StepCosts(simclr=0.0007, classifier=0.0005, score=0.0001)  # a 2-core AVX-512 CPU, 32 px, the small CNN
+
+
+def test_a_fast_machine_grows_the_epochs_of_a_large_run_to_fill_the_ceiling(monkeypatch, tmp_path) -> None:
+    from engine.runs.rundir import RunDir
+    from engine.train.budget import FILL_SHARE
+
+    run = RunDir(tmp_path / "run")
+    cfg, notes = _planned([], 5000, monkeypatch, FAST, run)
+    took = estimate_seconds(cfg, 5000, FAST)
+    assert cfg.time_limit_s == 600.0 and 0.8 * FILL_SHARE * 600 <= took <= FILL_SHARE * 600
+    assert cfg.pretrain.epochs > 24 and cfg.classify.epochs > 12  # more than the profile's
+    assert abs(cfg.pretrain.epochs / cfg.classify.epochs - 2.0) < 0.2  # the profile's ratio
+    assert len(notes) == 1 and "instead of 24 and 12" in notes[0] and "split.covariance=full" in notes[0]
+    assert cfg.split.covariance == "full"  # the longer training's mixture
+    assert [e["message"] for e in run.read_events() if e["kind"] == "plan"] == notes
+    kept, _ = _planned(["--set", "split.covariance=tied"], 5000, monkeypatch, FAST)
+    assert kept.split.covariance == "tied" and kept.classify.epochs > 12  # what a person set stays
+
+
+def test_filling_stops_at_four_times_the_profile_and_never_shrinks_a_fitting_run() -> None:
+    from engine.train.budget import MAX_GROWTH, filled
+
+    cfg = replace(RunConfig(), pretrain=replace(RunConfig().pretrain, epochs=24))
+    tiny = StepCosts(simclr=1e-6, classifier=1e-6, score=1e-7)
+    most = filled(cfg, 5000, tiny, 600.0)
+    assert (most.pretrain.epochs, most.classify.epochs) == (MAX_GROWTH * 24, MAX_GROWTH * 12)
+    slow = StepCosts(simclr=19 / 5000, classifier=8.5 / 5000, score=0.5 / 5000)  # the profile overruns 600 s
+    shrunk = filled(cfg, 5000, slow, 600.0)
+    assert shrunk.pretrain.epochs < 24 and estimate_seconds(shrunk, 5000, slow) <= 600.0
+
+
+def test_below_two_thousand_images_and_under_a_chosen_limit_the_profile_is_not_grown(monkeypatch) -> None:
+    cfg, notes = _planned([], 1797, monkeypatch, FAST)  # the bundled sample: quick, as measured
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.split.covariance, notes) == (24, 12, "tied", [])
+    cfg, _ = _planned(["--time-limit", "10m"], 5000, monkeypatch, FAST)  # a ceiling a person chose stays a ceiling
+    assert (cfg.pretrain.epochs, cfg.classify.epochs) == (24, 12)
+    cfg, _ = _planned(["--epochs", "5"], 5000, monkeypatch, FAST)  # what a person set stays; the rest fills
+    assert cfg.classify.epochs == 5 and cfg.pretrain.epochs > 24
+
+
+def test_two_thousand_images_fill_their_150_seconds() -> None:
+    from engine.train.budget import FILL_SHARE, filled, fills
+
+    assert fills(True, 2000) and not fills(True, 1999) and not fills(False, 5000)
+    cfg = replace(RunConfig(), pretrain=replace(RunConfig().pretrain, epochs=24))
+    grown = filled(cfg, 2000, FAST, 150.0)
+    assert grown.classify.epochs > 12 and estimate_seconds(grown, 2000, FAST) <= FILL_SHARE * 150.0

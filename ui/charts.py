@@ -116,7 +116,8 @@ def loss_histogram_figure(loss_norm: np.ndarray, split: dict[str, Any] | None, b
     log = noisy_peak > 0 and counts.max(initial=0) > LOG_SCALE_RATIO * noisy_peak
     yaxis = ({"title": "images (log scale)", "type": "log", "range": [np.log10(0.5), np.log10(top * 2)], "dtick": 1}
              if log else {"title": "images"})
-    fig.update_layout(title="Per-image loss and the two-component mixture", xaxis_title="normalised loss",
+    axis = "normalised √loss" if (split or {}).get("scale") == "sqrt" else "normalised loss"  # what the mixture saw
+    fig.update_layout(title="Per-image loss and the two-component mixture", xaxis_title=axis,
                       yaxis=yaxis, bargap=0, margin=_MARGIN, height=360, legend={"orientation": "h", "y": -0.2})
     return fig
 

@@ -65,8 +65,9 @@ SETTINGS: tuple[Setting, ...] = (
                  "machine's measured speed to fill it (0 = no budget, the epochs above as given)"),
     Setting("time_limit_s", "Time limit (s)", 2, minimum=-1, maximum=7 * 24 * 3600, whole=True,
             help="Without a budget: the most seconds phase (a) may take. Epochs left at the profile's values are "
-                 "shrunk (never grown) when this machine would need longer for them. -1 = auto (2.5 min up to "
-                 "2,000 images, rising to 10 min at 5,000), 0 = no limit. Epochs you change are kept"),
+                 "shrunk when this machine would need longer for them. -1 = auto (2.5 min up to 2,000 images, "
+                 "rising to 10 min at 5,000; from 2,000 images on a fast machine also grows them to fill about "
+                 "90 % of it), 0 = no limit. Epochs you change are kept"),
     Setting("review.memory", "Use the decisions remembered for these images", 2,
             help="Images decided in earlier runs (the same file content, even renamed or moved) start as reviewed "
                  "with that decision; off = `fit --no-memory`"),

@@ -440,14 +440,15 @@ def _check_processes(cfg: RunConfig, dist: Dist) -> None:
 
 def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress,
              run: RunDir | None = None) -> RunConfig:
-    """A new run's epochs: sized to fill its budget, or shrunk to its ceiling (engine.train.budget).
+    """A new run's epochs: sized to fill its budget, or fitted to its ceiling (engine.train.budget: shrunk
+    where they would overrun it; under the automatic ceiling, from FILL_MIN_N images on, also grown to fill it).
 
     The ceiling is recorded in seconds (config.json), so the run says what it was planned for; a plan
     that changed the epochs is also a `plan` event (events.jsonl), which the Train page shows."""
     from engine.train import budget
     from engine.train.device import make_runtime
 
-    hand = frozenset(k for k in fit_overrides(args) if k in _PLANNED_KEYS)
+    hand = frozenset(k for k in fit_overrides(args) if k in (*_PLANNED_KEYS, "split.covariance"))
     if cfg.budget_s:
         costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
         planned = budget.plan(cfg, n, costs, set_by_hand=hand)
@@ -455,18 +456,22 @@ def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress
                   f"{planned.classify.epochs} classifier epochs (about "
                   f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)", progress, run)
         return planned
+    grows = budget.fills(cfg.time_limit_s == config_mod.AUTO_TIME_LIMIT, n)
     limit = budget.time_limit(cfg, n)
     cfg = replace(cfg, time_limit_s=limit)
-    if not limit or hand >= set(_PLANNED_KEYS) or budget.fits_on_any_machine(cfg, n, limit):
+    if not limit or hand >= set(_PLANNED_KEYS) or (not grows and budget.fits_on_any_machine(cfg, n, limit)):
         return cfg
     costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
-    capped = budget.capped(cfg, n, costs, limit, set_by_hand=hand)
+    sizer = budget.filled if grows else budget.capped
+    capped = sizer(cfg, n, costs, limit, set_by_hand=hand)
     if capped != cfg:
+        split = ("" if capped.split.covariance == cfg.split.covariance
+                 else f", and the mixture with split.covariance={capped.split.covariance} for the longer training")
         _say_plan(f"time limit {limit:.0f} s for {n:,} images: {capped.pretrain.epochs} pre-training and "
                   f"{capped.classify.epochs} classifier epochs instead of {cfg.pretrain.epochs} and "
                   f"{cfg.classify.epochs} (about {budget.estimate_seconds(capped, n, costs):.0f} s measured on "
-                  "this machine; --time-limit none, or a time limit of 0 on the Train page, keeps the epochs)",
-                  progress, run)
+                  f"this machine{split}; --time-limit none, or a time limit of 0 on the Train page, keeps the "
+                  "epochs)", progress, run)
     return capped
 
 

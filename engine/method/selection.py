@@ -30,15 +30,26 @@ class SplitResult:
     degenerate: bool  # True when the losses carry no split (fewer than two distinct values)
 
 
-def normalise_losses(losses: np.ndarray) -> np.ndarray:
+# What the mixture sees of each loss (SplitConfig.scale). Cross-entropy is heavily skewed: clean images pile
+# up near 0 and wrong labels spread over a long tail, which two Gaussians fit badly, and the worse the
+# longer a classifier trains. The square root evens the two out (measured: bench/results/flag_count.md).
+SCALES = ("ce", "sqrt")
+
+
+def normalise_losses(losses: np.ndarray, scale: str = "ce") -> np.ndarray:
     """Min-max normalise each evaluation (row) and average them.
 
     Args:
-        losses: (N,) one evaluation, or (k, N) the last k evaluations.
+        losses: (N,) one evaluation, or (k, N) the last k evaluations, cross-entropy (>= 0).
+        scale: "ce" (the losses as they are, the paper's) or "sqrt" (their square roots, see SCALES).
     Returns:
         (N,) float64 in [0, 1].
     """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     rows = np.atleast_2d(np.asarray(losses, dtype=np.float64))
+    if scale == "sqrt":
+        rows = np.sqrt(np.maximum(rows, 0.0))
     lo = rows.min(axis=1, keepdims=True)
     span = rows.max(axis=1, keepdims=True) - lo
     normed = np.where(span > 0, (rows - lo) / np.where(span > 0, span, 1.0), 0.0)

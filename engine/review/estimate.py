@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from engine.config import RelabelConfig
+
 BAR_PRECISION = 0.95  # engine.method.relabel: the precision the confident bar is set to reach
 
 
@@ -59,7 +61,12 @@ ROUGH_COUNT = ("With a model this unsure, hard images and wrong labels look alik
                "the flags as a review order, most suspicious first.")
 
 
+def competence_bar(split: dict) -> float:
+    """The relabel bar's competence a run was scored against (split.json; older runs: today's default)."""
+    return float(split.get("min_competence", RelabelConfig().min_competence))
+
+
 def count_is_rough(split: dict) -> bool:
     """True when split.json's held-out competence is below the relabel bar's (`relabel.min_competence`)."""
     competence = split.get("competence")
-    return competence is not None and competence < split.get("min_competence", 0.9)
+    return competence is not None and competence < competence_bar(split)

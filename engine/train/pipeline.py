@@ -475,7 +475,7 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
     """Fit the mixture, write samples.csv, split.json and (with a truth file) metrics.json."""
     s = ctx.cfg.split
     trusted = ctx.trusted()
-    result = fit_gmm_split(normalise_losses(losses), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
+    result = fit_gmm_split(normalise_losses(losses, s.scale), threshold=s.threshold, seed=seed, max_iter=s.max_iter,
                            tol=s.tol, reg_covar=s.reg_covar, covariance=s.covariance, fit_on=trusted.undecided)
     result = trust_decisions(result, trusted)
     # One neighbour search serves the review cards (K nearest), the relabel bar and the outlier score (their k).
@@ -497,7 +497,7 @@ def split_and_write(ctx: Context, preds: Predictions, losses: np.ndarray, *, pha
         "competence": relabel.competence, "min_competence": ctx.cfg.relabel.min_competence,
         "n_auto_relabel": int(relabel.auto.sum()),
         "means": list(result.means), "stds": list(result.stds), "weights": list(result.weights),
-        "threshold": result.threshold, "loss_threshold": result.loss_threshold,
+        "threshold": result.threshold, "loss_threshold": result.loss_threshold, "scale": ctx.cfg.split.scale,
         "n_flagged": int(result.flagged.sum()), "n": len(result.flagged), "degenerate": result.degenerate,
         "per_class": per_class_summary(result.flagged, ctx.prepared.labels, ctx.classes), "phase": phase,
     })
