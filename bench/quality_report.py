@@ -251,7 +251,9 @@ def case_markdown(result: dict[str, Any]) -> str:
         f"fine-tuning {s['finetune_epochs']} SupCon epochs; extra --set: {', '.join(s['sets']) or 'none'}"
         + ("; UMAP map left out (bench default; --map draws it)" if s.get("skip_map") else "; UMAP map drawn (--map)"),
         *([f"- trained by CLeaN default: {t['pretrain_epochs']} pre-training + {t['classify_epochs']} classifier epochs"
-           + " (its config.json" + ("; the time limit, " + f"{t['time_limit_s']:.0f} s, shrank the profile's)"
+           + " (its config.json" + ("; the time limit, " + f"{t['time_limit_s']:.0f} s, "
+                                     + ("grew" if t['classify_epochs'] > s['classify_epochs'] else "shrank")
+                                     + " the profile's)"
                                      if (t['pretrain_epochs'], t['classify_epochs'])
                                      != (s['pretrain_epochs'], s['classify_epochs'])
                                      and (t.get('time_limit_s') or 0) > 0 else ")")]
