@@ -253,3 +253,19 @@ def test_two_thousand_images_fill_their_150_seconds() -> None:
     cfg = replace(RunConfig(), pretrain=replace(RunConfig().pretrain, epochs=24))
     grown = filled(cfg, 2000, FAST, 150.0)
     assert grown.classify.epochs > 12 and estimate_seconds(grown, 2000, FAST) <= FILL_SHARE * 150.0
+
+
+def test_a_steps_speed_is_the_median_of_single_timed_steps_after_the_untimed_ones(monkeypatch) -> None:
+    from engine.train import budget
+    from engine.train.device import make_runtime
+
+    # Step i takes durations[i] seconds: the first-call costs (untimed) and one straggler must not count.
+    durations = iter([5.0, 3.0, 0.1, 0.1, 0.9, 0.1, 0.1])
+    clock = {"t": 0.0}
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["t"])
+
+    def step() -> None:
+        clock["t"] += next(durations)
+
+    per_image = budget._per_image(step, make_runtime("cpu", "fp32"), batch=10)
+    assert per_image == pytest.approx(0.01)  # median 0.1 s over 10 images
