@@ -18,9 +18,10 @@ command keep their values, and the budget goes to the rest.
 Without a budget, the CPU profile has a ceiling (`time_limit_s`, `fit --time-limit`): the profile's epochs
 stay unless this machine would need longer than the ceiling for them, and are then shrunk to fit. Under the
 automatic ceiling a run of FILL_MIN_N images or more also grows them to fill it (`filled`), so the defaults
-use the minutes they promise on a fast CPU as on a slow one. Two cores of one CPU train SimCLR at 60 images/s and of another at 540 (AVX2 fp32 against AVX-512
-bf16, bench/results/throughput_cpu*.md), so fixed epochs alone would finish the bundled sample in 2 minutes
-on one machine and 15 on the other. `auto_time_limit` is the default ceiling by image count.
+use the minutes they promise on a fast CPU as on a slow one. Two cores of one CPU train SimCLR at 60
+images/s and of another at 540 (AVX2 fp32 against AVX-512 bf16, bench/results/throughput_cpu*.md), so fixed
+epochs alone would finish the bundled sample in 2 minutes on one machine and 15 on the other.
+`auto_time_limit` is the default ceiling by image count.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from engine.train.device import Runtime, autocast
 
 # The median of single timed steps after two untimed ones: with one untimed step and the mean of three, the
 # plans of two runs of the same 5,000 images on the same idle 2-core AVX-512 CPU differed by a quarter
-# (73 + 36 against 92 + 46 epochs for 600 s) and the run took 366 s of the 581 planned, since the
-# second and third steps were still paying for the bf16 kernels' first calls.
+# (73 + 36 against 92 + 46 epochs for 600 s) and one run took 366 s of the 581 planned; with this, a
+# 5,000-image run planned 439 s and took 439 s (README, Results).
 _WARM_STEPS = 2
 _TIMED_STEPS = 5
 # Work that does not scale with the epochs, per image (decoding at the working size, the bar's folds,

@@ -71,9 +71,9 @@ def finetune_targets(
     pseudo = probs.argmax(axis=1)
     trusted = trusted_labels(paths, given, classes, decisions)
     # Fitted on the undecided images only: decided ones weigh 1 and discarded ones do not train.
-    split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo), split_cfg.scale), threshold=split_cfg.threshold, seed=seed,
-                          max_iter=split_cfg.max_iter, tol=split_cfg.tol, reg_covar=split_cfg.reg_covar,
-                          covariance=split_cfg.covariance, fit_on=trusted.undecided)
+    split = fit_gmm_split(normalise_losses(per_sample_ce(probs, pseudo), split_cfg.scale),
+                          threshold=split_cfg.threshold, seed=seed, max_iter=split_cfg.max_iter, tol=split_cfg.tol,
+                          reg_covar=split_cfg.reg_covar, covariance=split_cfg.covariance, fit_on=trusted.undecided)
     labels = np.where(trusted.decided, trusted.labels, pseudo).astype(np.int64)
     weights = np.where(trusted.decided, 1.0, np.maximum(split.clean_prob.astype(np.float32), min_weight))
     check = check_rows(trusted.decided, check_share, seed=check_seed)
