@@ -118,10 +118,22 @@ def shot(page, name: str) -> None:
     page.set_viewport_size(viewport)
 
 
-def go(page, title: str) -> None:
-    """Open a page from the sidebar navigation and wait for its title."""
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    page.get_by_role("heading", name=title, level=1).wait_for()
+def go(page, title: str, attempts: int = 3) -> None:
+    """Open a page from the sidebar navigation and wait for its title.
+
+    A click that lands while the current page is rerunning (the Train page refreshes itself while a run
+    finishes) can be dropped by the browser session, so the click is repeated, up to `attempts` times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    heading = page.get_by_role("heading", name=title, level=1)
+    for attempt in range(attempts):
+        page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+        try:
+            heading.wait_for(timeout=20_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == attempts - 1:
+                raise
 
 
 def lasso(page, area) -> None:
