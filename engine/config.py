@@ -30,6 +30,7 @@ SupConForm = Literal["mean-log", "paper"]
 Precision = Literal["auto", "fp32", "bf16"]
 Covariance = Literal["tied", "full"]
 LossScale = Literal["ce", "sqrt"]
+LOSS_SCALES: tuple[str, ...] = typing.get_args(LossScale)
 BootTarget = Literal["hard", "soft"]
 Arch = Literal["resnet18", "resnet34", "resnet50", "small-cnn"]
 
@@ -350,7 +351,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0.0 < cfg.split.threshold < 1.0, f"flag threshold must be in (0, 1), got {cfg.split.threshold}"),
         (cfg.split.average_last >= 1, "split.average_last must be >= 1"),
         (cfg.split.covariance in ("tied", "full"), f"split.covariance must be tied or full, got {cfg.split.covariance!r}"),
-        (cfg.split.scale in ("ce", "sqrt"), f"split.scale must be ce or sqrt, got {cfg.split.scale!r}"),
+        (cfg.split.scale in LOSS_SCALES, f"split.scale must be one of {', '.join(LOSS_SCALES)}, got {cfg.split.scale!r}"),
         (cfg.classify.grad_clip >= 0, "classify.grad_clip must be >= 0 (0 turns it off)"),
         (0.0 <= cfg.classify.elr_beta < 1.0, "elr_beta must be in [0, 1)"),
         (cfg.classify.mixup_alpha > 0, f"classify.mixup_alpha must be > 0, got {cfg.classify.mixup_alpha}"),

@@ -14,6 +14,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.mixture import GaussianMixture
 
+from engine.config import LOSS_SCALES
+
 _TIE_BREAK = 1e-4
 
 
@@ -30,10 +32,10 @@ class SplitResult:
     degenerate: bool  # True when the losses carry no split (fewer than two distinct values)
 
 
-# What the mixture sees of each loss (SplitConfig.scale). Cross-entropy is heavily skewed: clean images pile
-# up near 0 and wrong labels spread over a long tail, which two Gaussians fit badly, and the worse the
-# longer a classifier trains. The square root evens the two out (measured: bench/results/flag_count.md).
-SCALES = ("ce", "sqrt")
+# What the mixture sees of each loss (SplitConfig.scale, one of LOSS_SCALES). Cross-entropy is heavily
+# skewed: clean images pile up near 0 and wrong labels spread over a long tail, which two Gaussians fit
+# badly, and the worse the longer a classifier trains. The square root evens the two out (measured:
+# bench/results/flag_count.md).
 
 
 def normalise_losses(losses: np.ndarray, scale: str = "ce") -> np.ndarray:
@@ -41,12 +43,12 @@ def normalise_losses(losses: np.ndarray, scale: str = "ce") -> np.ndarray:
 
     Args:
         losses: (N,) one evaluation, or (k, N) the last k evaluations, cross-entropy (>= 0).
-        scale: "ce" (the losses as they are, the paper's) or "sqrt" (their square roots, see SCALES).
+        scale: "ce" (the losses as they are, the paper's) or "sqrt" (their square roots, see above).
     Returns:
         (N,) float64 in [0, 1].
     """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if scale not in LOSS_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(LOSS_SCALES)}, got {scale!r}")
     rows = np.atleast_2d(np.asarray(losses, dtype=np.float64))
     if scale == "sqrt":
         rows = np.sqrt(np.maximum(rows, 0.0))
