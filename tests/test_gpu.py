@@ -130,8 +130,8 @@ def test_a_killed_gpu_run_resumes_and_its_checkpoints_load_on_a_cpu(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip().endswith("}")]
     pre = [e["epoch"] for e in events if e.get("kind") == "epoch" and e["stage"] == "pretrain"]
-    # Each epoch trained once, none repeated (a kill between an epoch's checkpoint and its event loses the event).
-    assert pre == sorted(set(pre)) and pre[-1] == 20 and len(pre) >= 19
+    # Each epoch trained once and logged once (an event a kill lost is logged by the resumed stage).
+    assert pre == list(range(1, 21))
     state = load_checkpoint(run / "checkpoints" / "train.pt", "cpu")
     assert all(v.device.type == "cpu" for v in state["net"].values())
     assert json.loads((run / "config.json").read_text())["model"]["stem"] == "small"  # resolved, saved for a CPU

@@ -84,6 +84,49 @@ def test_a_resumed_stage_continues_its_count(tmp_path: Path) -> None:
     assert run.read_status()["step"] == 16 and run.read_status()["total"] == 16
 
 
+def test_an_epoch_event_lost_to_a_kill_is_logged_on_resume(tmp_path: Path) -> None:
+    """The epoch checkpoint is written before the epoch's event: a kill between the two loses the event.
+    The resumed stage logs it from the checkpoint's history, so every epoch is in events.jsonl once."""
+    import torch
+
+    from engine.train import loop as loop_mod
+    from engine.train.loop import Rng, run_epochs
+
+    run = RunDir(tmp_path)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    last = run.checkpoint("train", last=True)
+
+    def train(progress: Progress) -> None:
+        run_epochs(stage="train", epochs=4, n=8, batch_size=2, rng=Rng.for_stream(0, "train", "cpu"),
+                   step=lambda index, g: 0.25 + g, modules={"net": net, "opt": opt}, last_ckpt=last,
+                   progress=progress, lr_at=lambda g: 0.01 * g)
+
+    killed = Progress(run, show=False)
+    real_log = loop_mod._log_epoch
+
+    def kill_at_epoch_3(progress, stage, epochs, record, lr_at, per_epoch):
+        if record.epoch == 3:
+            raise KeyboardInterrupt  # after epoch 3's checkpoint, before its event
+        real_log(progress, stage, epochs, record, lr_at, per_epoch)
+
+    loop_mod._log_epoch = kill_at_epoch_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(killed)
+    finally:
+        loop_mod._log_epoch = real_log
+    assert [e["epoch"] for e in run.read_events() if e.get("kind") == "epoch"] == [1, 2]
+    train(Progress(run, show=False))
+    epochs = [e for e in run.read_events() if e.get("kind") == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    third = epochs[2]
+    assert third["loss"] == pytest.approx(0.25 + (8 + 9 + 10 + 11) / 4)  # epoch 3's steps 8..11, from the checkpoint
+    assert third["lr"] == pytest.approx(0.01 * 11) and third["epochs"] == 4
+    train(Progress(run, show=False))  # a finished checkpoint whose event is there: nothing logged twice
+    assert [e["epoch"] for e in run.read_events() if e.get("kind") == "epoch"] == [1, 2, 3, 4]
+
+
 def _record(method, calls: list):
     def wrapper(stage: str, total: int, **kwargs):
         calls.append((stage, total, kwargs.get("done", 0)))

@@ -101,6 +101,8 @@ def run_epochs(
     # A resumed stage continues its count where the killed run left it (33/48), not from 0 of what is left.
     progress.stage_start(stage, total=span.before + per_epoch * epochs + span.after,
                          done=span.before + per_epoch * min(start, epochs))
+    if dist.is_main and history and not _event_logged(progress, stage, history[-1].epoch, epochs):
+        _log_epoch(progress, stage, epochs, history[-1], lr_at, per_epoch)  # the one a kill could have lost
     for epoch in range(start, epochs):
         t0, seen, total_loss, count = time.perf_counter(), 0, 0.0, 0
         for i, index in enumerate(epoch_batches(n, batch_size, rng.order, drop_last=drop_last)):
@@ -113,12 +115,28 @@ def run_epochs(
         history.append(record)
         if dist.is_main:  # before the event: a logged epoch is never redone
             _save(last_ckpt, modules, rng, epoch + 1, history)
-        lr = lr_at((epoch + 1) * per_epoch - 1) if lr_at else None
-        progress.epoch(stage, record.epoch, epochs, loss=record.loss, images_per_s=round(record.images_per_s, 1),
-                       seconds=round(seconds, 2), **({"lr": lr} if lr is not None else {}), **extra)
+        _log_epoch(progress, stage, epochs, record, lr_at, per_epoch)
     if span.after == 0:  # else the stage's next part continues the count
         progress.stage_end()
     return history
+
+
+def _log_epoch(progress: Progress, stage: str, epochs: int, record: EpochRecord,
+               lr_at: Callable[[int], float] | None, per_epoch: int) -> None:
+    lr = lr_at(record.epoch * per_epoch - 1) if lr_at else None
+    progress.epoch(stage, record.epoch, epochs, loss=record.loss, images_per_s=round(record.images_per_s, 1),
+                   seconds=round(record.seconds, 2), **({"lr": lr} if lr is not None else {}), **record.extra)
+
+
+def _event_logged(progress: Progress, stage: str, epoch: int, epochs: int) -> bool:
+    """Whether the last epoch event of `stage` in events.jsonl is `epoch` of `epochs`. The checkpoint is
+    written before the event, so a kill between the two leaves the checkpoint's last epoch unlogged; only
+    that one (every earlier event was written before the next epoch's checkpoint). No run folder: True."""
+    if progress.run is None:
+        return True
+    last = next((e for e in reversed(progress.run.read_events())
+                 if e.get("kind") == "epoch" and e.get("stage") == stage), None)
+    return last is not None and last.get("epoch") == epoch and last.get("epochs") == epochs
 
 
 def _save(path: Path, modules: dict[str, Stateful], rng: Rng, epoch: int, history: list[EpochRecord]) -> None:
