@@ -10,7 +10,8 @@ the run saved (predictions.npz's loss history, probabilities and features; sampl
 
 * the run's own flags (samples.csv): its split settings (config.json's `split`);
 * the two-component mixture on the losses and on their square roots, each with one shared variance and
-  with one variance per component, and the mixture fitted within each given class;
+  with one variance per component, the mixture fitted within each given class, and the mixture on the
+  mean of the (normalised) losses and the out-of-fold head's losses of the given labels;
 * cleanlab's count (`cleanlab.count.num_label_issues`, the calibrated confident joint) on the out-of-fold
   probabilities the review order uses, flagging that many from the top of the queue;
 * the true count: as many from the top of the queue as are really wrong, the best any count can do with
@@ -59,6 +60,12 @@ def top_of_queue(order: np.ndarray, count: int) -> np.ndarray:
     return flagged
 
 
+def oof_loss(oof: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Cross-entropy of the given label under the out-of-fold head: a loss the classifier's memorising of
+    that label does not shrink."""
+    return -np.log(np.clip(oof[np.arange(len(given)), given], 1e-6, 1.0))
+
+
 def per_class_mixture(loss_norm: np.ndarray, given: np.ndarray, *, seed: int, reg_covar: float) -> np.ndarray:
     flagged = np.zeros(len(given), bool)
     for c in np.unique(given):
@@ -99,6 +106,9 @@ def score_run(run: Path) -> dict:
         "mixture on their square roots, shared variance": mixture("sqrt", "tied"),
         "mixture on their square roots, one variance per component": mixture("sqrt", "full"),
         "mixture within each class": per_class_mixture(loss_norm, given, seed=seed, reg_covar=split["reg_covar"]),
+        "mixture on the mean of the losses and the out-of-fold head's, shared variance":
+            fit_gmm_split((loss_norm + normalise_losses(oof_loss(oof, given))) / 2, seed=seed,
+                          reg_covar=split["reg_covar"]).flagged,
         "cleanlab's count (out-of-fold), top of the queue": top_of_queue(order, num_label_issues(given, oof)),
         "the true count, top of the queue (reference)": top_of_queue(order, int(wrong.sum())),
     }

@@ -307,7 +307,7 @@ def test_values_typed_into_the_form_are_the_values_run(monkeypatch):
 
 def test_gpu_defaults_follow_the_gpu_profile():
     assert train_form.initial_values("auto", "cuda")["pretrain.epochs"] == 100
-    assert train_form.initial_values("auto", "cpu")["pretrain.epochs"] == profile_for("cpu").pretrain.epochs == 24
+    assert train_form.initial_values("auto", "cpu")["pretrain.epochs"] == profile_for("cpu").pretrain.epochs == 12
     assert train_form.initial_values("cuda", "cpu")["classify.epochs"] == profile_for("cuda").classify.epochs
     assert [train_form.engine_device(d, "cuda") for d in ("auto", "cpu", "cuda")] == ["cuda", "cpu", "cuda"]
     assert train_form.engine_device("auto", "cpu") == "cpu"
@@ -611,7 +611,7 @@ def test_with_a_time_limit_the_form_sends_only_the_epochs_typed_into_it():
     sent = overrides({**values, "classify.epochs": 30}, cpu)
     assert sent["classify.epochs"] == 30 and "pretrain.epochs" not in sent  # typed: kept; left alone: the engine's
     sent = overrides({**values, "time_limit_s": 0.0}, cpu)
-    assert sent["pretrain.epochs"] == 24 and sent["classify.epochs"] == 12  # no limit: the epochs shown are trained
+    assert sent["pretrain.epochs"] == 12 and sent["classify.epochs"] == 36  # no limit: the epochs shown are trained
     gpu = initial_values("cuda", "cuda")
     assert gpu["time_limit_s"] == 0.0 and {"pretrain.epochs", "classify.epochs"} <= set(overrides(gpu, profile_for("cuda")))
 

@@ -47,7 +47,7 @@ def test_form_defaults_come_from_the_cpu_profile(app_workspace, fake_jobs):
     cfg = profile_for("cpu")
     shown = form_values(at)
     assert shown == {s.key: train_form.value_of(cfg, s.key) for s in train_form.SETTINGS} | {"device": "auto"}
-    assert (shown["classify.loss"], shown["pretrain.epochs"], shown["classify.batch_size"]) == ("elr", 24, 128)
+    assert (shown["classify.loss"], shown["pretrain.epochs"], shown["classify.batch_size"]) == ("elr", 12, 128)
     assert any(c.value == "Detected: CPU only" for c in at.caption)
     assert any("truth.csv" in c.value and "automatically" in c.value for c in at.caption)  # the bundled sample's
 
@@ -73,13 +73,13 @@ def test_choosing_cpu_on_a_gpu_machine_shows_and_runs_the_cpu_profile(app_worksp
     at = open_page("train", data=data)
     assert shown_schedule(at) == (100, 30, 256)  # auto on a GPU machine: the GPU profile
     form_widget(at, "Device").select("cpu").run()
-    assert shown_schedule(at) == (24, 12, 128)  # the form now shows what a CPU run trains for
+    assert shown_schedule(at) == (12, 36, 128)  # the form now shows what a CPU run trains for
     shown = form_values(at)
     submit(at)
     assert not at.exception
     cfg = engine_config(fake.calls[0][1][2], data, monkeypatch, cuda=True)  # the worker sees the GPU too
     assert {key: train_form.value_of(cfg, key) for key in shown} == shown
-    assert (cfg.device, cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size) == ("cpu", 24, 12, 128)
+    assert (cfg.device, cfg.pretrain.epochs, cfg.classify.epochs, cfg.classify.batch_size) == ("cpu", 12, 36, 128)
 
 
 def test_the_flags_of_start_give_the_run_exactly_the_values_on_the_form(app_workspace, fake_jobs, tmp_path,
@@ -138,7 +138,7 @@ def test_no_pretraining_and_a_truth_file(app_workspace, fake_jobs, tmp_path, mon
     flags = fake_jobs.calls[0][1][2]
     assert flags[-2:] == ["--truth", str(truth)]
     cfg = engine_config(flags, tmp_path, monkeypatch)
-    assert (cfg.pretrain.enabled, cfg.seed, cfg.classify.epochs, cfg.finetune_after_fit) == (False, 7, 12, False)
+    assert (cfg.pretrain.enabled, cfg.seed, cfg.classify.epochs, cfg.finetune_after_fit) == (False, 7, 36, False)
 
 
 def test_bad_truth_file_and_missing_gpu_are_refused(app_workspace, fake_jobs, tmp_path):
@@ -314,7 +314,7 @@ def test_the_time_limit_field_leaves_untouched_epochs_to_the_engine(app_workspac
     assert "time_limit_s=-1.0" in flags and "classify.epochs=3" in flags
     assert not any(f.startswith("pretrain.epochs=") for f in flags)  # left at the profile's: the engine may shrink it
     cfg = engine_config(flags, data, monkeypatch)
-    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s) == (24, 3, -1.0)
+    assert (cfg.pretrain.epochs, cfg.classify.epochs, cfg.time_limit_s) == (12, 3, -1.0)
 
 
 def test_no_time_limit_sends_every_epoch_shown(app_workspace, fake_jobs, tmp_path, monkeypatch):
@@ -325,7 +325,7 @@ def test_no_time_limit_sends_every_epoch_shown(app_workspace, fake_jobs, tmp_pat
     form_widget(at, "Time limit (s)").set_value(0)
     submit(at)
     flags = fake_jobs.calls[0][1][2]
-    assert {"pretrain.epochs=24", "classify.epochs=12", "time_limit_s=0.0"} <= set(flags)
+    assert {"pretrain.epochs=12", "classify.epochs=36", "time_limit_s=0.0"} <= set(flags)
 
 
 def test_the_epochs_a_time_limit_chose_are_said_on_the_run(fake_run, fake_jobs):

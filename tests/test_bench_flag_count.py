@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.flag_count import TODAY, markdown, score, score_run, top_of_queue
+from bench.flag_count import TODAY, markdown, oof_loss, score, score_run, top_of_queue
 
 
 def test_top_of_queue_and_the_score_of_a_count() -> None:
@@ -23,6 +23,11 @@ def test_top_of_queue_and_the_score_of_a_count() -> None:
     assert (r["error_max"], r["error_mean"]) == (50.0, 37.5)  # class 0: 25 % vs 50 %; class 1: 50 % vs 0 %
     clean = score(flagged, np.zeros(8, bool), given)
     assert clean["ratio"] is None and clean["f1"] is None
+
+
+def test_the_out_of_fold_loss_is_the_given_labels_cross_entropy() -> None:
+    oof = np.array([[0.8, 0.2], [0.5, 0.5], [0.0, 1.0]])
+    assert np.allclose(oof_loss(oof, np.array([0, 1, 0])), [-np.log(0.8), -np.log(0.5), -np.log(1e-6)])
 
 
 def test_score_run_rebuilds_every_rule_from_the_run_folder(tmp_path: Path) -> None:
@@ -44,7 +49,7 @@ def test_score_run_rebuilds_every_rule_from_the_run_folder(tmp_path: Path) -> No
     np.savez(tmp_path / "predictions.npz", features=features, probs=probs, losses=losses)
     r = score_run(tmp_path)
     assert (r["n"], r["wrong"], r["arch"]) == (400, 80, "small-cnn")
-    assert len(r["rows"]) == 8 and r["rows"][TODAY]["f1"] == 1.0
+    assert len(r["rows"]) == 9 and r["rows"][TODAY]["f1"] == 1.0
     reference = r["rows"]["the true count, top of the queue (reference)"]
     assert (reference["flagged"], reference["ratio"], reference["f1"]) == (80, 1.0, 1.0)
     for name, row in r["rows"].items():  # separable losses: every rule finds the wrong labels
