@@ -190,7 +190,7 @@ def capped(cfg: RunConfig, n: int, costs: StepCosts, limit: float, *,
 
 
 # From this many images on, the auto ceiling is also the target: a CPU fast enough to finish the profile's
-# epochs well inside it trains more of them. On a 2-core AVX-512 CPU the profile's 24 + 12 epochs took 134-148 s
+# epochs well inside it trains more of them. On a 2-core AVX-512 CPU the former profile's 24 + 12 epochs took 134-148 s
 # of the 600 s for 5,000 CIFAR images; filling the time (73 + 36 epochs) lifted the classifier's test accuracy
 # from 0.577 to 0.649 and the ranking's AUROC from 0.904 to 0.929 on 40 % symmetric noise (README, Results).
 # Below it (the bundled sample, small uploads, the test suite) the profile's epochs stay: quick, and measured.
@@ -218,7 +218,7 @@ def filled(cfg: RunConfig, n: int, costs: StepCosts, limit: float, *,
     README Results), shared against per-component variance: 5,000 CIFAR-10 at 40 % symmetric noise F1
     0.606 -> 0.815, CIFAR-10N worst 0.464 -> 0.668, aggre 0.427 -> 0.496, random1 0.466 -> 0.615,
     Imagenette 25 % 0.610 -> 0.735, Imagenette 5 % 0.480 -> 0.393 (the one loss), no wrong label 1.9 % ->
-    3.5 % flagged. At the profile's epochs the shared variance stays (selection.fit_gmm_split's measurements).
+    3.5 % flagged. The CPU profile itself now trains 36 classifier epochs and splits that way (config.cpu_profile).
     """
     if limit <= 0 or estimate_seconds(cfg, n, costs) > FILL_SHARE * limit:
         return capped(cfg, n, costs, limit, set_by_hand=set_by_hand)
