@@ -311,16 +311,17 @@ def cpu_profile(cfg: RunConfig) -> RunConfig:
     keeps the paper's ResNet-18.
 
     12 pre-training and 36 classifier epochs: on a CPU the classifier's epochs buy more than SimCLR's. Side
-    by side on a 2-core AVX2 CPU, 12 + 36 against the former 24 + 12 (README, Results; bench/quality.py
-    --pretrain-epochs 12 --epochs 36): the classifier's test accuracy rose on every case (CIFAR-10N worst
-    0.564 -> 0.588, aggre 0.642 -> 0.687, Imagenette 25 % 0.630 -> 0.644, 5 % 0.658 -> 0.724, no wrong
-    label 0.719), the ranking's AUROC too (0.837 -> 0.842, 0.857 -> 0.889, 0.903 -> 0.908, 0.906 ->
-    0.917), and 5,000 images took 292-358 s instead of 384-496 s. A classifier that trains that long
-    splits with one variance per mixture component (`split.covariance = "full"`, the paper code's): its
-    clean losses crowd near 0, and one shared variance then flagged half the wrong labels of the
-    heavy-noise cases (F1, shared -> per component: worst 0.511 -> 0.718, Imagenette 25 % 0.561 -> 0.729,
-    aggre 0.478 -> 0.487, Imagenette 5 % 0.436 -> 0.446; no wrong label 5.8 % -> 11.4 % flagged, where
-    24 + 12 flagged 14.2 %). The limit shortens pre-training first (engine.train.budget.capped)."""
+    by side on a 2-core AVX2 CPU (README, Results; bench/quality.py --pretrain-epochs 12 --epochs 36) against
+    the former profile's 24 + 12 as the time limit left them (24 + 12, 21 + 12, 21 + 12, 15 + 12): the
+    classifier's test accuracy rose on every case (CIFAR-10N worst 0.564 -> 0.588, aggre 0.642 -> 0.687,
+    Imagenette 25 % 0.630 -> 0.644, 5 % 0.658 -> 0.724), the ranking's AUROC too (0.837 -> 0.842, 0.857 ->
+    0.889, 0.903 -> 0.908, 0.906 -> 0.917), and 5,000 images took 292-358 s instead of 384-496 s. A
+    classifier that trains that long splits with one variance per mixture component
+    (`split.covariance = "full"`, the paper code's): its clean losses crowd near 0, and one shared variance
+    then flagged half the wrong labels of the heavy-noise cases (F1 at 12 + 36, shared -> per component:
+    worst 0.511 -> 0.718, Imagenette 25 % 0.561 -> 0.729, aggre 0.478 -> 0.487, Imagenette 5 % 0.436 ->
+    0.446, the bundled sample 0.991 -> 0.997; with no wrong label 5.8 % -> 11.4 % flagged, the one loss).
+    The limit shortens pre-training first (engine.train.budget.capped)."""
     return replace(cfg, model=replace(cfg.model, arch="small-cnn"),
                    classify=replace(cfg.classify, epochs=3 * cfg.classify.epochs),
                    split=replace(cfg.split, covariance="full"))
