@@ -66,7 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("time_limit_s", "Time limit (s)", 2, minimum=-1, maximum=7 * 24 * 3600, whole=True,
             help="Without a budget: the most seconds phase (a) may take. Epochs left at the profile's values are "
                  "shrunk when this machine would need longer for them. -1 = auto (2.5 min up to 2,000 images, "
-                 "rising to 10 min at 5,000; from 2,000 images on a fast machine also grows them to fill about "
+                 "rising to 10 min at 5,000; from 2,000 images on a fast machine also grows the pre-training to fill about "
                  "90 % of it), 0 = no limit. Epochs you change are kept"),
     Setting("review.memory", "Use the decisions remembered for these images", 2,
             help="Images decided in earlier runs (the same file content, even renamed or moved) start as reviewed "

@@ -84,7 +84,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", default=None, metavar="DURATION",
                    help="without --budget: the most phase (a) may take; the epochs not set by flags are shrunk "
                         "to fit it on this machine. auto (the CPU default: 2.5 min up to 2,000 images, rising to "
-                        "10 min at 5,000; from 2,000 images it also grows them to fill it), none, or e.g. 20m")
+                        "10 min at 5,000; from 2,000 images it also grows the pre-training to fill it), none, "
+                        "or e.g. 20m")
     p.add_argument("--config", type=Path, default=None, help="a config.json to start from")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

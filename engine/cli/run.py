@@ -441,14 +441,14 @@ def _check_processes(cfg: RunConfig, dist: Dist) -> None:
 def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress: Progress,
              run: RunDir | None = None) -> RunConfig:
     """A new run's epochs: sized to fill its budget, or fitted to its ceiling (engine.train.budget: shrunk
-    where they would overrun it; under the automatic ceiling, from FILL_MIN_N images on, also grown to fill it).
+    where they would overrun it; under the automatic ceiling, from FILL_MIN_N images on, pre-training also grown to fill it).
 
     The ceiling is recorded in seconds (config.json), so the run says what it was planned for; a plan
     that changed the epochs is also a `plan` event (events.jsonl), which the Train page shows."""
     from engine.train import budget
     from engine.train.device import make_runtime
 
-    hand = frozenset(k for k in fit_overrides(args) if k in (*_PLANNED_KEYS, "split.covariance"))
+    hand = frozenset(k for k in fit_overrides(args) if k in _PLANNED_KEYS)
     if cfg.budget_s:
         costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
         planned = budget.plan(cfg, n, costs, set_by_hand=hand)
@@ -465,12 +465,10 @@ def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress
     sizer = budget.filled if grows else budget.capped
     capped = sizer(cfg, n, costs, limit, set_by_hand=hand)
     if capped != cfg:
-        split = ("" if capped.split.covariance == cfg.split.covariance
-                 else f", and the mixture with split.covariance={capped.split.covariance} for the longer training")
         _say_plan(f"time limit {limit:.0f} s for {n:,} images: {capped.pretrain.epochs} pre-training and "
                   f"{capped.classify.epochs} classifier epochs instead of {cfg.pretrain.epochs} and "
                   f"{cfg.classify.epochs} (about {budget.estimate_seconds(capped, n, costs):.0f} s measured on "
-                  f"this machine{split}; --time-limit none, or a time limit of 0 on the Train page, keeps the "
+                  "this machine; --time-limit none, or a time limit of 0 on the Train page, keeps the "
                   "epochs)", progress, run)
     return capped
 
