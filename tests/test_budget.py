@@ -273,3 +273,26 @@ def test_a_steps_speed_is_the_median_of_single_timed_steps_after_the_untimed_one
 
     per_image = budget._per_image(step, make_runtime("cpu", "fp32"), batch=10)
     assert per_image == pytest.approx(0.01)  # median 0.1 s over 10 images
+
+
+def test_a_classifier_cut_below_the_long_training_splits_with_a_shared_variance(monkeypatch, tmp_path) -> None:
+    from engine.runs.rundir import RunDir
+    from engine.train.budget import LONG_TRAINED_EPOCHS, split_for_epochs
+
+    long = replace(RunConfig(), classify=replace(RunConfig().classify, epochs=LONG_TRAINED_EPOCHS),
+                   split=replace(RunConfig().split, covariance="full"))
+    assert split_for_epochs(long).split.covariance == "full"
+    short = replace(long, classify=replace(long.classify, epochs=LONG_TRAINED_EPOCHS - 1))
+    assert split_for_epochs(short).split.covariance == "tied"
+    assert split_for_epochs(replace(short, split=RunConfig().split)) == replace(short, split=RunConfig().split)
+    # The sample on a slow CPU: the limit halves the classifier's 36 epochs, and the plan says so.
+    run = RunDir(tmp_path / "run")
+    cfg, notes = _planned([], 1797, monkeypatch, SLOW, run)
+    assert cfg.classify.epochs < LONG_TRAINED_EPOCHS and cfg.split.covariance == "tied"
+    assert "split.covariance=tied for the shorter training" in notes[0]
+    cut, _ = _planned(["--epochs", "12"], 60, monkeypatch, None)  # epochs a person cut: the same rule
+    assert (cut.classify.epochs, cut.split.covariance) == (12, "tied")
+    kept, _ = _planned(["--epochs", "12", "--set", "split.covariance=full"], 60, monkeypatch, None)
+    assert kept.split.covariance == "full"  # a mixture a person chose stays
+    full, _ = _planned([], 60, monkeypatch, None)
+    assert (full.classify.epochs, full.split.covariance) == (36, "full")  # the profile as it is

@@ -448,27 +448,34 @@ def _planned(cfg: RunConfig, args: Namespace, n: int, num_classes: int, progress
     from engine.train import budget
     from engine.train.device import make_runtime
 
-    hand = frozenset(k for k in fit_overrides(args) if k in _PLANNED_KEYS)
+    overrides = fit_overrides(args)
+    hand = frozenset(k for k in overrides if k in _PLANNED_KEYS)
+
+    def split_for(planned: RunConfig) -> RunConfig:  # a mixture a person chose stays theirs
+        return planned if "split.covariance" in overrides else budget.split_for_epochs(planned)
+
     if cfg.budget_s:
         costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
         planned = budget.plan(cfg, n, costs, set_by_hand=hand)
         _say_plan(f"budget {cfg.budget_s:.0f} s for {n:,} images: {planned.pretrain.epochs} pre-training and "
                   f"{planned.classify.epochs} classifier epochs (about "
                   f"{budget.estimate_seconds(planned, n, costs):.0f} s measured on this machine)", progress, run)
-        return planned
+        return split_for(planned)
     grows = budget.fills(cfg.time_limit_s == config_mod.AUTO_TIME_LIMIT, n)
     limit = budget.time_limit(cfg, n)
     cfg = replace(cfg, time_limit_s=limit)
     if not limit or hand >= set(_PLANNED_KEYS) or (not grows and budget.fits_on_any_machine(cfg, n, limit)):
-        return cfg
+        return split_for(cfg)
     costs = budget.measure(cfg, make_runtime(cfg.device, cfg.precision), num_classes)
     sizer = budget.filled if grows else budget.capped
-    capped = sizer(cfg, n, costs, limit, set_by_hand=hand)
+    capped = split_for(sizer(cfg, n, costs, limit, set_by_hand=hand))
     if capped != cfg:
+        split = ("" if capped.split.covariance == cfg.split.covariance
+                 else f", and the mixture with split.covariance={capped.split.covariance} for the shorter training")
         _say_plan(f"time limit {limit:.0f} s for {n:,} images: {capped.pretrain.epochs} pre-training and "
                   f"{capped.classify.epochs} classifier epochs instead of {cfg.pretrain.epochs} and "
                   f"{cfg.classify.epochs} (about {budget.estimate_seconds(capped, n, costs):.0f} s measured on "
-                  "this machine; --time-limit none, or a time limit of 0 on the Train page, keeps the "
+                  f"this machine{split}; --time-limit none, or a time limit of 0 on the Train page, keeps the "
                   "epochs)", progress, run)
     return capped
 

@@ -227,6 +227,24 @@ def filled(cfg: RunConfig, n: int, costs: StepCosts, limit: float, *,
     return replace(cfg, pretrain=replace(cfg.pretrain, epochs=epochs))
 
 
+# The CPU profile's mixture, one variance per component, is measured for a classifier of 36 epochs. One that
+# trains fewer (a time limit or a person cut them) splits with one shared variance: the clean losses of a
+# shorter-trained classifier spread wider, and per-component variances then flag too many. Measured on
+# CIFAR-10N aggre, 5,000 images, shared -> per component (bench/results/flag_count_cpu-profile-12-36.md):
+# 12 epochs 1.18x -> 2.99x the wrong labels (F1 0.453 -> 0.385), 18 epochs 1.22x -> 2.75x (0.416 -> 0.390);
+# at 36 epochs 0.92x -> 1.63x but F1 0.478 -> 0.487, and on the heavy-noise cases 0.511 -> 0.718
+# (config.cpu_profile). The bundled sample at 18 epochs: F1 0.986 either way.
+LONG_TRAINED_EPOCHS = 30
+
+
+def split_for_epochs(cfg: RunConfig) -> RunConfig:
+    """`cfg` with a shared-variance mixture where its per-component one was chosen for a longer-trained
+    classifier than `cfg` trains (LONG_TRAINED_EPOCHS)."""
+    if cfg.split.covariance == "full" and cfg.classify.epochs < LONG_TRAINED_EPOCHS:
+        return replace(cfg, split=replace(cfg.split, covariance="tied"))
+    return cfg
+
+
 def fixed_seconds(cfg: RunConfig, n: int, costs: StepCosts) -> float:
     """Phase (a)'s work that does not depend on the epochs."""
     warmup_pass = n * costs.score if cfg.pretrain.enabled and cfg.classify.warmup_epochs else 0.0
