@@ -85,9 +85,9 @@ def fit_gmm_split(
         flagged, F1 0.70); a shared variance puts the boundary between the two means (F1 0.74), and
         costs nothing where the classifier is good (digits: F1 0.988 -> 0.989; bundled sample 0.967
         -> 0.980). With a shared variance the posterior is also monotone in the loss by construction.
-        A classifier trained longer (the CPU profile's 36 epochs, a filled time limit) crowds its clean
-        losses tighter near 0, and there the per-component variance flags better: measured in
-        engine.config.cpu_profile and engine.train.budget.filled, which choose it.
+        A classifier trained longer (the CPU profile's 36 epochs) crowds its clean losses tighter near 0,
+        and there the per-component variance flags better: measured in engine.config.cpu_profile, which
+        chooses it, and engine.train.budget.split_for_epochs, which keeps it for 30 epochs or more.
 
     fit_on : ndarray of bool, shape (N,), optional
         The images the mixture is fitted on (default: all); every image gets a posterior. Reviewed and
