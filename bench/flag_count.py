@@ -18,7 +18,8 @@ the run saved (predictions.npz's loss history, probabilities and features; sampl
   this order (a reference, not a rule: it needs the truth).
 
 Scored: flagged, flagged / really wrong, F1, and the per-class noise estimate's error (flagged share of a
-class against its wrong share, in points: the worst class and the mean). No network runs: seconds per run.
+class against its wrong share, in points: the worst class and the mean). Also the relabel bar's competence
+(engine.method.relabel) on the images the shared- and the per-component mixture call clean. No network runs: seconds per run.
 Writes bench/results/flag_count.md.
 """
 
@@ -36,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, ROOT  # noqa: E402
 from bench.saved_run import load_saved_run  # noqa: E402
+from engine.config import RelabelConfig  # noqa: E402
+from engine.method.relabel import competence  # noqa: E402
 from engine.method.selection import fit_gmm_split, normalise_losses  # noqa: E402
 
 DEFAULT_RUNS = (
@@ -112,9 +115,12 @@ def score_run(run: Path) -> dict:
         "cleanlab's count (out-of-fold), top of the queue": top_of_queue(order, num_label_issues(given, oof)),
         "the true count, top of the queue (reference)": top_of_queue(order, int(wrong.sum())),
     }
+    # The relabel bar's competence (engine.method.relabel) on the images each mixture calls clean: a split
+    # that leaves an easier clean set raises it, and with it the chance of automatic changes.
+    skill = {cov: competence(saved.features, given, ~mixture("ce", cov), seed=seed) for cov in ("tied", "full")}
     return {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "n": len(s),
             "wrong": int(wrong.sum()), "arch": cfg.get("model", {}).get("arch", "resnet18"),
-            "rows": {name: score(flagged, wrong, given) for name, flagged in rules.items()}}
+            "rows": {name: score(flagged, wrong, given) for name, flagged in rules.items()}, "competence": skill}
 
 
 def _cell(x: float | None, fmt: str) -> str:
@@ -134,6 +140,10 @@ def markdown(results: list[dict], command: str) -> str:
             lines.append(f"| {name} | {row['flagged']:,} ({100 * row['flagged'] / r['n']:.1f} %) | "
                          f"{_cell(row['ratio'], '.2f')} | {_cell(row['f1'], '.3f')} | "
                          f"{row['error_max']:.1f} / {row['error_mean']:.1f} |")
+        skill = r.get("competence", {})
+        lines += ["", "The relabel bar's competence on the images the mixture on the losses calls clean: shared variance "
+                  f"{_cell(skill.get('tied'), '.3f')}, one variance per component {_cell(skill.get('full'), '.3f')} "
+                  f"(the bar: {RelabelConfig().min_competence})."]
         lines.append("")
     return "\n".join(lines)
 

@@ -54,5 +54,8 @@ def test_score_run_rebuilds_every_rule_from_the_run_folder(tmp_path: Path) -> No
     assert (reference["flagged"], reference["ratio"], reference["f1"]) == (80, 1.0, 1.0)
     for name, row in r["rows"].items():  # separable losses: every rule finds the wrong labels
         assert row["f1"] > 0.9, name
+    assert set(r["competence"]) == {"tied", "full"}
+    assert all(0.9 <= v <= 1.0 for v in r["competence"].values())  # features separate the true classes
     text = markdown([r], "python bench/flag_count.py X")
+    assert "one variance per component" in text and f"{r['competence']['full']:.3f}" in text
     assert f"| {TODAY} | 80 (20.0 %) | 1.00 | 1.000 | 0.0 / 0.0 |" in text
